@@ -1,0 +1,208 @@
+"""Command line: `python -m tuner search|measure|report`. Parsing only; the work is elsewhere.
+
+Exit codes: 0 done (a recommendation was made), 1 the search ran but nothing finished ok,
+2 bad input (the message names the file, key or flag and what is allowed), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tuner.errors import TunerError
+
+EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuner", description="Automated inference tuning for PyTorch models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search the variants of a model and recommend one")
+    s.add_argument("model", help="torchvision model name (resnet50, ...) or module.path:factory")
+    s.add_argument("--space", help="search-space YAML (default: search_spaces/<model>.yaml, else default.yaml)")
+    s.add_argument("--trials", type=int, help="number of trials, baseline included (space default: 16)")
+    s.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop starting trials after this long")
+    s.add_argument("--objective", choices=["latency", "throughput"], help="what the recommendation optimises")
+    s.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION", help="relative drop allowed (0.01 = 1%%)")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="p90 latency limit")
+    _add_model_args(s)
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    s.add_argument("--experiment", help="MLflow experiment (default: tuner/<model>)")
+    s.add_argument("--output", type=Path, help="output folder (default: ./tuner-results/<model>-<timestamp>)")
+    s.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
+
+    m = sub.add_parser("measure", help="build and measure one variant, outside Ray, with the same protocol")
+    m.add_argument("model")
+    m.add_argument("--config", required=True, type=Path, help="variant YAML, e.g. <output>/recommended.yaml")
+    m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
+    _add_model_args(m)
+    m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+
+    r = sub.add_parser("report", help="print the trial table and Pareto front of a logged search")
+    r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
+    r.add_argument("--run-id", metavar="PARENT_RUN_ID", help="the search's parent run (default: the latest)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="image folder: class sub-folders (labeled) or flat (unlabeled)")
+    p.add_argument("--weights", help="auto (default), pretrained, random, or a state-dict PATH")
+    p.add_argument("--eval-samples", type=int, metavar="N", help="eval-set size (space default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, random init and sampler (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            return _search(args)
+        if args.command == "measure":
+            return _measure(args)
+        return _report(args)
+    except TunerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _load_space(args: argparse.Namespace, **search: object):  # type: ignore[no-untyped-def]
+    from tuner.space import SearchSpace, resolve_space_file
+
+    path = resolve_space_file(args.model, args.space)
+    space = SearchSpace.load(path).with_overrides(eval={"samples": args.eval_samples}, search=search)
+    return space, path
+
+
+def _search(args: argparse.Namespace) -> int:
+    from tuner.errors import ConfigError
+    from tuner.search import SearchRequest, run_search
+    from tuner.tracking import default_tracking_uri
+
+    space, path = _load_space(
+        args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective
+    )
+    space = space.with_overrides(
+        constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms}
+    )
+    safe_name = args.model.replace(":", "_").replace("/", "_")
+    output = args.output or Path("tuner-results") / f"{safe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    output = output.resolve()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--output {output}: cannot write there ({e.strerror})") from None
+    outcome = run_search(
+        SearchRequest(
+            model=args.model,
+            space=space,
+            space_file=path,
+            weights=args.weights or "auto",
+            data=args.data,
+            tracking_uri=args.tracking_uri or default_tracking_uri(),
+            experiment=args.experiment or f"tuner/{args.model}",
+            output=output,
+            seed=args.seed,
+            address=args.address,
+        )
+    )
+    return EXIT_OK if outcome.recommended is not None else EXIT_NO_RESULT
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+
+    from tuner.errors import ConfigError
+    from tuner.models import ModelSpec, resolve_weights
+    from tuner.reference import prepare_reference
+    from tuner.trial import TrialSettings, evaluate, _set_threads
+    from tuner.variant import Variant
+
+    try:
+        doc = yaml.safe_load(args.config.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {args.config}: cannot read a YAML mapping: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config {args.config}: expected a mapping with a `variant:` section")
+    try:
+        variant = Variant.from_dict(doc.get("variant", doc))
+    except TunerError as e:
+        raise ConfigError(f"--config {args.config}: {e}") from None
+    space, _ = _load_space(args)
+    weights = args.weights or doc.get("weights", "auto")
+    _set_threads(variant.threads)  # inter-op threads can only be set before any parallel work
+    spec = resolve_weights(ModelSpec(args.model, weights, args.seed))
+    ref = prepare_reference(
+        spec,
+        input_size=space.eval.input_size,
+        n_eval=space.eval.samples,
+        n_calib=space.eval.calibration_samples,
+        data_dir=args.data,
+    )
+    out = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine))
+    out.pop("traceback", None)
+    out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__)
+    if args.json:
+        print(json.dumps(out, default=float))
+    else:
+        print(f"{variant.label}: status {out['status']} {out.get('error', '')}")
+        for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s", "stable"):
+            if k in out:
+                print(f"  {k:16s} {out[k]}")
+    return EXIT_OK if out["status"] == "ok" else EXIT_NO_RESULT
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tuner import report
+    from tuner.errors import ConfigError
+    from tuner.search import quiet_env
+    from tuner.tracking import Tracker, default_tracking_uri
+
+    quiet_env()
+    uri = args.tracking_uri or default_tracking_uri()
+    if args.run_id:
+        from mlflow.tracking import MlflowClient
+
+        try:
+            run = MlflowClient(uri).get_run(args.run_id)
+        except Exception as e:
+            raise ConfigError(f"--run-id {args.run_id}: not found in {uri}: {str(e).splitlines()[0]}") from None
+        exp_name = MlflowClient(uri).get_experiment(run.info.experiment_id).name
+        tracker = Tracker(uri, exp_name)
+    else:
+        exp_name = args.experiment or _latest_tuner_experiment(uri)
+        tracker = Tracker(uri, exp_name)
+        run = tracker.latest_parent()
+        if run is None:
+            raise ConfigError(f"experiment `{exp_name}` in {uri} has no tuner search yet")
+    df = report.table_from_runs(tracker.children(run.info.run_id))
+    tags = run.data.tags
+    print(f"search {run.info.run_id} ({exp_name}), {len(df)} trials")
+    print(f"  weights: {tags.get('tuner.weights', '?')}\n  data:    {tags.get('tuner.data', '?')}")
+    print(report.format_table(df, "\nAll trials:"))
+    if "pareto" in df:
+        print(report.format_table(df[df["pareto"]], "\nPareto front:"))
+    rec = df[df["recommended"]] if "recommended" in df else df.iloc[:0]
+    print(f"\nRECOMMENDED: {rec.iloc[0]['label']}" if len(rec) else "\nno recommendation")
+    return EXIT_OK
+
+
+def _latest_tuner_experiment(uri: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from tuner.errors import ConfigError
+
+    exps = [e for e in MlflowClient(uri).search_experiments() if e.name.startswith("tuner/")]
+    if not exps:
+        raise ConfigError(f"no tuner experiment in {uri}; run `python -m tuner search MODEL` first, or pass --experiment")
+    return max(exps, key=lambda e: e.last_update_time or 0).name

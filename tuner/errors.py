@@ -1,0 +1,29 @@
+"""The tuner's exception hierarchy.
+
+User mistakes (`SpaceError`, `ConfigError`) are reported by the CLI as one paragraph
+with exit code 2 and no traceback. `VariantUnsupported` is an *expected* per-trial
+failure: the trial is recorded as `failed` (or `infeasible`) and the search goes on.
+Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """Base class of every error the tuner raises on purpose."""
+
+
+class SpaceError(TunerError):
+    """A search-space file is malformed: names the file, the key and what is allowed."""
+
+
+class ConfigError(TunerError):
+    """A flag, variant file or environment setting is invalid or conflicts with another."""
+
+
+class VariantUnsupported(TunerError):
+    """This variant cannot be built or run here (an expected failure, recorded, not raised)."""
+
+
+class TrackingError(TunerError):
+    """The MLflow tracking store cannot be reached or written."""

@@ -1,0 +1,112 @@
+"""Hardware fingerprint and capabilities.
+
+The fingerprint goes on every MLflow run (tags `hw.*`) so that results from different
+machines are never compared by accident; the capabilities decide which variants the
+search space offers (e.g. fp16 only where the hardware runs it natively).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import asdict, dataclass
+from functools import cache
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str
+    cores: int
+    isa: str  # the ISA flags that matter for inference kernels, comma-separated
+    gpu: str  # "none" or the CUDA device name
+    torch_version: str
+    cuda_version: str
+    python_version: str
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.gpu == "none" else "cuda"
+
+    @property
+    def bf16_native(self) -> bool:
+        flags = set(self.isa.split(","))
+        return self.device == "cuda" or bool(flags & {"avx512_bf16", "amx_bf16"})
+
+    @property
+    def fp16_native(self) -> bool:
+        flags = set(self.isa.split(","))
+        return self.device == "cuda" or bool(flags & {"avx512_fp16", "amx_fp16"})
+
+    @property
+    def fingerprint(self) -> str:
+        """Short stable id: same hardware + same torch -> same id (used to key history)."""
+        key = f"{self.cpu_model}|{self.cores}|{self.isa}|{self.gpu}|{self.torch_version}"
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def tags(self) -> dict[str, str]:
+        out = {f"hw.{k}": str(v) for k, v in asdict(self).items()}
+        out["hw.fingerprint"] = self.fingerprint
+        return out
+
+
+_ISA_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "avx_vnni",
+)
+
+
+@cache
+def detect() -> Hardware:
+    """Probe this machine once per process (imports torch)."""
+    import torch
+
+    flags = _cpu_flags()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return Hardware(
+        cpu_model=_cpu_model(),
+        cores=usable_cores(),
+        isa=",".join(f for f in _ISA_OF_INTEREST if f in flags),
+        gpu=gpu,
+        torch_version=torch.__version__,
+        cuda_version=str(torch.version.cuda or "none"),
+        python_version=platform.python_version(),
+    )

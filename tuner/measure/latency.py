@@ -1,0 +1,163 @@
+"""The latency protocol (DESIGN.md §3): warm up until settled, then time in windows
+until enough iterations, enough time and k agreeing windows; cap the time in any case.
+
+Why it is shaped like this:
+
+* **Warm-up is separate.** The first calls pay for oneDNN primitive creation, allocator
+  growth and (for compiled variants) code generation. They are reported as warm-up, never
+  mixed into the timed figures. Warm-up ends when two consecutive windows agree, after a
+  minimum count, so a variant that needs many calls to settle gets them.
+* **Windows, not single calls.** A window closes once it holds at least `window_s` of work
+  (and at least one call), so a 5 ms and a 2 s variant are both judged on comparable
+  stretches of time. Each window is summarised by its median, which ignores one-off spikes.
+* **Three gates to stop.** At least `min_iters` calls *and* `min_time_s` seconds, so short
+  runs cannot look stable by luck; then the medians of the last `stable_windows` windows
+  must agree within `tolerance` (relative spread). `max_time_s` caps the phase: a result
+  that never settles is still returned, with `stable=False`, never hidden.
+* **Noise control.** Garbage is collected before timing and the collector is disabled
+  while timing. `sync` (e.g. `torch.cuda.synchronize`) is called after every call so that
+  asynchronous devices are timed to completion.
+
+The clock is injected, so tests drive the algorithm exactly with a fake clock.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TimingConfig(BaseModel):
+    """The protocol's knobs; the `timing:` section of a space file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup_min_iters: int = Field(default=3, ge=1)
+    warmup_max_s: float = Field(default=20.0, gt=0)
+    window_s: float = Field(default=0.2, gt=0)
+    min_iters: int = Field(default=10, ge=1)
+    min_time_s: float = Field(default=1.5, ge=0)
+    max_time_s: float = Field(default=8.0, gt=0)
+    stable_windows: int = Field(default=3, ge=2)
+    tolerance: float = Field(default=0.05, gt=0)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Raw per-call times plus the summary the reports use. Never just a mean."""
+
+    times_s: tuple[float, ...]
+    window_medians_s: tuple[float, ...]
+    warmup_iters: int
+    warmup_s: float
+    timed_wall_s: float
+    stable: bool
+
+    def _pct_ms(self, q: float) -> float:
+        return float(np.percentile(self.times_s, q)) * 1e3
+
+    @property
+    def p50_ms(self) -> float:
+        return self._pct_ms(50)
+
+    def summary(self, items_per_call: int) -> dict[str, float]:
+        """Metric names of DESIGN.md §5. Throughput = items / wall time of the timed phase."""
+        t = np.asarray(self.times_s)
+        q25, q75 = np.percentile(t, [25, 75])
+        return {
+            "latency_p50_ms": self._pct_ms(50),
+            "latency_p90_ms": self._pct_ms(90),
+            "latency_p99_ms": self._pct_ms(99),
+            "latency_mean_ms": float(t.mean()) * 1e3,
+            "latency_std_ms": float(t.std(ddof=1) if len(t) > 1 else 0.0) * 1e3,
+            "latency_iqr_ms": float(q75 - q25) * 1e3,
+            "latency_n": float(len(t)),
+            "warmup_iters": float(self.warmup_iters),
+            "warmup_s": self.warmup_s,
+            "throughput_ips": items_per_call * len(t) / self.timed_wall_s if self.timed_wall_s > 0 else 0.0,
+        }
+
+
+def _spread(values: list[float]) -> float:
+    mid = statistics.median(values)
+    return (max(values) - min(values)) / mid if mid > 0 else float("inf")
+
+
+def measure_latency(
+    fn: Callable[[], object],
+    cfg: TimingConfig,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+) -> LatencyResult:
+    """Time `fn()` with the protocol above. `fn` must already be built (and compiled)."""
+
+    def one_call() -> float:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        return clock() - t0
+
+    def one_window() -> list[float]:
+        times: list[float] = []
+        while not times or sum(times) < cfg.window_s:
+            times.append(one_call())
+        return times
+
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        # Warm-up: until two consecutive windows agree (after a minimum count), or capped.
+        start = clock()
+        warm: list[float] = []
+        prev_median: float | None = None
+        while True:
+            w = one_window()
+            warm += w
+            med = statistics.median(w)
+            settled = prev_median is not None and _spread([prev_median, med]) <= cfg.tolerance
+            if (settled and len(warm) >= cfg.warmup_min_iters) or clock() - start >= cfg.warmup_max_s:
+                break
+            prev_median = med
+        warmup_s = clock() - start
+
+        # Timed phase.
+        start = clock()
+        times: list[float] = []
+        medians: list[float] = []
+        stable = False
+        while True:
+            w = one_window()
+            times += w
+            medians.append(statistics.median(w))
+            elapsed = clock() - start
+            if (
+                len(times) >= cfg.min_iters
+                and elapsed >= cfg.min_time_s
+                and len(medians) >= cfg.stable_windows
+                and _spread(medians[-cfg.stable_windows :]) <= cfg.tolerance
+            ):
+                stable = True
+                break
+            if elapsed >= cfg.max_time_s:
+                break
+        wall = clock() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return LatencyResult(
+        times_s=tuple(times),
+        window_medians_s=tuple(medians),
+        warmup_iters=len(warm),
+        warmup_s=warmup_s,
+        timed_wall_s=wall,
+        stable=stable,
+    )

@@ -1,0 +1,73 @@
+"""The fp32 eager reference, computed once per search (DESIGN.md §4).
+
+The driver loads the model and data, runs the fp32 eager model over the eval set and
+hands the result to every trial through Ray's object store (`tune.with_parameters`), which
+also works on a cluster. Trials reload the weights themselves and check the digest, so a
+trial can never be compared against a different model by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuner.measure.accuracy import topk_accuracy
+from tuner.models import EvalData, ModelSpec, input_shape, load_eval_data, load_model, weights_digest
+
+
+@dataclass
+class Reference:
+    spec: ModelSpec  # resolved: weights is pretrained / random / a path, never "auto"
+    shape: tuple[int, int, int]
+    data: EvalData
+    logits: torch.Tensor  # fp32 eager outputs on data.inputs
+    digest: str
+    weights_label: str
+    has_labels: bool
+    baseline_quality: float  # top-1 with labels, else 1.0 (agreement of fp32 with itself)
+
+    @property
+    def data_label(self) -> str:
+        return self.data.label
+
+
+def prepare_reference(
+    spec: ModelSpec,
+    *,
+    input_size: int,
+    n_eval: int,
+    n_calib: int,
+    data_dir: str | Path | None = None,
+    batch_size: int = 8,
+) -> Reference:
+    """Load model + data and compute the fp32 eager outputs. `spec` must be resolved."""
+    loaded = load_model(spec)
+    shape = input_shape(loaded.module, input_size)
+    with torch.inference_mode():
+        probe = loaded.module(torch.zeros(1, *shape))
+    data = load_eval_data(
+        data_dir,
+        shape,
+        n_eval,
+        n_calib,
+        spec.seed,
+        categories=loaded.categories,
+        mean_std=loaded.mean_std,
+        num_outputs=probe.shape[-1],
+    )
+    with torch.inference_mode():
+        logits = torch.cat([loaded.module(x) for x in data.inputs.split(batch_size)])
+    has_labels = data.labels is not None
+    quality = topk_accuracy(logits, data.labels)["top1"] if data.labels is not None else 1.0
+    return Reference(
+        spec=spec,
+        shape=shape,
+        data=data,
+        logits=logits,
+        digest=weights_digest(loaded.module),
+        weights_label=loaded.weights_label,
+        has_labels=has_labels,
+        baseline_quality=quality,
+    )

@@ -1,0 +1,126 @@
+"""Everything MLflow (DESIGN.md §5): experiment, parent run per search, child run per trial.
+
+Only the driver talks to MLflow: a Tune callback (`search.py`) logs each child run as its
+trial finishes. Workers never open the store, so a relative or fresh sqlite database is
+never initialised by several processes, and a cluster's workers need no access to it.
+
+Child runs are written with `MlflowClient.create_run(tags={"mlflow.parentRunId": ...})` +
+`log_batch` + `set_terminated` (fast, and never changes the active run of the process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import TrackingError
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else an sqlite file in the current directory (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Local stores keep artifacts in ./mlartifacts (absolute); servers decide for themselves."""
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return (Path.cwd().resolve() / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    """A thin, typed layer over `MlflowClient` for the tuner's schema."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_root(uri)
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as e:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
+            raise TrackingError(
+                f"--tracking-uri {uri}: cannot open the MLflow tracking store: {str(e).splitlines()[0][:300]}"
+            ) from None
+        self.experiment = experiment
+
+    # ---- runs -------------------------------------------------------------------------
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.kind": "search", **tags})
+        self.log(run.info.run_id, params=params)
+        return str(run.info.run_id)
+
+    def log_child(
+        self,
+        parent_id: str,
+        name: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        failed: bool = False,
+    ) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={PARENT_TAG: parent_id, "tuner.kind": "trial", **tags}
+        )
+        run_id = str(run.info.run_id)
+        self.log(run_id, params=params, metrics=metrics)
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        return run_id
+
+    def log(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), now, 0)
+                for k, v in (metrics or {}).items()
+                if v is not None and not (isinstance(v, float) and math.isnan(v))
+            ],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, run_id: str, folder: Path, files: list[str]) -> None:
+        for f in files:
+            if (folder / f).exists():
+                self.client.log_artifact(run_id, str(folder / f))
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    # ---- reading back (report) -------------------------------------------------------
+    def latest_parent(self) -> Any:
+        runs = self.client.search_runs(
+            [self.experiment_id], "tags.`tuner.kind` = 'search'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0] if runs else None
+
+    def children(self, parent_id: str) -> list[Any]:
+        return list(
+            self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
+            )
+        )

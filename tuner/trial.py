@@ -1,0 +1,158 @@
+"""One trial: Variant -> build -> screen -> time -> accuracy -> metrics.
+
+`evaluate()` is the whole measurement of one variant, shared by the Ray trainable
+(`run_trial`, one fresh process per trial) and by `python -m tuner measure`.
+
+Statuses: `ok`, `infeasible` (known not to work here; nothing built), `failed` (the build
+or a run raised an expected error: its text is kept), `inaccurate` (the first batch is far
+from fp32; not timed). Any other exception is a bug and propagates with its traceback.
+
+Ray/Optuna see `objective_*` keys: the real figures for `ok`, penalties otherwise, so the
+sampler is steered *away* from broken combinations (a raised error would be a FAIL trial,
+which TPE ignores and keeps re-sampling).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuner.build import BuiltVariant, build
+from tuner.errors import VariantUnsupported
+from tuner.hardware import detect
+from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
+from tuner.measure.latency import TimingConfig, measure_latency
+from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
+from tuner.models import load_model, weights_digest
+from tuner.reference import Reference
+from tuner.variant import Variant, infeasible_reason
+
+OBJECTIVES = {"objective_latency_ms": "min", "objective_throughput": "max", "objective_quality": "max"}
+PENALTY = {"objective_latency_ms": 1e7, "objective_throughput": 0.0, "objective_quality": 0.0}
+# The figures a trial reports, in trials.csv column order (non-numeric keys are separate).
+METRICS = (
+    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "latency_std_ms",
+    "latency_iqr_ms", "latency_n", "throughput_ips", "top1_agreement", "cosine_similarity",
+    "max_abs_error", "top1", "top5", "quality", "accuracy_drop", "speedup_vs_baseline",
+    "build_s", "warmup_s", "warmup_iters", "peak_rss_mb", "peak_device_mb", "model_size_mb",
+    "load_start", "load_end", "trial_wall_s",
+)  # fmt: skip
+INPUT_POOL = 4  # distinct batches cycled during timing (never one cached tensor)
+
+# Errors a torch build/run raises for an unsupported combination (dynamo/inductor errors
+# subclass RuntimeError). Anything else is our bug and propagates.
+EXPECTED_ERRORS = (VariantUnsupported, RuntimeError, NotImplementedError)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    timing: TimingConfig
+    screen_min_cosine: float = 0.9
+
+
+def _set_threads(n: int) -> None:
+    """Exact intra-op threads; one inter-op thread (settable once per process, hence the
+    fresh process per trial)."""
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set in this process (e.g. `tuner measure` after the reference)
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split into full batches. The last one is padded by wrapping around to the first
+    rows, so that compiled variants never see a new shape; callers trim the outputs."""
+    n = len(x)
+    idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
+    return list(x[idx].split(batch_size))
+
+
+def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[torch.Tensor]:
+    n = len(x)
+    pool = []
+    for k in range(INPUT_POOL):
+        idx = [(k * batch_size + i) % n for i in range(batch_size)]
+        pool.append(built.prepare(x[idx]))
+    return pool
+
+
+def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
+    """Build and measure one variant in this process. Returns a flat result dict."""
+    hw = detect()
+    result: dict[str, Any] = {**variant.to_dict(), "status": "ok", "error": "", "traceback": ""}
+    result["load_start"] = os.getloadavg()[0]
+    reason = infeasible_reason(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
+    if reason:
+        return {**result, "status": "infeasible", "error": reason, **PENALTY}
+
+    _set_threads(variant.threads)
+    loaded = load_model(ref.spec)
+    if weights_digest(loaded.module) != ref.digest:
+        raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
+    x = ref.data.inputs
+    try:
+        built = build(loaded.module, variant, ref.data.calibration, hw.device)
+        result["build_s"] = built.build_s
+        batches = _batches(x, variant.batch_size)
+        with torch.inference_mode():
+            first = built.run(built.prepare(batches[0]))[: min(variant.batch_size, len(x))]
+            screen = fidelity(first, ref.logits[: len(first)])
+            if screen["cosine_similarity"] < settings.screen_min_cosine:
+                msg = f"first batch cosine {screen['cosine_similarity']:.4f} < {settings.screen_min_cosine}"
+                return {**result, **screen, "status": "inaccurate", "error": msg, **PENALTY}
+
+            pool = _timing_pool(x, variant.batch_size, built)
+            cycle = itertools.cycle(pool)
+            sync = torch.cuda.synchronize if built.device.type == "cuda" else None
+            lat = measure_latency(lambda: built.run(next(cycle)), settings.timing, sync=sync)
+
+            outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
+    except EXPECTED_ERRORS as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+        return {
+            **result,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {first_line}",
+            "traceback": traceback.format_exc(),
+            **PENALTY,
+        }
+
+    metrics: dict[str, Any] = lat.summary(variant.batch_size)
+    metrics.update(fidelity(outs, ref.logits))
+    if ref.data.labels is not None:
+        metrics.update(topk_accuracy(outs, ref.data.labels))
+    metrics["quality"] = quality(metrics, ref.has_labels)
+    metrics["accuracy_drop"] = accuracy_drop(metrics["quality"], ref.baseline_quality)
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    device_peak = peak_device_mb()
+    if device_peak is not None:
+        metrics["peak_device_mb"] = device_peak
+    metrics["model_size_mb"] = model_size_mb(built.module)
+    metrics["load_end"] = os.getloadavg()[0]
+    return {
+        **result,
+        **metrics,
+        "stable": lat.stable,
+        "objective_latency_ms": metrics["latency_p90_ms"],
+        "objective_throughput": metrics["throughput_ips"],
+        "objective_quality": metrics["quality"],
+    }
+
+
+def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSettings) -> None:
+    """The Ray Tune function trainable (wrapped with `tune.with_parameters`)."""
+    from ray import tune
+
+    from tuner.space import variant_from_config
+
+    started = time.perf_counter()
+    out = evaluate(variant_from_config(config), reference, settings)
+    out["trial_wall_s"] = time.perf_counter() - started
+    tune.report(out)
