@@ -21,6 +21,7 @@ import importlib
 import logging
 import random
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,11 +135,14 @@ def resolve_weights(spec: ModelSpec) -> ModelSpec:
             f"--weights pretrained: no pretrained weights for `{spec.name}` in the cache ({where}) and "
             "the download failed. Copy the checkpoint file there, pass --weights PATH, or use --weights random."
         )
-    warnings.warn(
-        "\n" + "!" * 78 + f"\n!! PRETRAINED WEIGHTS FOR `{spec.name}` ARE NOT AVAILABLE (offline, not cached).\n"
+    # A banner on stderr, not a warnings.warn that filters could hide.
+    print(
+        "!" * 78 + f"\n!! PRETRAINED WEIGHTS FOR `{spec.name}` ARE NOT AVAILABLE (offline, not cached).\n"
         "!! Using RANDOM-INIT weights: latency is real, accuracy figures are fidelity to\n"
-        "!! the random fp32 model only. Tagged `tuner.weights=random-init`.\n" + "!" * 78,
-        stacklevel=2,
+        "!! the random fp32 model only. Tagged `tuner.weights=random-init (seed N)`.\n"
+        "!! Pass --weights pretrained to make this an error, or --weights PATH.\n" + "!" * 78,
+        file=sys.stderr,
+        flush=True,
     )
     return ModelSpec(spec.name, "random", spec.seed)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -33,7 +34,10 @@ from tuner.variant import baseline
 
 
 def quiet_env() -> None:
-    """Environment Ray and MLflow read at import time (DESIGN.md §7). Call before importing them."""
+    """Environment Ray and MLflow read at import time (DESIGN.md §7), and quieter loggers.
+    Call before importing them."""
+    for name in ("mlflow", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for k, v in {
         "RAY_AUTH_MODE": "disabled",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -142,7 +146,7 @@ class TrialRecorder:
 
     def progress_line(self, row: dict[str, Any]) -> str:
         n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
-        head = f"{n} {row['status']:<10} {row['label']:<34}"
+        head = f"{n} {row['status']:<10} {row['label']:<38}"
         if row["status"] != "ok":
             return f"{head} {row['error'][:90]}"
         return (
@@ -205,6 +209,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
     import optuna
     import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -246,7 +252,15 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         sampler = (
             optuna.samplers.NSGAIISampler(seed=req.seed)
             if sp.search.sampler == "nsga2"
-            else optuna.samplers.TPESampler(seed=req.seed, n_startup_trials=min(8, max(2, sp.search.trials // 3)))
+            # multivariate + group: TPE's mode for conditional (define-by-run) spaces; about half
+            # the budget is random start-up so that every compile mode and precision gets seen.
+            else optuna.samplers.TPESampler(
+                seed=req.seed,
+                n_startup_trials=min(10, max(2, sp.search.trials // 2)),
+                multivariate=True,
+                group=True,
+                warn_independent_sampling=False,
+            )
         )
         searcher = OptunaSearch(
             space=space_function(choices),

@@ -69,16 +69,18 @@ class Recommendation:
 
 
 def recommend(df: pd.DataFrame, objective: str, limits: Limits) -> Recommendation:
-    """Best feasible row for the objective; exact ties go to the simpler config.
-    Falls back to the baseline when no row meets the constraints."""
+    """Best row for the objective among the Pareto front of the feasible rows (so the answer
+    is never dominated); exact ties go to the simpler config. Falls back to the baseline
+    when no row meets the constraints."""
     if objective not in RANK_BY:
         raise ValueError(f"`objective` must be one of {sorted(RANK_BY)}; got {objective!r}")
     col, ascending = RANK_BY[objective]
-    feasible = df[feasible_mask(df, limits)]
+    feas = feasible_mask(df, limits)
+    feasible = df[pareto_mask(df, feas) & feas]
     if len(feasible):
         key = feasible[col] if ascending else -feasible[col]
         order = sorted(feasible.index, key=lambda i: (key[i], _complexity(feasible.loc[i])))
-        return Recommendation(order[0], f"best {col} among {len(feasible)} config(s) meeting the constraints")
+        return Recommendation(order[0], f"best {col} among the {int(feas.sum())} config(s) meeting the constraints")
     base = df[df.get("is_baseline", pd.Series(False, index=df.index)).astype(bool) & df["status"].eq("ok")]
     if len(base):
         return Recommendation(base.index[0], "no config met the constraints; falling back to the baseline")

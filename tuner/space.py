@@ -122,7 +122,7 @@ class SearchSpace(_Strict):
         try:
             return SearchSpace.model_validate(data)
         except ValidationError as e:
-            raise SpaceError(_format_errors("command-line flags", e)) from None
+            raise SpaceError(_format_errors("command-line flags", e, FLAGS)) from None
 
     # ---- feasibility ---------------------------------------------------------------
     def feasible_choices(
@@ -217,7 +217,18 @@ def resolve_space_file(model: str, space: str | Path | None) -> Path:
     return own if own.exists() else SPACES_DIR / "default.yaml"
 
 
-def _format_errors(source: str | Path, err: ValidationError) -> str:
+# Space keys that CLI flags override, for error messages that name the flag the user typed.
+FLAGS = {
+    "search.trials": "--trials",
+    "search.time_budget_minutes": "--time-budget",
+    "search.objective": "--objective",
+    "constraints.max_accuracy_drop": "--max-accuracy-drop",
+    "constraints.max_latency_ms": "--max-latency-ms",
+    "eval.samples": "--eval-samples",
+}
+
+
+def _format_errors(source: str | Path, err: ValidationError, flags: dict[str, str] | None = None) -> str:
     lines = [f"{source}: invalid search space"]
     for e in err.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
@@ -227,5 +238,6 @@ def _format_errors(source: str | Path, err: ValidationError) -> str:
             msg = "unknown key"
         if e["type"] == "enum" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
-        lines.append(f"  `{loc}`: {msg} (got {got!r})")
+        where = f"`{flags[loc]}` ({loc})" if flags and loc in flags else f"`{loc}`"
+        lines.append(f"  {where}: {msg} (got {got!r})")
     return "\n".join(lines)

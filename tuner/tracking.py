@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tuner.errors import TrackingError
 
@@ -34,6 +36,31 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def _check_reachable(uri: str) -> None:
+    """An HTTP store that does not answer fails in seconds, not after MLflow's minutes of retries."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # MLflow retries a failing sqlite open for minutes; check the obvious cases first.
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if db.is_dir():
+            raise TrackingError(f"--tracking-uri {uri}: {db} is a folder; name a database file, e.g. {db / 'mlflow.db'}")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"--tracking-uri {uri}: cannot create {db.parent} ({e.strerror})") from None
+        return
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "localhost", port), timeout=5).close()
+    except OSError as e:
+        raise TrackingError(
+            f"--tracking-uri {uri}: no MLflow server answers at {parsed.hostname}:{port} ({e}). "
+            "Start one (see README) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
+        ) from None
+
+
 class Tracker:
     """A thin, typed layer over `MlflowClient` for the tuner's schema."""
 
@@ -41,8 +68,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        _check_reachable(uri)
         try:
+            self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(

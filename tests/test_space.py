@@ -1,0 +1,110 @@
+"""Space-file validation and the Optuna define-by-run space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.errors import SpaceError
+from tuner.space import SPACES_DIR, SearchSpace, baseline_point, define_by_run, resolve_space_file, variant_from_config
+from tuner.variant import Quantization, infeasible_reason
+
+CPU = {"cores": 2, "device": "cpu", "fp16_native": False, "bf16_native": True}
+
+
+def load_text(tmp_path: Path, text: str) -> SearchSpace:
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return SearchSpace.load(p)
+
+
+@pytest.mark.parametrize("f", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_space_files_are_valid(f):
+    SearchSpace.load(f).feasible_choices(**CPU)
+
+
+def test_resnet50_space_has_every_dimension_of_the_issue():
+    d = SearchSpace.load(SPACES_DIR / "resnet50.yaml").dimensions
+    assert {p.value for p in d.precision} == {"fp32", "bf16", "fp16"}
+    assert {q.value for q in d.quantization} == {"none", "dynamic_int8", "static_int8"}
+    assert d.batch_size == [1, 2, 4, 8, 16, 32]
+    assert d.threads == "auto"
+    assert {c.value for c in d.compile} == {"eager", "torchscript", "inductor", "inductor_max_autotune"}
+    assert {x.value for x in d.layout} == {"contiguous", "channels_last"}
+
+
+def test_space_file_lookup(tmp_path):
+    assert resolve_space_file("resnet50", None).name == "resnet50.yaml"
+    assert resolve_space_file("resnet18", None).name == "default.yaml"
+    assert resolve_space_file("resnet50", tmp_path / "x.yaml") == tmp_path / "x.yaml"
+
+
+@pytest.mark.parametrize(
+    "text, key, fragment",
+    [
+        ("dimensions: {batch_size: [0, 2]}", "dimensions.batch_size", ">= 1"),
+        ("dimensions: {batch_size: []}", "dimensions.batch_size", "at least 1"),
+        ("dimensions: {precision: [fp8]}", "dimensions.precision[0]", "fp32"),
+        ("dimensions: {bogus: [1]}", "dimensions.bogus", "unknown key"),
+        ("search: {trials: many}", "search.trials", "integer"),
+        ("search: {objective: memory}", "search.objective", "latency"),
+        ("timing: {tolerance: -1}", "timing.tolerance", "greater than 0"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path, text, key, fragment):
+    with pytest.raises(SpaceError) as e:
+        load_text(tmp_path, text)
+    msg = str(e.value)
+    assert "s.yaml" in msg and f"`{key}`" in msg and fragment in msg
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_text(tmp_path, "dimensions: [unclosed")
+    with pytest.raises(SpaceError, match="not found"):
+        SearchSpace.load(tmp_path / "nope.yaml")
+    with pytest.raises(SpaceError, match="mapping"):
+        load_text(tmp_path, "- a list")
+
+
+def test_threads_above_the_cores_are_rejected(tmp_path):
+    sp = load_text(tmp_path, "dimensions: {threads: [1, 4]}")
+    with pytest.raises(SpaceError, match=r"`dimensions.threads` lists \[4\].*at most 2"):
+        sp.feasible_choices(**CPU)
+
+
+def test_auto_threads_and_hardware_filtering():
+    ch = SearchSpace().feasible_choices(**CPU)
+    assert ch["threads"] == [1, 2]
+    assert "fp16" not in ch["precision"]  # not native on this CPU profile
+    assert set(ch["compile_int8"]) == {"eager", "torchscript"}
+    gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
+    assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
+
+
+def test_overrides_are_validated():
+    sp = SearchSpace().with_overrides(search={"trials": 3, "objective": None})
+    assert sp.search.trials == 3 and sp.search.objective == "latency"
+    with pytest.raises(SpaceError, match=r"command-line flags(.|\n)*`--trials` \(search.trials\)"):
+        SearchSpace().with_overrides(search={"trials": 0})
+
+
+def test_optuna_samples_only_feasible_variants():
+    """Drive the real define-by-run function with a real Optuna study: every sampled
+    config is a valid Variant that the feasibility rules accept."""
+    choices = SearchSpace().feasible_choices(**CPU)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    study.enqueue_trial(baseline_point(2))
+    seen = []
+    for _ in range(60):
+        t = study.ask()
+        const = define_by_run(t, choices) or {}
+        v = variant_from_config({**t.params, **const})
+        assert infeasible_reason(v, fp16_native=False, bf16_native=True) is None, v
+        seen.append(v)
+        study.tell(t, [1.0, 1.0])
+    assert seen[0].label == "fp32 bs1 t2 eager nchw"  # the enqueued baseline comes first
+    assert any(v.quantization is Quantization.STATIC_INT8 for v in seen)
+    assert any(v.precision.value == "bf16" for v in seen)

@@ -1,0 +1,107 @@
+"""The MLflow schema (DESIGN.md §5), written to a temporary sqlite store by the same
+driver-side recorder and finalizer a search uses; only Ray is left out."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST_TIMING
+from tuner.errors import TrackingError
+from tuner.hardware import detect
+from tuner.measure.latency import TimingConfig
+from tuner.search import SearchRequest, TrialRecorder, finalize
+from tuner.space import SearchSpace
+from tuner.tracking import Tracker
+from tuner.trial import TrialSettings, evaluate
+from tuner.variant import Variant
+
+SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
+REQUIRED_METRICS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "peak_rss_mb",
+                    "build_s", "model_size_mb", "top1_agreement", "cosine_similarity", "max_abs_error",
+                    "accuracy_drop", "speedup_vs_baseline"}  # fmt: skip
+
+
+@pytest.fixture
+def logged_search(tmp_path, tracking_uri, small_reference, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(tracking_uri, "tuner/test")
+    parent = tracker.start_parent("search test", {"trials": 3}, {"tuner.model": "tiny"})
+    out = tmp_path / "out"
+    out.mkdir()
+    rec = TrialRecorder(tracker, parent, out, small_reference, detect(), total=4)
+    base = Variant(threads=1)
+    rec.record("t0", base.to_dict(), evaluate(base, small_reference, SETTINGS))
+    fast = Variant(batch_size=4, threads=1, compile="torchscript")  # type: ignore[arg-type]
+    rec.record("t1", fast.to_dict(), evaluate(fast, small_reference, SETTINGS))
+    rec.record("t1", fast.to_dict(), evaluate(fast, small_reference, SETTINGS))  # delivered twice
+    broken = Variant(precision="bf16", threads=1)  # type: ignore[arg-type]
+    rec.record("t2", broken.to_dict(), None, "Traceback (most recent call last):\nValueError: boom\n")
+    req = SearchRequest("tiny_models:small_cnn", SearchSpace(), tmp_path / "s.yaml", "random", None,
+                        tracking_uri, "tuner/test", out)  # fmt: skip
+    outcome = finalize(rec, tracker, parent, req, small_reference, time.time())
+    return MlflowClient(tracking_uri), tracker, parent, outcome, out
+
+
+def test_child_runs_follow_the_schema(logged_search):
+    client, tracker, parent, outcome, out = logged_search
+    children = tracker.children(parent)
+    assert len(children) == 3, "one child per trial, duplicates dropped"
+    by_trial = {c.data.tags["ray.trial_id"]: c for c in children}
+    ok = by_trial["t1"]
+    assert ok.data.tags["mlflow.parentRunId"] == parent
+    assert REQUIRED_METRICS <= set(ok.data.metrics)
+    assert ok.data.params == {"precision": "fp32", "quantization": "none", "batch_size": "4", "threads": "1",
+                              "compile": "torchscript", "layout": "contiguous"}  # fmt: skip
+    for tag in ("tuner.status", "tuner.pareto", "tuner.recommended", "tuner.stable", "hw.fingerprint",
+                "hw.torch_version", "tuner.weights", "tuner.data"):  # fmt: skip
+        assert tag in ok.data.tags, tag
+    assert ok.data.tags["tuner.weights"].startswith("random-init")
+    assert ok.data.tags["tuner.data"].startswith("synthetic")
+    failed = by_trial["t2"]
+    assert failed.data.tags["tuner.status"] == "failed"
+    assert failed.data.tags["tuner.error"] == "ValueError: boom"
+    assert failed.info.status == "FAILED"
+    assert "traceback.txt" in [a.path for a in client.list_artifacts(failed.info.run_id)]
+    assert by_trial["t0"].data.tags["tuner.baseline"] == "true"
+
+
+def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
+    client, tracker, parent, outcome, out = logged_search
+    tags = {c.data.tags["ray.trial_id"]: c.data.tags for c in tracker.children(parent)}
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial_id"]) == ["t0", "t1", "t2"] and bool(table.loc[0, "is_baseline"])
+    for _, r in table.iterrows():
+        assert tags[r["trial_id"]]["tuner.pareto"] == str(bool(r["pareto"])).lower()
+        assert tags[r["trial_id"]]["tuner.recommended"] == str(bool(r["recommended"])).lower()
+    assert table["recommended"].sum() == 1
+    assert set(pd.read_csv(out / "pareto.csv")["trial_id"]) == set(table[table["pareto"]]["trial_id"])
+    rec = yaml.safe_load((out / "recommended.yaml").read_text())
+    assert rec["mlflow"]["parent_run_id"] == parent
+    assert rec["variant"]["batch_size"] in (1, 4)
+
+
+def test_parent_run_summary_and_artifacts(logged_search):
+    client, tracker, parent, outcome, out = logged_search
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert {"best_latency_p50_ms", "best_throughput_ips", "recommended_latency_p50_ms", "n_failed"} <= set(run.data.metrics)
+    assert run.data.tags["tuner.recommended_run_id"] in {c.info.run_id for c in tracker.children(parent)}
+    arts = {a.path for a in client.list_artifacts(parent)}
+    assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= arts
+
+
+def test_unreachable_store_is_a_tracking_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TrackingError, match=f"--tracking-uri http://127.0.0.1:{port}: no MLflow server answers"):
+        Tracker(f"http://127.0.0.1:{port}", "x")
+    with pytest.raises(TrackingError, match="is a folder"):
+        Tracker(f"sqlite:///{tmp_path}", "x")  # a folder, not a database file

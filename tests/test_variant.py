@@ -1,0 +1,47 @@
+"""The Variant dataclass: validation, labels, feasibility rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.errors import ConfigError
+from tuner.variant import CompileMode, Precision, Variant, baseline, infeasible_reason
+
+
+def test_round_trip_and_label():
+    v = Variant.from_dict({"quantization": "static_int8", "batch_size": 8, "threads": 2, "compile": "torchscript",
+                           "layout": "channels_last"})  # fmt: skip
+    assert v.label == "int8-static bs8 t2 torchscript cl"
+    assert Variant.from_dict(v.to_dict()) == v
+    assert baseline(2).label == "fp32 bs1 t2 eager nchw"
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"precision": "fp8"}, "`precision` must be one of fp32, bf16, fp16"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"threads": "2"}, "`threads` must be an integer >= 1"),
+        ({"quantization": "static_int8", "precision": "bf16"}, "must be fp32 when `quantization`"),
+        ({"colour": "red"}, "unknown variant key"),
+    ],
+)
+def test_invalid_variants_say_what_is_allowed(params, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Variant.from_dict(params)
+
+
+def test_feasibility_rules():
+    assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=False, bf16_native=True)
+    assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=True, bf16_native=True) is None
+    int8_inductor = Variant(quantization="static_int8", compile=CompileMode.INDUCTOR)  # type: ignore[arg-type]
+    assert "inductor" in (infeasible_reason(int8_inductor, fp16_native=True, bf16_native=True) or "")
+    int8_gpu = Variant(quantization="dynamic_int8")  # type: ignore[arg-type]
+    assert infeasible_reason(int8_gpu, device="cuda", fp16_native=True, bf16_native=True)
+
+
+def test_complexity_orders_simpler_first():
+    eager = Variant()
+    ts_int8 = Variant(quantization="static_int8", compile="torchscript")  # type: ignore[arg-type]
+    bf16 = Variant(precision="bf16")  # type: ignore[arg-type]
+    assert sorted([ts_int8, bf16, eager], key=lambda v: v.complexity) == [eager, bf16, ts_int8]
