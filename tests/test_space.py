@@ -84,6 +84,13 @@ def test_auto_threads_and_hardware_filtering():
     assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
 
 
+def test_baseline_values_are_always_in_the_space(tmp_path):
+    sp = load_text(tmp_path, "dimensions: {precision: [bf16], batch_size: [8], compile: [inductor], threads: [1]}")
+    ch = sp.feasible_choices(**CPU)
+    assert ch["precision"] == ["fp32", "bf16"] and ch["batch_size"] == [1, 8] and ch["compile"] == ["eager", "inductor"]
+    assert baseline_point(ch)["threads"] == 1
+
+
 def test_overrides_are_validated():
     sp = SearchSpace().with_overrides(search={"trials": 3, "objective": None})
     assert sp.search.trials == 3 and sp.search.objective == "latency"
@@ -96,7 +103,7 @@ def test_optuna_samples_only_feasible_variants():
     config is a valid Variant that the feasibility rules accept."""
     choices = SearchSpace().feasible_choices(**CPU)
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
-    study.enqueue_trial(baseline_point(2))
+    study.enqueue_trial(baseline_point(choices))
     seen = []
     for _ in range(60):
         t = study.ask()

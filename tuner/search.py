@@ -266,7 +266,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             space=space_function(choices),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            points_to_evaluate=[baseline_point(cores)],
+            points_to_evaluate=[baseline_point(choices)],
             sampler=sampler,
             study_name=f"tuner-{req.output.name}",
             storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'optuna.db'}"),

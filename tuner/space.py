@@ -154,12 +154,12 @@ class SearchSpace(_Strict):
             for q in d.quantization
             if (q is Quantization.NONE and precision) or (q is not Quantization.NONE and compile_int8 and ok(quantization=q))
         ]
-        if not quantization:
+        if not quantization and not precision:
             raise SpaceError(
                 f"{source}: no feasible precision/quantization is left on this hardware "
                 f"(device={device}, fp16_native={fp16_native}, bf16_native={bf16_native})"
             )
-        return {
+        choices = {
             "quantization": quantization,
             "precision": precision,
             "compile": compile_fp,
@@ -168,6 +168,12 @@ class SearchSpace(_Strict):
             "threads": threads,
             "layout": [x.value for x in d.layout],
         }
+        # Trial 0 is always the baseline (fp32, eager, batch 1), so its values are always
+        # part of the space, whatever the file lists.
+        for key, value in {**BASELINE_FIELDS, "batch_size": 1}.items():
+            if value not in choices[key]:
+                choices[key].insert(0, value)
+        return choices
 
 
 def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] | None:
@@ -204,9 +210,10 @@ def variant_from_config(config: dict[str, Any]) -> Variant:
     return Variant.from_dict(params)
 
 
-def baseline_point(threads: int) -> dict[str, Any]:
-    """Trial 0 as an Optuna point (parameter names of `define_by_run`)."""
-    return {**BASELINE_FIELDS, "batch_size": 1, "threads": threads}
+def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
+    """Trial 0 as an Optuna point: fp32, eager, batch 1, the most threads the space offers
+    (all cores of a trial with `threads: auto`)."""
+    return {**BASELINE_FIELDS, "batch_size": 1, "threads": max(choices["threads"])}
 
 
 def resolve_space_file(model: str, space: str | Path | None) -> Path:

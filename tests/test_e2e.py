@@ -1,0 +1,157 @@
+"""End to end: the real CLI in a subprocess, a real local Ray, a real sqlite MLflow store.
+
+Tiny budgets: resnet18 at 32x32 for a few trials. Figures are real but never asserted
+against a clock; the checks are about structure and selection logic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TESTS, write_space
+from tuner.select import Limits, feasible_mask, pareto_mask
+
+pytestmark = pytest.mark.slow
+TRIALS = 5
+
+
+def tuner(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "MLFLOW_TRACKING_URI": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    space = write_space(
+        work / "space.yaml",
+        search={"trials": TRIALS},
+        dimensions={"batch_size": [1, 2], "compile": ["eager", "torchscript"]},
+    )
+    r = tuner("search", "resnet18", "--space", str(space), "--weights", "random", "--output", "out", cwd=work)
+    assert r.returncode == 0, r.stdout + r.stderr
+    uri = f"sqlite:///{work / 'mlflow.db'}"  # the default store: ./mlflow.db, absolute
+    return work, work / "out", uri, r
+
+
+def test_progress_lines_and_recommendation(search):
+    work, out, uri, r = search
+    for i in range(1, TRIALS + 1):
+        assert f"[{i}/{TRIALS}]" in r.stdout
+    assert "RECOMMENDED:" in r.stdout and str(out) in r.stdout
+    assert "mlflow ui --backend-store-uri" in r.stdout
+    assert "Trial status" not in r.stdout + r.stderr  # Ray's own progress tables stay quiet
+    assert "RANDOM-INIT" not in r.stderr  # --weights random was asked for: no warning banner
+
+
+def test_outputs(search):
+    work, out, uri, r = search
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == TRIALS
+    first = trials.iloc[0]
+    assert bool(first["is_baseline"]) and first["label"] == "fp32 bs1 t2 eager nchw"
+    for col in ("precision", "quantization", "batch_size", "threads", "compile", "layout", "latency_p50_ms",
+                "latency_p90_ms", "latency_p99_ms", "throughput_ips", "top1_agreement", "status", "error"):  # fmt: skip
+        assert col in trials.columns, col
+    assert set(trials["status"]) <= {"ok", "failed", "infeasible", "inaccurate"}
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert set(pareto["trial_id"]) == set(trials[trials["pareto"]]["trial_id"])
+
+    # The recommended row is non-dominated and meets the constraints (recomputed here).
+    rec = yaml.safe_load((out / "recommended.yaml").read_text())
+    limits = Limits(max_accuracy_drop=0.01)
+    feas = feasible_mask(trials, limits)
+    front = pareto_mask(trials, feas)
+    (idx,) = trials.index[trials["recommended"]]
+    assert feas[idx] and front[idx]
+    assert rec["label"] == trials.loc[idx, "label"]
+    assert rec["weights_label"].startswith("random-init") and rec["data"].startswith("synthetic")
+
+
+def test_mlflow_tree(search):
+    work, out, uri, r = search
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tuner/resnet18")
+    parents = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'search'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tuner.weights"].startswith("random-init")
+    assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == TRIALS
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == TRIALS
+    assert sum(c.data.tags["tuner.recommended"] == "true" for c in children) == 1
+    trials = pd.read_csv(out / "trials.csv")
+    n_pareto = len(client.search_runs([exp.experiment_id], "tags.`tuner.pareto` = 'true'"))
+    assert n_pareto == int(trials["pareto"].sum()) >= 1
+    for c in children:
+        if c.data.tags["tuner.status"] == "ok":
+            assert {"latency_p50_ms", "latency_p90_ms", "throughput_ips", "accuracy_drop", "speedup_vs_baseline"} <= set(
+                c.data.metrics
+            )
+
+
+def test_measure_reproduces_the_recommended_variant(search):
+    work, out, uri, r = search
+    m = tuner("measure", "resnet18", "--config", str(out / "recommended.yaml"), "--space", str(work / "space.yaml"),
+              "--json", cwd=work)  # fmt: skip
+    assert m.returncode == 0, m.stderr
+    fig = json.loads(m.stdout.strip().splitlines()[-1])
+    rec = yaml.safe_load((out / "recommended.yaml").read_text())
+    assert fig["status"] == "ok"
+    assert {k: fig[k] for k in rec["variant"]} == rec["variant"]
+    assert fig["latency_p50_ms"] > 0 and fig["top1_agreement"] == 1.0
+    print(f"search p50 {rec['figures']['latency_p50_ms']:.2f} ms, measure p50 {fig['latency_p50_ms']:.2f} ms")
+
+
+def test_report_reads_the_search_back(search):
+    work, out, uri, r = search
+    rep = tuner("report", cwd=work)
+    assert rep.returncode == 0, rep.stderr
+    rec = yaml.safe_load((out / "recommended.yaml").read_text())
+    assert f"RECOMMENDED: {rec['label']}" in rep.stdout
+    assert rep.stdout.count(" ok ") + rep.stdout.count(" failed ") >= TRIALS
+
+
+def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):
+    """A user model FX cannot trace: every static-int8 trial fails, the others run."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={"trials": 4},
+        dimensions={"quantization": ["none", "static_int8"], "batch_size": [1], "compile": ["eager"], "threads": [1]},
+    )
+    r = tuner("search", "tiny_models:untraceable", "--space", str(space), "--weights", "random", "--output", "out",
+              cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    failed = trials[trials["status"] == "failed"]
+    assert len(trials) == 4 and len(failed) >= 1
+    assert failed["error"].str.contains("FX static quantization").all()
+    assert trials["recommended"].sum() == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["search", "no_such_model"], "unknown model `no_such_model`"),
+        (["search", "resnet18", "--space", "missing.yaml"], "missing.yaml: space file not found"),
+        (["search", "resnet18", "--trials", "0"], "`--trials` (search.trials)"),
+        (["measure", "resnet18", "--config", "missing.yaml"], "--config missing.yaml"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tmp_path, args, fragment):
+    r = tuner(*args, "--weights", "random", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert fragment in r.stderr and "Traceback" not in r.stderr
