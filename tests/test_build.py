@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-
 from tiny_models import SmallCNN, Untraceable
+
 from tuner.build import build
 from tuner.errors import VariantUnsupported
 from tuner.measure.accuracy import fidelity

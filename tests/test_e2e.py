@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TESTS, write_space
 from mlflow.tracking import MlflowClient
 
-from conftest import TESTS, write_space
 from tuner.select import Limits, feasible_mask, pareto_mask
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,12 @@ TRIALS = 5
 def tuner(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "MLFLOW_TRACKING_URI": ""}
     return subprocess.run(
-        [sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -88,7 +93,9 @@ def test_mlflow_tree(search):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tuner.weights"].startswith("random-init")
-    assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == TRIALS
     assert len({c.data.tags["ray.trial_id"] for c in children}) == TRIALS
@@ -98,9 +105,13 @@ def test_mlflow_tree(search):
     assert n_pareto == int(trials["pareto"].sum()) >= 1
     for c in children:
         if c.data.tags["tuner.status"] == "ok":
-            assert {"latency_p50_ms", "latency_p90_ms", "throughput_ips", "accuracy_drop", "speedup_vs_baseline"} <= set(
-                c.data.metrics
-            )
+            assert {
+                "latency_p50_ms",
+                "latency_p90_ms",
+                "throughput_ips",
+                "accuracy_drop",
+                "speedup_vs_baseline",
+            } <= set(c.data.metrics)
 
 
 def test_measure_reproduces_the_recommended_variant(search):
@@ -130,7 +141,12 @@ def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
         search={"trials": 4},
-        dimensions={"quantization": ["none", "static_int8"], "batch_size": [1], "compile": ["eager"], "threads": [1]},
+        dimensions={
+            "quantization": ["none", "static_int8"],
+            "batch_size": [1],
+            "compile": ["eager"],
+            "threads": [1],
+        },
     )
     r = tuner("search", "tiny_models:untraceable", "--space", str(space), "--weights", "random", "--output", "out",
               cwd=tmp_path)  # fmt: skip

@@ -8,7 +8,14 @@ import optuna
 import pytest
 
 from tuner.errors import SpaceError
-from tuner.space import SPACES_DIR, SearchSpace, baseline_point, define_by_run, resolve_space_file, variant_from_config
+from tuner.space import (
+    SPACES_DIR,
+    SearchSpace,
+    baseline_point,
+    define_by_run,
+    resolve_space_file,
+    variant_from_config,
+)
 from tuner.variant import Quantization, infeasible_reason
 
 CPU = {"cores": 2, "device": "cpu", "fp16_native": False, "bf16_native": True}

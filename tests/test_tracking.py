@@ -8,9 +8,9 @@ import time
 import pandas as pd
 import pytest
 import yaml
+from conftest import FAST_TIMING
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST_TIMING
 from tuner.errors import TrackingError
 from tuner.hardware import detect
 from tuner.measure.latency import TimingConfig
@@ -89,7 +89,9 @@ def test_parent_run_summary_and_artifacts(logged_search):
     client, tracker, parent, outcome, out = logged_search
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
-    assert {"best_latency_p50_ms", "best_throughput_ips", "recommended_latency_p50_ms", "n_failed"} <= set(run.data.metrics)
+    assert {"best_latency_p50_ms", "best_throughput_ips", "recommended_latency_p50_ms", "n_failed"} <= set(
+        run.data.metrics
+    )
     assert run.data.tags["tuner.recommended_run_id"] in {c.info.run_id for c in tracker.children(parent)}
     arts = {a.path for a in client.list_artifacts(parent)}
     assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= arts

@@ -11,8 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    from tuner.space import SearchSpace
 
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _load_space(args: argparse.Namespace, **search: object):  # type: ignore[no-untyped-def]
+def _load_space(args: argparse.Namespace, **search: object) -> tuple[SearchSpace, Path]:
     from tuner.space import SearchSpace, resolve_space_file
 
     path = resolve_space_file(args.model, args.space)
@@ -85,9 +89,7 @@ def _search(args: argparse.Namespace) -> int:
     from tuner.search import SearchRequest, run_search
     from tuner.tracking import default_tracking_uri
 
-    space, path = _load_space(
-        args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective
-    )
+    space, path = _load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
         constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms}
     )
@@ -125,7 +127,7 @@ def _measure(args: argparse.Namespace) -> int:
     from tuner.errors import ConfigError
     from tuner.models import ModelSpec, resolve_weights
     from tuner.reference import prepare_reference
-    from tuner.trial import TrialSettings, evaluate, _set_threads
+    from tuner.trial import TrialSettings, _set_threads, evaluate
     from tuner.variant import Variant
 
     try:
@@ -156,7 +158,15 @@ def _measure(args: argparse.Namespace) -> int:
         print(json.dumps(out, default=float))
     else:
         print(f"{variant.label}: status {out['status']} {out.get('error', '')}")
-        for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s", "stable"):
+        for k in (
+            "latency_p50_ms",
+            "latency_p90_ms",
+            "latency_p99_ms",
+            "throughput_ips",
+            "quality",
+            "build_s",
+            "stable",
+        ):
             if k in out:
                 print(f"  {k:16s} {out[k]}")
     return EXIT_OK if out["status"] == "ok" else EXIT_NO_RESULT
@@ -204,5 +214,7 @@ def _latest_tuner_experiment(uri: str) -> str:
 
     exps = [e for e in MlflowClient(uri).search_experiments() if e.name.startswith("tuner/")]
     if not exps:
-        raise ConfigError(f"no tuner experiment in {uri}; run `python -m tuner search MODEL` first, or pass --experiment")
+        raise ConfigError(
+            f"no tuner experiment in {uri}; run `python -m tuner search MODEL` first, or pass --experiment"
+        )
     return max(exps, key=lambda e: e.last_update_time or 0).name

@@ -214,7 +214,7 @@ def weights_digest(module: nn.Module) -> str:
 
 def input_shape(module: nn.Module, size: int) -> tuple[int, int, int]:
     shape = getattr(module, "input_shape", None)
-    return tuple(shape) if shape is not None else (3, size, size)  # type: ignore[return-value]
+    return (int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None else (3, size, size)
 
 
 # ---- data ---------------------------------------------------------------------------------

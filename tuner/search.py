@@ -1,13 +1,13 @@
 """One search, top to bottom: reference -> Ray Tune + OptunaSearch -> MLflow -> selection -> outputs.
 
-    run_search(request)
-      1. open the MLflow store (fails fast, before anything runs) and resolve the weights
-      2. compute the fp32 eager reference once (shared with trials via Ray's object store)
-      3. Ray Tune: OptunaSearch (multi-objective), trial 0 = baseline, one trial at a time,
-         each in a fresh process (`reuse_actors=False`), all cores of a node per trial
-      4. TrialRecorder (a Tune callback in the driver): one MLflow child run, one progress
-         line and a rewritten trials.csv per finished trial, so nothing is lost
-      5. select: Pareto front + recommendation; tag the child runs; write outputs
+run_search(request)
+  1. open the MLflow store (fails fast, before anything runs) and resolve the weights
+  2. compute the fp32 eager reference once (shared with trials via Ray's object store)
+  3. Ray Tune: OptunaSearch (multi-objective), trial 0 = baseline, one trial at a time,
+     each in a fresh process (`reuse_actors=False`), all cores of a node per trial
+  4. TrialRecorder (a Tune callback in the driver): one MLflow child run, one progress
+     line and a rewritten trials.csv per finished trial, so nothing is lost
+  5. select: Pareto front + recommendation; tag the child runs; write outputs
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tuner import report
 from tuner.hardware import Hardware, detect
 from tuner.models import ModelSpec, resolve_weights
 from tuner.reference import Reference, prepare_reference
-from tuner.select import Limits, pareto_mask, recommend, feasible_mask
+from tuner.select import Limits, feasible_mask, pareto_mask, recommend
 from tuner.space import SearchSpace, baseline_point, space_function, variant_from_config
 from tuner.tracking import Tracker
 from tuner.trial import METRICS, OBJECTIVES, TrialSettings, run_trial
@@ -86,7 +86,14 @@ class TrialRecorder:
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, out: Path, ref: Reference, hw: Hardware, total: int):
-        self.tracker, self.parent_id, self.out, self.ref, self.hw, self.total = tracker, parent_id, out, ref, hw, total
+        self.tracker, self.parent_id, self.out, self.ref, self.hw, self.total = (
+            tracker,
+            parent_id,
+            out,
+            ref,
+            hw,
+            total,
+        )
         self.rows: list[dict[str, Any]] = []
         self.seen: set[str] = set()
         self.baseline_p50: float | None = None
@@ -151,8 +158,7 @@ class TrialRecorder:
             return f"{head} {row['error'][:90]}"
         return (
             f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s  "
-            f"quality {row['quality']:.3f}  build {row['build_s']:.1f}s"
-            + ("" if row["stable"] else "  (unstable)")
+            f"quality {row['quality']:.3f}  build {row['build_s']:.1f}s" + ("" if row["stable"] else "  (unstable)")
         )
 
     def table(self) -> pd.DataFrame:
@@ -162,7 +168,7 @@ class TrialRecorder:
 def _as_callback(recorder: TrialRecorder) -> Any:
     from ray.tune import Callback
 
-    class _Cb(Callback):  # type: ignore[misc]
+    class _Cb(Callback):
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             if trial.last_result and "status" in trial.last_result:
                 recorder.record(trial.trial_id, trial.config, trial.last_result)
@@ -214,7 +220,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    ray.init(address=req.address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
         cores = _cores_per_trial(req.address)
         choices = sp.feasible_choices(
@@ -246,8 +252,10 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         }
         parent_id = tracker.start_parent(f"search {req.model}", settings, parent_tags)
         _say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
-        _say(f"searching: {sp.search.trials} trials, time budget {sp.search.time_budget_minutes} min, "
-             f"one at a time on {cores} core(s)")
+        _say(
+            f"searching: {sp.search.trials} trials, time budget {sp.search.time_budget_minutes} min, "
+            f"one at a time on {cores} core(s)"
+        )
         recorder = TrialRecorder(tracker, parent_id, req.output, ref, hw, sp.search.trials)
         sampler = (
             optuna.samplers.NSGAIISampler(seed=req.seed)
@@ -272,7 +280,9 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'optuna.db'}"),
         )
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, reference=ref, settings=TrialSettings(sp.timing, sp.eval.screen_min_cosine)),
+            tune.with_parameters(
+                run_trial, reference=ref, settings=TrialSettings(sp.timing, sp.eval.screen_min_cosine)
+            ),
             {"cpu": cores},
         )
         budget = sp.search.time_budget_minutes
@@ -307,7 +317,12 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
 
 def finalize(
-    recorder: TrialRecorder, tracker: Tracker, parent_id: str, req: SearchRequest, ref: Reference, started: float
+    recorder: TrialRecorder,
+    tracker: Tracker,
+    parent_id: str,
+    req: SearchRequest,
+    ref: Reference,
+    started: float,
 ) -> SearchOutcome:
     """Selection, tags on the child runs, output files, parent-run summary."""
     sp = req.space
@@ -323,11 +338,14 @@ def finalize(
     df["pareto"] = pareto_mask(df, df["feasible"])
     rec = recommend(df, sp.search.objective, limits)
     df["recommended"] = df.index == rec.index
-    for i, row in df.iterrows():
+    for _, row in df.iterrows():
         if row["pareto"] or row["recommended"]:
             tracker.log(
                 row["mlflow_run_id"],
-                tags={"tuner.pareto": str(bool(row["pareto"])).lower(), "tuner.recommended": str(bool(row["recommended"])).lower()},
+                tags={
+                    "tuner.pareto": str(bool(row["pareto"])).lower(),
+                    "tuner.recommended": str(bool(row["recommended"])).lower(),
+                },
             )
     report.write_tables(df, req.output)
 
@@ -340,14 +358,20 @@ def finalize(
         summary["best_latency_p50_ms"] = float(ok["latency_p50_ms"].min())
         summary["best_throughput_ips"] = float(ok["throughput_ips"].max())
     recommended = df.loc[rec.index] if rec.index is not None else None
-    parent_tags = {"tuner.status": "ok" if recommended is not None else "no_result", "tuner.recommendation_reason": rec.reason}
+    parent_tags = {
+        "tuner.status": "ok" if recommended is not None else "no_result",
+        "tuner.recommendation_reason": rec.reason,
+    }
     if recommended is not None:
         summary["recommended_latency_p50_ms"] = float(recommended["latency_p50_ms"])
         summary["recommended_throughput_ips"] = float(recommended["throughput_ips"])
         if not pd.isna(recommended.get("speedup_vs_baseline")):
             summary["speedup_vs_baseline"] = float(recommended["speedup_vs_baseline"])
         parent_tags.update(
-            {"tuner.recommended_run_id": str(recommended["mlflow_run_id"]), "tuner.recommended_config": str(recommended["label"])}
+            {
+                "tuner.recommended_run_id": str(recommended["mlflow_run_id"]),
+                "tuner.recommended_config": str(recommended["label"]),
+            }
         )
         report.write_recommended(
             recommended,
@@ -380,7 +404,12 @@ def _print_summary(
     df: pd.DataFrame, rec: pd.Series | None, reason: str, req: SearchRequest, parent_id: str, wall: float
 ) -> None:
     _say()
-    _say(report.format_table(df[df["pareto"]], "Pareto front (feasible configs no other config beats on p90 latency, throughput and quality):"))
+    _say(
+        report.format_table(
+            df[df["pareto"]],
+            "Pareto front (feasible configs no other config beats on p90 latency, throughput and quality):",
+        )
+    )
     failed = df[~df["status"].eq("ok")]
     if len(failed):
         _say(f"\n{len(failed)} trial(s) not ok:")

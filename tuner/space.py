@@ -152,14 +152,15 @@ class SearchSpace(_Strict):
         quantization = [
             q.value
             for q in d.quantization
-            if (q is Quantization.NONE and precision) or (q is not Quantization.NONE and compile_int8 and ok(quantization=q))
+            if (q is Quantization.NONE and precision)
+            or (q is not Quantization.NONE and compile_int8 and ok(quantization=q))
         ]
         if not quantization and not precision:
             raise SpaceError(
                 f"{source}: no feasible precision/quantization is left on this hardware "
                 f"(device={device}, fp16_native={fp16_native}, bf16_native={bf16_native})"
             )
-        choices = {
+        choices: dict[str, list[Any]] = {
             "quantization": quantization,
             "precision": precision,
             "compile": compile_fp,

@@ -43,7 +43,9 @@ def _check_reachable(uri: str) -> None:
         # MLflow retries a failing sqlite open for minutes; check the obvious cases first.
         db = Path(uri.removeprefix("sqlite:///").split("?")[0])
         if db.is_dir():
-            raise TrackingError(f"--tracking-uri {uri}: {db} is a folder; name a database file, e.g. {db / 'mlflow.db'}")
+            raise TrackingError(
+                f"--tracking-uri {uri}: {db} is a folder; name a database file, e.g. {db / 'mlflow.db'}"
+            )
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -73,9 +75,7 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(uri)
-                )
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(uri))
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as e:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
@@ -142,13 +142,14 @@ class Tracker:
     # ---- reading back (report) -------------------------------------------------------
     def latest_parent(self) -> Any:
         runs = self.client.search_runs(
-            [self.experiment_id], "tags.`tuner.kind` = 'search'", order_by=["attributes.start_time DESC"], max_results=1
+            [self.experiment_id],
+            "tags.`tuner.kind` = 'search'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         return runs[0] if runs else None
 
     def children(self, parent_id: str) -> list[Any]:
         return list(
-            self.client.search_runs(
-                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
-            )
+            self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000)
         )

@@ -120,9 +120,7 @@ def baseline(threads: int) -> Variant:
     return Variant(batch_size=1, threads=threads)
 
 
-def infeasible_reason(
-    v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool
-) -> str | None:
+def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
     """Why this variant is known not to work (or not to make sense) here, else None.
 
     These rules keep known failures out of the sampled space (`space.py` never offers

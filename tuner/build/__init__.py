@@ -50,7 +50,7 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     model = apply_precision(model.eval().to(dev), variant.precision)
     model = QUANTIZERS[variant.quantization](model, calibration.to(dev), variant.batch_size)
     if variant.layout is Layout.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = model.to(memory_format=torch.channels_last)
 
     example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).to(dev, dtype)
     example = example.contiguous(memory_format=fmt) if example.dim() == 4 else example

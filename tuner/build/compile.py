@@ -30,7 +30,7 @@ def _torchscript(model: nn.Module, example: torch.Tensor) -> Runner:
         try:
             traced = torch.jit.trace(model, example, check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
-            return torch.jit.optimize_for_inference(frozen)  # type: ignore[no-any-return]
+            return torch.jit.optimize_for_inference(frozen)
         except RuntimeError as e:
             raise VariantUnsupported(f"TorchScript trace/freeze failed: {str(e).splitlines()[0]}") from e
 
@@ -43,7 +43,7 @@ def _inductor(mode: str | None) -> Callable[[nn.Module, torch.Tensor], Runner]:
         # torch.compile is lazy: the first call compiles, and freezing must be on while it does.
         with inductor_config.patch(freezing=example.device.type == "cpu"):
             compiled(example)
-        return compiled  # type: ignore[return-value]
+        return compiled
 
     return compile_
 
