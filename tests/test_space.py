@@ -13,6 +13,7 @@ from tuner.space import (
     SearchSpace,
     baseline_point,
     define_by_run,
+    initial_points,
     resolve_space_file,
     variant_from_config,
 )
@@ -96,6 +97,18 @@ def test_baseline_values_are_always_in_the_space(tmp_path):
     ch = sp.feasible_choices(**CPU)
     assert ch["precision"] == ["fp32", "bf16"] and ch["batch_size"] == [1, 8] and ch["compile"] == ["eager", "inductor"]
     assert baseline_point(ch)["threads"] == 1
+
+
+def test_initial_points_are_baseline_then_feasible_probes():
+    choices = SearchSpace().feasible_choices(**CPU)
+    points = initial_points(choices, trials=16)
+    labels = [variant_from_config(p).label for p in points]
+    assert labels[0] == "fp32 bs1 t2 eager nchw"
+    assert "int8-static bs1 t2 torchscript nchw" in labels and "bf16 bs1 t2 inductor cl" in labels
+    assert len(points) <= 1 + 16 // 4
+    assert initial_points(choices, trials=3) == [baseline_point(choices)]
+    no_bf16 = SearchSpace().feasible_choices(cores=2, device="cpu", fp16_native=False, bf16_native=False)
+    assert all(p.get("precision") != "bf16" for p in initial_points(no_bf16, trials=40))
 
 
 def test_overrides_are_validated():

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search the variants of a model and recommend one")
     s.add_argument("model", help="torchvision model name (resnet50, ...) or module.path:factory")
     s.add_argument("--space", help="search-space YAML (default: search_spaces/<model>.yaml, else default.yaml)")
-    s.add_argument("--trials", type=int, help="number of trials, baseline included (space default: 16)")
+    s.add_argument("--trials", type=int, help="number of trials, baseline included (space default: 24)")
     s.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop starting trials after this long")
     s.add_argument("--objective", choices=["latency", "throughput"], help="what the recommendation optimises")
     s.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION", help="relative drop allowed (0.01 = 1%%)")

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tuner.hardware import Hardware, detect
 from tuner.models import ModelSpec, resolve_weights
 from tuner.reference import Reference, prepare_reference
 from tuner.select import Limits, feasible_mask, pareto_mask, recommend
-from tuner.space import SearchSpace, baseline_point, space_function, variant_from_config
+from tuner.space import SearchSpace, initial_points, space_function, variant_from_config
 from tuner.tracking import Tracker
 from tuner.trial import METRICS, OBJECTIVES, TrialSettings, run_trial
 from tuner.variant import baseline
@@ -217,6 +218,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE `group`
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -267,14 +269,13 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                 n_startup_trials=min(10, max(2, sp.search.trials // 2)),
                 multivariate=True,
                 group=True,
-                warn_independent_sampling=False,
             )
         )
         searcher = OptunaSearch(
             space=space_function(choices),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            points_to_evaluate=[baseline_point(choices)],
+            points_to_evaluate=initial_points(choices, sp.search.trials),
             sampler=sampler,
             study_name=f"tuner-{req.output.name}",
             storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'optuna.db'}"),
@@ -427,6 +428,8 @@ def _print_summary(
             f"(drop {100 * rec['accuracy_drop']:.2f}%)"
             + ("" if pd.isna(speed) else f", {speed:.2f}x the baseline's p50")
         )
+    if len(df) < req.space.search.trials:
+        _say(f"\nthe time budget stopped the search after {len(df)} of {req.space.search.trials} trials")
     _say(f"\nsearch took {wall / 60:.1f} min; outputs in {req.output}")
     _say(f"MLflow parent run {parent_id}; view with:\n  mlflow ui --backend-store-uri {req.tracking_uri}")
     sys.stdout.flush()

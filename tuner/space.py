@@ -69,7 +69,7 @@ class Dimensions(_Strict):
 
 
 class SearchSettings(_Strict):
-    trials: int = Field(default=16, ge=1)
+    trials: int = Field(default=24, ge=1)
     time_budget_minutes: float | None = Field(default=12.0, gt=0)
     objective: Literal["latency", "throughput"] = "latency"
     sampler: Literal["tpe", "nsga2"] = "tpe"
@@ -215,6 +215,33 @@ def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
     """Trial 0 as an Optuna point: fp32, eager, batch 1, the most threads the space offers
     (all cores of a trial with `threads: auto`)."""
     return {**BASELINE_FIELDS, "batch_size": 1, "threads": max(choices["threads"])}
+
+
+# Families that often win on CPUs, tried right after the baseline so that a small budget
+# still sees each kind of speedup once (Optuna's enqueue_trial; TPE takes over after them).
+PROBES: tuple[dict[str, Any], ...] = (
+    {"quantization": "static_int8", "compile_int8": "torchscript", "layout": "contiguous"},
+    {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
+    {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
+    {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
+)
+
+
+def initial_points(choices: dict[str, list[Any]], trials: int) -> list[dict[str, Any]]:
+    """The baseline, then up to a quarter of the budget of PROBES that this space and this
+    hardware allow (batch 1, all threads), so the sampler starts from diverse known-good points."""
+    base = baseline_point(choices)
+    points = [base]
+    for probe in PROBES:
+        if len(points) > trials // 4:
+            break
+        point = {**base, **probe}
+        if point["quantization"] != "none":
+            point.pop("compile")
+            point.pop("precision")
+        if all(v in choices[k] for k, v in point.items()):
+            points.append(point)
+    return points
 
 
 def resolve_space_file(model: str, space: str | Path | None) -> Path:

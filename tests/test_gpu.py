@@ -1,0 +1,64 @@
+"""CUDA path: the same build suite and protocol on a GPU. Skipped (and says so) without one;
+run on a GPU machine with `python -m pytest -m gpu`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import FAST_TIMING
+from tiny_models import SmallCNN
+from tuner.build import build
+from tuner.hardware import detect
+from tuner.measure.accuracy import fidelity
+from tuner.measure.latency import TimingConfig
+from tuner.models import ModelSpec
+from tuner.reference import prepare_reference
+from tuner.trial import TrialSettings, evaluate
+from tuner.variant import Variant
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
+
+GPU_VARIANTS = [
+    {},
+    {"precision": "fp16"},
+    {"precision": "bf16", "layout": "channels_last"},
+    {"precision": "fp16", "compile": "torchscript"},
+    {"precision": "bf16", "compile": "inductor"},
+]
+
+
+@pytest.mark.parametrize("params", GPU_VARIANTS, ids=lambda p: Variant(**p).label)
+def test_gpu_build_matches_fp32(params):
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x[:4])
+    built = build(copy.deepcopy(model), Variant(batch_size=4, **params), calibration=x[4:], device="cuda")
+    with torch.inference_mode():
+        out = built.run(built.prepare(x[:4]))
+    assert out.device.type == "cuda"
+    assert fidelity(out, ref)["cosine_similarity"] > 0.99
+
+
+def test_gpu_hardware_profile_offers_fp16_and_not_int8():
+    hw = detect()
+    assert hw.device == "cuda" and hw.fp16_native and hw.bf16_native
+    out = evaluate(
+        Variant(quantization="static_int8"),  # type: ignore[arg-type]
+        prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4),
+        TrialSettings(TimingConfig(**FAST_TIMING)),
+    )
+    assert out["status"] == "infeasible"
+
+
+def test_gpu_trial_reports_device_memory(small_reference):
+    out = evaluate(Variant(precision="fp16", batch_size=4), small_reference, TrialSettings(TimingConfig(**FAST_TIMING)))  # type: ignore[arg-type]
+    assert out["status"] == "ok", out["error"]
+    assert out["peak_device_mb"] > 0 and out["cosine_similarity"] > 0.99
