@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-
 from conftest import FAST_TIMING
 from tiny_models import SmallCNN
+
 from tuner.build import build
 from tuner.hardware import detect
 from tuner.measure.accuracy import fidelity
