@@ -17,13 +17,26 @@ from tuner.measure.latency import TimingConfig
 from tuner.search import SearchRequest, TrialRecorder, finalize
 from tuner.space import SearchSpace
 from tuner.tracking import Tracker
-from tuner.trial import TrialSettings, evaluate
+from tuner.confirm import interleaved
+from tuner.trial import TrialSettings, evaluate, time_variant
 from tuner.variant import Variant
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
 REQUIRED_METRICS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "peak_rss_mb",
                     "build_s", "model_size_mb", "top1_agreement", "cosine_similarity", "max_abs_error",
                     "accuracy_drop", "speedup_vs_baseline"}  # fmt: skip
+
+
+def in_process_confirm(ref):
+    """The confirmation protocol without Ray: the same measurements, in this process."""
+
+    def run(variants, rounds):
+        out = {i: [] for i in range(len(variants))}
+        for _, i in interleaved(variants, rounds):
+            out[i].append(time_variant(variants[i], ref, SETTINGS))
+        return out
+
+    return run
 
 
 @pytest.fixture
@@ -43,7 +56,9 @@ def logged_search(tmp_path, tracking_uri, small_reference, monkeypatch):
     rec.record("t2", broken.to_dict(), None, "Traceback (most recent call last):\nValueError: boom\n")
     req = SearchRequest("tiny_models:small_cnn", SearchSpace(), tmp_path / "s.yaml", "random", None,
                         tracking_uri, "tuner/test", out)  # fmt: skip
-    outcome = finalize(rec, tracker, parent, req, small_reference, time.time())
+    outcome = finalize(
+        rec, tracker, parent, req, small_reference, time.time(), confirm_fn=in_process_confirm(small_reference)
+    )
     return MlflowClient(tracking_uri), tracker, parent, outcome, out
 
 
@@ -95,6 +110,25 @@ def test_parent_run_summary_and_artifacts(logged_search):
     assert run.data.tags["tuner.recommended_run_id"] in {c.info.run_id for c in tracker.children(parent)}
     arts = {a.path for a in client.list_artifacts(parent)}
     assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= arts
+
+
+def test_finalists_are_confirmed_with_intervals(logged_search):
+    client, tracker, parent, outcome, out = logged_search
+    table = pd.read_csv(out / "trials.csv")
+    confirmed = table[table["confirmed_p50_ms"].notna()]
+    # The recommendation and the baseline are always re-measured (the failed trial never).
+    assert bool(table.loc[table["recommended"], "confirmed_p50_ms"].notna().all())
+    assert bool(confirmed["is_baseline"].any()) and "t2" not in set(confirmed["trial_id"])
+    assert (confirmed["confirmed_p50_ci_low_ms"] <= confirmed["confirmed_p50_ms"]).all()
+    assert (confirmed["confirmed_p50_ms"] <= confirmed["confirmed_p50_ci_high_ms"]).all()
+    assert (confirmed["confirmed_rounds"] == 3).all()
+    tags = {c.data.tags["ray.trial_id"]: c for c in tracker.children(parent)}
+    for tid in confirmed["trial_id"]:
+        assert tags[tid].data.tags["tuner.confirmed"] == "true"
+        assert "confirmed_p50_ci_high_ms" in tags[tid].data.metrics
+    rec = yaml.safe_load((out / "recommended.yaml").read_text())
+    assert rec["confirmed"]["confirmed_p50_ms"] > 0 and rec["figures"]["latency_p50_ms"] > 0
+    assert "confirmed over" in rec["reason"]
 
 
 def test_unreachable_store_is_a_tracking_error(tmp_path):

@@ -125,6 +125,8 @@ def _measure(args: argparse.Namespace) -> int:
     import yaml
 
     from tuner.errors import ConfigError
+    from tuner.hardware import detect
+    from tuner.measure.ceiling import load_or_measure, precisions_for
     from tuner.models import ModelSpec, resolve_weights
     from tuner.reference import prepare_reference
     from tuner.trial import TrialSettings, _set_threads, evaluate
@@ -151,7 +153,11 @@ def _measure(args: argparse.Namespace) -> int:
         n_calib=space.eval.calibration_samples,
         data_dir=args.data,
     )
-    out = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine))
+    hw = detect()
+    ceiling = load_or_measure(
+        hw.fingerprint, hw.device, precisions_for(hw.device, hw.bf16_native, hw.fp16_native), hw.cores
+    )
+    out = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling))
     out.pop("traceback", None)
     out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__)
     if args.json:

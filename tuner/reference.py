@@ -27,6 +27,7 @@ class Reference:
     weights_label: str
     has_labels: bool
     baseline_quality: float  # top-1 with labels, else 1.0 (agreement of fp32 with itself)
+    flops_per_item: float = 0.0  # fp32 model FLOPs for one input (torch.utils.flop_counter)
 
     @property
     def data_label(self) -> str:
@@ -59,6 +60,7 @@ def prepare_reference(
     )
     with torch.inference_mode():
         logits = torch.cat([loaded.module(x) for x in data.inputs.split(batch_size)])
+        flops = _count_flops(loaded.module, data.inputs[:1])
     has_labels = data.labels is not None
     quality = topk_accuracy(logits, data.labels)["top1"] if data.labels is not None else 1.0
     return Reference(
@@ -70,4 +72,15 @@ def prepare_reference(
         weights_label=loaded.weights_label,
         has_labels=has_labels,
         baseline_quality=quality,
+        flops_per_item=flops,
     )
+
+
+def _count_flops(module: torch.nn.Module, one_input: torch.Tensor) -> float:
+    """FLOPs of one forward pass on one input (a multiply-add counts 2), counted once."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module(one_input)
+    return float(counter.get_total_flops())

@@ -11,12 +11,24 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tuner.confirm import CONFIRMED_COLUMNS
 from tuner.trial import METRICS
 from tuner.variant import Variant
 
 VARIANT_COLUMNS = list(Variant.__dataclass_fields__)
 LEAD_COLUMNS = ["trial", "trial_id", "is_baseline", "label"]
-TAIL_COLUMNS = ["status", "stable", "feasible", "pareto", "recommended", "error", "mlflow_run_id"]
+TAIL_COLUMNS = [
+    *CONFIRMED_COLUMNS,
+    "status",
+    "stable",
+    "interference",
+    "remeasured",
+    "feasible",
+    "pareto",
+    "recommended",
+    "error",
+    "mlflow_run_id",
+]
 SHOWN = {
     "label": "config",
     "status": "status",
@@ -45,10 +57,12 @@ def write_tables(df: pd.DataFrame, out: Path) -> None:
 def write_recommended(row: pd.Series, out: Path, context: dict[str, Any]) -> Path:
     """recommended.yaml: the variant (readable by `tuner measure --config`) + its figures."""
     figures = {k: _plain(row[k]) for k in METRICS if k in row.index and not _missing(row[k])}
+    confirmed = {k: _plain(row[k]) for k in CONFIRMED_COLUMNS if k in row.index and not _missing(row[k])}
     doc = {
         "variant": {k: _plain(row[k]) for k in VARIANT_COLUMNS},
         "label": row["label"],
-        "figures": figures,
+        "figures": figures,  # search-time measurement
+        "confirmed": confirmed,  # finalist re-measurement (fresh processes, interleaved), if any
         "stable": bool(row.get("stable", False)),
         **context,
     }

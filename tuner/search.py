@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
-from tuner import report
-from tuner.hardware import Hardware, detect
+from tuner.confirm import interleaved
+from tuner.finalize import ConfirmFn, SearchOutcome, finalize, say
+from tuner.hardware import detect
+from tuner.measure.ceiling import cache_path, load_or_measure, precisions_for
 from tuner.models import ModelSpec, resolve_weights
+from tuner.recorder import TrialRecorder
 from tuner.reference import Reference, prepare_reference
-from tuner.select import Limits, feasible_mask, pareto_mask, recommend
-from tuner.space import SearchSpace, initial_points, space_function, variant_from_config
+from tuner.space import SearchSpace, initial_points, space_function
 from tuner.tracking import Tracker
-from tuner.trial import METRICS, OBJECTIVES, TrialSettings, run_trial
-from tuner.variant import baseline
+from tuner.trial import OBJECTIVES, TrialSettings, run_trial, time_variant
+from tuner.variant import Variant
 
 
 def quiet_env() -> None:
@@ -66,110 +67,13 @@ class SearchRequest:
     address: str | None = None
 
 
-@dataclass
-class SearchOutcome:
-    table: pd.DataFrame
-    parent_run_id: str
-    output: Path
-    recommended: pd.Series | None
-    reason: str
-
-
-def _say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-class TrialRecorder:
-    """Driver-side record of finished trials: MLflow child run + progress line + trials.csv.
-
-    Created as a Ray Tune `Callback` by `_as_callback`; kept free of Ray types so it can be
-    unit-tested with plain dicts.
-    """
-
-    def __init__(self, tracker: Tracker, parent_id: str, out: Path, ref: Reference, hw: Hardware, total: int):
-        self.tracker, self.parent_id, self.out, self.ref, self.hw, self.total = (
-            tracker,
-            parent_id,
-            out,
-            ref,
-            hw,
-            total,
-        )
-        self.rows: list[dict[str, Any]] = []
-        self.seen: set[str] = set()
-        self.baseline_p50: float | None = None
-
-    def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str = "") -> None:
-        if trial_id in self.seen:  # at-least-once delivery: never log a trial twice
-            return
-        self.seen.add(trial_id)
-        variant = variant_from_config(config)
-        res = dict(result or {})
-        if result is None:
-            res.update(status="failed", error=error.strip().splitlines()[-1][:500] if error else "trial errored")
-            res["traceback"] = error
-        index = len(self.rows)
-        is_baseline = index == 0 and variant == baseline(variant.threads)
-        p50 = res.get("latency_p50_ms")
-        if is_baseline and res.get("status") == "ok":
-            self.baseline_p50 = p50
-        if p50 and self.baseline_p50:
-            res["speedup_vs_baseline"] = self.baseline_p50 / p50
-        status = str(res.get("status", "failed"))
-        tags = {
-            "ray.trial_id": trial_id,
-            "tuner.status": status,
-            "tuner.stable": str(bool(res.get("stable", False))).lower(),
-            "tuner.pareto": "false",
-            "tuner.recommended": "false",
-            "tuner.baseline": str(is_baseline).lower(),
-            "tuner.trial_index": str(index),
-            "tuner.weights": self.ref.weights_label,
-            "tuner.data": self.ref.data_label,
-            **self.hw.tags(),
-        }
-        if res.get("error"):
-            tags["tuner.error"] = str(res["error"])[:5000]
-        metrics = {k: float(res[k]) for k in METRICS if isinstance(res.get(k), (int, float))}
-        run_id = self.tracker.log_child(
-            self.parent_id, variant.label, variant.to_dict(), metrics, tags, failed=status == "failed"
-        )
-        if res.get("traceback"):
-            self.tracker.log_text(run_id, str(res["traceback"]), "traceback.txt")
-        row = {
-            "trial": index,
-            "trial_id": trial_id,
-            "is_baseline": is_baseline,
-            "label": variant.label,
-            **variant.to_dict(),
-            **{k: res.get(k) for k in METRICS},
-            "status": status,
-            "stable": bool(res.get("stable", False)),
-            "error": res.get("error", ""),
-            "mlflow_run_id": run_id,
-        }
-        self.rows.append(row)
-        report.write_tables(self.table(), self.out)
-        _say(self.progress_line(row))
-
-    def progress_line(self, row: dict[str, Any]) -> str:
-        n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
-        head = f"{n} {row['status']:<10} {row['label']:<38}"
-        if row["status"] != "ok":
-            return f"{head} {row['error'][:90]}"
-        return (
-            f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s  "
-            f"quality {row['quality']:.3f}  build {row['build_s']:.1f}s" + ("" if row["stable"] else "  (unstable)")
-        )
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
-
-
 def _as_callback(recorder: TrialRecorder) -> Any:
     from ray.tune import Callback
 
     class _Cb(Callback):
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            recorder.start(trial.trial_id)
+
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             if trial.last_result and "status" in trial.last_result:
                 recorder.record(trial.trial_id, trial.config, trial.last_result)
@@ -200,8 +104,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     tracker = Tracker(req.tracking_uri, req.experiment)  # fails fast on a bad store
     spec = resolve_weights(ModelSpec(req.model, req.weights, req.seed))
 
-    _say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
-    _say("preparing the fp32 eager reference ...")
+    say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
+    say("preparing the fp32 eager reference ...")
     ref = prepare_reference(
         spec,
         input_size=sp.eval.input_size,
@@ -210,9 +114,17 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         data_dir=req.data,
     )
     hw = detect()
-    _say(f"  weights: {ref.weights_label}")
-    _say(f"  data:    {ref.data_label}")
-    _say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")
+    ceiling = load_or_measure(
+        hw.fingerprint, hw.device, precisions_for(hw.device, hw.bf16_native, hw.fp16_native), hw.cores
+    )
+    say(f"  weights: {ref.weights_label}")
+    say(f"  data:    {ref.data_label}")
+    say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")
+    say(
+        "  ceiling: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceiling.items())
+        + f" (cache {cache_path(hw.fingerprint)})"
+    )
 
     import optuna
     import ray
@@ -243,6 +155,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             **{f"constraint.{k}": v for k, v in sp.constraints.model_dump().items()},
             **{f"eval.{k}": v for k, v in sp.eval.model_dump().items()},
             "cores_per_trial": cores,
+            "flops_per_item": ref.flops_per_item,
+            **{f"ceiling_gflops.{k}": v for k, v in ceiling.items()},
             "output": str(req.output),
         }
         parent_tags = {
@@ -253,8 +167,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             **hw.tags(),
         }
         parent_id = tracker.start_parent(f"search {req.model}", settings, parent_tags)
-        _say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
-        _say(
+        say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
+        say(
             f"searching: {sp.search.trials} trials, time budget {sp.search.time_budget_minutes} min, "
             f"one at a time on {cores} core(s)"
         )
@@ -280,10 +194,9 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             study_name=f"tuner-{req.output.name}",
             storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'optuna.db'}"),
         )
+        trial_settings = TrialSettings(sp.timing, sp.eval.screen_min_cosine, ceiling)
         trainable = tune.with_resources(
-            tune.with_parameters(
-                run_trial, reference=ref, settings=TrialSettings(sp.timing, sp.eval.screen_min_cosine)
-            ),
+            tune.with_parameters(run_trial, reference=ref, settings=trial_settings),
             {"cpu": cores},
         )
         budget = sp.search.time_budget_minutes
@@ -309,127 +222,37 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         except KeyboardInterrupt:
             tracker.log(parent_id, tags={"tuner.status": "interrupted"})
             tracker.finish(parent_id, "KILLED")
-            _say(f"interrupted: {len(recorder.rows)} finished trial(s) kept in {req.output} and MLflow")
+            say(f"interrupted: {len(recorder.rows)} finished trial(s) kept in {req.output} and MLflow")
             raise
+        confirm = ray_confirm(ref, trial_settings, cores)
+        return finalize(recorder, tracker, parent_id, req, ref, started, confirm)
     finally:
         ray.shutdown()
 
-    return finalize(recorder, tracker, parent_id, req, ref, started)
 
+def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmFn:
+    """Confirmation measurements as Ray tasks with `max_calls=1` (a fresh worker process
+    each), all CPUs of a node each, run one after another in A B C A B C order."""
+    import ray
 
-def finalize(
-    recorder: TrialRecorder,
-    tracker: Tracker,
-    parent_id: str,
-    req: SearchRequest,
-    ref: Reference,
-    started: float,
-) -> SearchOutcome:
-    """Selection, tags on the child runs, output files, parent-run summary."""
-    sp = req.space
-    df = recorder.table()
-    limits = Limits(**sp.constraints.model_dump())
-    if df.empty:
-        tracker.log(parent_id, tags={"tuner.status": "empty"})
-        tracker.finish(parent_id, "FAILED")
-        _say("no trial finished (time budget too small?)")
-        return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
+    ref_handle = ray.put(ref)
 
-    df["feasible"] = feasible_mask(df, limits)
-    df["pareto"] = pareto_mask(df, df["feasible"])
-    rec = recommend(df, sp.search.objective, limits)
-    df["recommended"] = df.index == rec.index
-    for _, row in df.iterrows():
-        if row["pareto"] or row["recommended"]:
-            tracker.log(
-                row["mlflow_run_id"],
-                tags={
-                    "tuner.pareto": str(bool(row["pareto"])).lower(),
-                    "tuner.recommended": str(bool(row["recommended"])).lower(),
-                },
-            )
-    report.write_tables(df, req.output)
+    @ray.remote(max_calls=1)
+    def _time(variant: dict[str, Any], ref: Reference, settings: TrialSettings) -> dict[str, Any]:
+        return time_variant(Variant.from_dict(variant), ref, settings)
 
-    counts = df["status"].value_counts().to_dict()
-    wall = time.time() - started
-    summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
-    summary.update({f"n_{k}": float(v) for k, v in counts.items()})
-    ok = df[df["status"].eq("ok")]
-    if len(ok):
-        summary["best_latency_p50_ms"] = float(ok["latency_p50_ms"].min())
-        summary["best_throughput_ips"] = float(ok["throughput_ips"].max())
-    recommended = df.loc[rec.index] if rec.index is not None else None
-    parent_tags = {
-        "tuner.status": "ok" if recommended is not None else "no_result",
-        "tuner.recommendation_reason": rec.reason,
-    }
-    if recommended is not None:
-        summary["recommended_latency_p50_ms"] = float(recommended["latency_p50_ms"])
-        summary["recommended_throughput_ips"] = float(recommended["throughput_ips"])
-        if not pd.isna(recommended.get("speedup_vs_baseline")):
-            summary["speedup_vs_baseline"] = float(recommended["speedup_vs_baseline"])
-        parent_tags.update(
-            {
-                "tuner.recommended_run_id": str(recommended["mlflow_run_id"]),
-                "tuner.recommended_config": str(recommended["label"]),
-            }
-        )
-        report.write_recommended(
-            recommended,
-            req.output,
-            {
-                "model": req.model,
-                "weights": ref.spec.weights,
-                "weights_label": ref.weights_label,
-                "data": ref.data_label,
-                "space_file": str(req.space_file),
-                "reason": rec.reason,
-                "hardware": detect().fingerprint,
-                "mlflow": {
-                    "tracking_uri": req.tracking_uri,
-                    "experiment": req.experiment,
-                    "parent_run_id": parent_id,
-                    "run_id": str(recommended["mlflow_run_id"]),
-                },
-            },
-        )
-    tracker.log(parent_id, metrics=summary, tags=parent_tags)
-    tracker.log_artifacts(parent_id, req.output, ["trials.csv", "pareto.csv", "recommended.yaml"])
-    tracker.finish(parent_id, "FINISHED" if recommended is not None else "FAILED")
+    def run(variants: list[Variant], rounds: int) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
+        schedule = interleaved(variants, rounds)
+        for n, (r, i) in enumerate(schedule, 1):
+            try:
+                res = ray.get(_time.options(num_cpus=cores).remote(variants[i].to_dict(), ref_handle, settings))
+            except ray.exceptions.RayError as e:
+                say(f"  confirm {n}/{len(schedule)} {variants[i].label}: failed ({str(e).splitlines()[-1][:100]})")
+                continue
+            out[i].append(res)
+            p50 = float(np.median(res["times_s"])) * 1e3
+            say(f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms")
+        return out
 
-    _print_summary(df, recommended, rec.reason, req, parent_id, wall)
-    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
-
-
-def _print_summary(
-    df: pd.DataFrame, rec: pd.Series | None, reason: str, req: SearchRequest, parent_id: str, wall: float
-) -> None:
-    _say()
-    _say(
-        report.format_table(
-            df[df["pareto"]],
-            "Pareto front (feasible configs no other config beats on p90 latency, throughput and quality):",
-        )
-    )
-    failed = df[~df["status"].eq("ok")]
-    if len(failed):
-        _say(f"\n{len(failed)} trial(s) not ok:")
-        for reason_text, n in failed.groupby(["status", "error"]).size().items():
-            _say(f"  {n} x {reason_text[0]}: {reason_text[1][:120]}")
-    _say()
-    if rec is None:
-        _say(f"no recommendation: {reason}")
-    else:
-        speed = rec.get("speedup_vs_baseline")
-        _say(f"RECOMMENDED: {rec['label']}  ({reason})")
-        _say(
-            f"  p50 {rec['latency_p50_ms']:.1f} ms, p90 {rec['latency_p90_ms']:.1f} ms, "
-            f"{rec['throughput_ips']:.1f} items/s, quality {rec['quality']:.3f} "
-            f"(drop {100 * rec['accuracy_drop']:.2f}%)"
-            + ("" if pd.isna(speed) else f", {speed:.2f}x the baseline's p50")
-        )
-    if len(df) < req.space.search.trials:
-        _say(f"\nthe time budget stopped the search after {len(df)} of {req.space.search.trials} trials")
-    _say(f"\nsearch took {wall / 60:.1f} min; outputs in {req.output}")
-    _say(f"MLflow parent run {parent_id}; view with:\n  mlflow ui --backend-store-uri {req.tracking_uri}")
-    sys.stdout.flush()
+    return run

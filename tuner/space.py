@@ -88,12 +88,21 @@ class EvalSettings(_Strict):
     screen_min_cosine: float = Field(default=0.9, ge=-1, le=1)
 
 
+class ConfirmSettings(_Strict):
+    """Finalist confirmation (confirm.py): re-measure the best Pareto configs interleaved."""
+
+    finalists: int = Field(default=3, ge=0)  # 0 turns confirmation off
+    rounds: int = Field(default=3, ge=1)
+    include_baseline: bool = True  # confirmed speedups need a confirmed baseline
+
+
 class SearchSpace(_Strict):
     dimensions: Dimensions = Dimensions()
     search: SearchSettings = SearchSettings()
     constraints: Constraints = Constraints()
     eval: EvalSettings = EvalSettings()
     timing: TimingConfig = TimingConfig()
+    confirm: ConfirmSettings = ConfirmSettings()
 
     # ---- loading -----------------------------------------------------------------
     @classmethod

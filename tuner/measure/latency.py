@@ -78,6 +78,7 @@ class LatencyResult:
             "latency_std_ms": float(t.std(ddof=1) if len(t) > 1 else 0.0) * 1e3,
             "latency_iqr_ms": float(q75 - q25) * 1e3,
             "latency_n": float(len(t)),
+            "latency_window_spread": _spread(list(self.window_medians_s[-3:])),
             "warmup_iters": float(self.warmup_iters),
             "warmup_s": self.warmup_s,
             "throughput_ips": items_per_call * len(t) / self.timed_wall_s if self.timed_wall_s > 0 else 0.0,

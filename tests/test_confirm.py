@@ -1,0 +1,50 @@
+"""Finalist confirmation statistics (pure numpy, no Ray): intervals, interleaving, choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tuner.confirm import Confirmed, Interval, choose, hierarchical_bootstrap, interleaved
+
+
+def test_interleaved_order_is_a_b_c_a_b_c():
+    assert interleaved(["A", "B", "C"], 2) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_bootstrap_interval_contains_the_median_and_widens_with_process_spread():
+    rng = np.random.default_rng(0)
+    tight = [rng.normal(10.0, 0.1, 50) for _ in range(3)]
+    spread = [rng.normal(m, 0.1, 50) for m in (9.0, 10.0, 11.0)]  # process-to-process shifts
+    a = hierarchical_bootstrap(tight, np.median)
+    b = hierarchical_bootstrap(spread, np.median)
+    assert a.low <= a.value <= a.high and abs(a.value - 10.0) < 0.1
+    assert (b.high - b.low) > 5 * (a.high - a.low)
+
+
+def test_confirmed_columns():
+    c = Confirmed(rounds=((0.010,) * 20, (0.011,) * 20, (0.010,) * 20), batch_size=2)
+    cols = c.columns()
+    assert cols["confirmed_p50_ms"] == pytest.approx(10.0)
+    assert cols["confirmed_p50_ci_low_ms"] <= 10.0 <= cols["confirmed_p50_ci_high_ms"] <= 11.0
+    assert cols["confirmed_throughput_ips"] == pytest.approx(2 / np.mean([0.010, 0.011, 0.010]))
+    assert cols["confirmed_rounds"] == 3
+
+
+EAGER, COMPILED = (0, 0, 1, 2), (2, 3, 1, 2)
+
+
+def test_significant_lead_wins_even_if_more_complex():
+    iv = {0: Interval(10.0, 9.5, 10.5), 1: Interval(14.0, 13.5, 14.5)}
+    assert choose(iv, {0: COMPILED, 1: EAGER}, lower_is_better=True)[0] == 0
+
+
+def test_insignificant_lead_goes_to_the_simpler_config():
+    iv = {0: Interval(10.0, 9.0, 11.5), 1: Interval(11.0, 10.5, 12.0)}
+    key, why = choose(iv, {0: COMPILED, 1: EAGER}, lower_is_better=True)
+    assert key == 1 and "not significant" in why
+
+
+def test_throughput_objective_prefers_higher():
+    iv = {0: Interval(100.0, 95.0, 105.0), 1: Interval(200.0, 190.0, 210.0)}
+    assert choose(iv, {0: EAGER, 1: COMPILED}, lower_is_better=False)[0] == 1

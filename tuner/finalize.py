@@ -1,0 +1,254 @@
+"""After the trials: selection, finalist confirmation, tags on the child runs, output files,
+the parent run's summary and the terminal report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tuner import report
+from tuner.confirm import CONFIRMED_COLUMNS, Confirmed, Interval, choose
+from tuner.hardware import detect
+from tuner.recorder import TrialRecorder, say
+from tuner.reference import Reference
+from tuner.select import Limits, Recommendation, feasible_mask, pareto_mask, recommend
+from tuner.tracking import Tracker
+from tuner.variant import Variant
+
+if TYPE_CHECKING:
+    from tuner.search import SearchRequest
+
+# Measures each variant `rounds` times, interleaved, one fresh process per measurement;
+# returns, per variant index, the list of `trial.time_variant` results.
+ConfirmFn = Callable[[list[Variant], int], dict[int, list[dict[str, Any]]]]
+
+
+@dataclass
+class SearchOutcome:
+    table: pd.DataFrame
+    parent_run_id: str
+    output: Path
+    recommended: pd.Series | None
+    reason: str
+
+
+def finalize(
+    recorder: TrialRecorder,
+    tracker: Tracker,
+    parent_id: str,
+    req: SearchRequest,
+    ref: Reference,
+    started: float,
+    confirm_fn: ConfirmFn | None = None,
+) -> SearchOutcome:
+    """Selection, tags on the child runs, output files, parent-run summary."""
+    sp = req.space
+    df = recorder.table()
+    limits = Limits(**sp.constraints.model_dump())
+    if df.empty:
+        tracker.log(parent_id, tags={"tuner.status": "empty"})
+        tracker.finish(parent_id, "FAILED")
+        say("no trial finished (time budget too small?)")
+        return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
+
+    df["feasible"] = feasible_mask(df, limits)
+    df["pareto"] = pareto_mask(df, df["feasible"])
+    rec = recommend(df, sp.search.objective, limits)
+    if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
+        rec = confirm_finalists(df, rec, req, confirm_fn)
+    df["recommended"] = df.index == rec.index
+    confirmed_rows = df[df["confirmed_rounds"].notna()] if "confirmed_rounds" in df else df.iloc[:0]
+    for _, row in confirmed_rows.iterrows():
+        tracker.log(
+            row["mlflow_run_id"],
+            metrics={k: row[k] for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k])},
+            tags={"tuner.confirmed": "true"},
+        )
+    for _, row in df.iterrows():
+        if row["pareto"] or row["recommended"]:
+            tracker.log(
+                row["mlflow_run_id"],
+                tags={
+                    "tuner.pareto": str(bool(row["pareto"])).lower(),
+                    "tuner.recommended": str(bool(row["recommended"])).lower(),
+                },
+            )
+    report.write_tables(df, req.output)
+
+    counts = df["status"].value_counts().to_dict()
+    wall = time.time() - started
+    summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
+    summary.update({f"n_{k}": float(v) for k, v in counts.items()})
+    ok = df[df["status"].eq("ok")]
+    if len(ok):
+        summary["best_latency_p50_ms"] = float(ok["latency_p50_ms"].min())
+        summary["best_throughput_ips"] = float(ok["throughput_ips"].max())
+    recommended = df.loc[rec.index] if rec.index is not None else None
+    parent_tags = {
+        "tuner.status": "ok" if recommended is not None else "no_result",
+        "tuner.recommendation_reason": rec.reason,
+    }
+    if recommended is not None:
+        summary["recommended_latency_p50_ms"] = float(recommended["latency_p50_ms"])
+        summary["recommended_throughput_ips"] = float(recommended["throughput_ips"])
+        if not pd.isna(recommended.get("speedup_vs_baseline")):
+            summary["speedup_vs_baseline"] = float(recommended["speedup_vs_baseline"])
+        for col in ("ceiling_fraction", *CONFIRMED_COLUMNS):
+            if pd.notna(recommended.get(col, float("nan"))):
+                summary[f"recommended_{col}"] = float(recommended[col])
+        parent_tags.update(
+            {
+                "tuner.recommended_run_id": str(recommended["mlflow_run_id"]),
+                "tuner.recommended_config": str(recommended["label"]),
+            }
+        )
+        report.write_recommended(
+            recommended,
+            req.output,
+            {
+                "model": req.model,
+                "weights": ref.spec.weights,
+                "weights_label": ref.weights_label,
+                "data": ref.data_label,
+                "space_file": str(req.space_file),
+                "reason": rec.reason,
+                "hardware": detect().fingerprint,
+                "mlflow": {
+                    "tracking_uri": req.tracking_uri,
+                    "experiment": req.experiment,
+                    "parent_run_id": parent_id,
+                    "run_id": str(recommended["mlflow_run_id"]),
+                },
+            },
+        )
+    tracker.log(parent_id, metrics=summary, tags=parent_tags)
+    tracker.log_artifacts(parent_id, req.output, ["trials.csv", "pareto.csv", "recommended.yaml"])
+    tracker.finish(parent_id, "FINISHED" if recommended is not None else "FAILED")
+
+    _print_summary(df, recommended, rec.reason, req, parent_id, wall)
+    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+
+
+def finalists(df: pd.DataFrame, rec: Recommendation, objective: str, n: int) -> list[Any]:
+    """The recommendation first, then the next best Pareto rows for the objective, one row
+    per distinct config (a config the sampler measured twice is confirmed once)."""
+    front = df[df["pareto"]]
+    col, ascending = ("latency_p90_ms", True) if objective == "latency" else ("throughput_ips", False)
+    ordered = [rec.index] + list(front.sort_values(col, ascending=ascending).index)
+    out: list[Any] = []
+    for i in ordered:
+        if df.loc[i, "label"] not in {df.loc[j, "label"] for j in out}:
+            out.append(i)
+    return out[:n]
+
+
+def confirm_finalists(
+    df: pd.DataFrame, rec: Recommendation, req: SearchRequest, confirm_fn: ConfirmFn
+) -> Recommendation:
+    """Re-measure the finalists (and the baseline) interleaved in fresh processes; write the
+    confirmed_* columns into `df`; return the confirmed recommendation."""
+    sp = req.space
+    picks = finalists(df, rec, sp.search.objective, sp.confirm.finalists)
+    base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
+    extra = [base[0]] if sp.confirm.include_baseline and len(base) and base[0] not in picks else []
+    rows = picks + extra
+    variants = [Variant.from_dict({k: _plain(df.loc[i, k]) for k in Variant.__dataclass_fields__}) for i in rows]
+    say(
+        f"\nconfirming {len(picks)} finalist(s){' and the baseline' if extra else ''}: "
+        f"{sp.confirm.rounds} interleaved round(s), a fresh process each ..."
+    )
+    results = confirm_fn(variants, sp.confirm.rounds)
+    for col in CONFIRMED_COLUMNS:
+        if col not in df:
+            df[col] = float("nan")
+    confirmed: dict[Any, Confirmed] = {}
+    for k, i in enumerate(rows):
+        runs = [r["times_s"] for r in results.get(k, []) if r.get("times_s")]
+        if runs:
+            confirmed[i] = Confirmed(tuple(tuple(r) for r in runs), int(df.loc[i, "batch_size"]))
+            for col, v in confirmed[i].columns().items():
+                df.loc[i, col] = v
+    if len(base) and base[0] in confirmed:
+        b = df.loc[base[0], "confirmed_p50_ms"]
+        for i in confirmed:
+            df.loc[i, "confirmed_speedup_vs_baseline"] = b / df.loc[i, "confirmed_p50_ms"]
+    candidates = [i for i in picks if i in confirmed]
+    if not candidates:
+        return Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept")
+    latency = sp.search.objective == "latency"
+    intervals = {k: (confirmed[i].p50_ms if latency else confirmed[i].throughput_ips) for k, i in enumerate(candidates)}
+    complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
+    k, why = choose(intervals, complexity, lower_is_better=latency)
+    return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _fmt_interval(iv: Interval, unit: str) -> str:
+    return f"{iv.value:.1f} {unit} [{iv.low:.1f}, {iv.high:.1f}]"
+
+
+def _print_summary(
+    df: pd.DataFrame, rec: pd.Series | None, reason: str, req: SearchRequest, parent_id: str, wall: float
+) -> None:
+    say()
+    say(
+        report.format_table(
+            df[df["pareto"]],
+            "Pareto front (feasible configs no other config beats on p90 latency, throughput and quality):",
+        )
+    )
+    if "confirmed_p50_ms" in df:
+        conf = df[df["confirmed_p50_ms"].notna()]
+        say("\nConfirmed (median of fresh-process re-measurements, 95% interval):")
+        for _, r in conf.iterrows():
+            p50 = Interval(r["confirmed_p50_ms"], r["confirmed_p50_ci_low_ms"], r["confirmed_p50_ci_high_ms"])
+            thr = Interval(
+                r["confirmed_throughput_ips"], r["confirmed_throughput_ci_low"], r["confirmed_throughput_ci_high"]
+            )
+            speed = r.get("confirmed_speedup_vs_baseline")
+            say(
+                f"  {r['label']:<38} p50 {_fmt_interval(p50, 'ms'):<28} {_fmt_interval(thr, 'items/s'):<32}"
+                + ("" if pd.isna(speed) else f" {speed:.2f}x")
+                + f" (search p50 {r['latency_p50_ms']:.1f} ms)"
+            )
+    failed = df[~df["status"].eq("ok")]
+    if len(failed):
+        say(f"\n{len(failed)} trial(s) not ok:")
+        for reason_text, n in failed.groupby(["status", "error"]).size().items():
+            say(f"  {n} x {reason_text[0]}: {reason_text[1][:120]}")
+    say()
+    if rec is None:
+        say(f"no recommendation: {reason}")
+    else:
+        speed = rec.get("speedup_vs_baseline")
+        say(f"RECOMMENDED: {rec['label']}  ({reason})")
+        if pd.notna(rec.get("confirmed_p50_ms", float("nan"))):
+            cs = rec.get("confirmed_speedup_vs_baseline")
+            say(
+                f"  confirmed p50 {rec['confirmed_p50_ms']:.1f} ms "
+                f"[{rec['confirmed_p50_ci_low_ms']:.1f}, {rec['confirmed_p50_ci_high_ms']:.1f}], "
+                f"{rec['confirmed_throughput_ips']:.1f} items/s"
+                + ("" if pd.isna(cs) else f", {cs:.2f}x the confirmed baseline")
+            )
+        say(
+            f"  p50 {rec['latency_p50_ms']:.1f} ms, p90 {rec['latency_p90_ms']:.1f} ms, "
+            f"{rec['throughput_ips']:.1f} items/s, quality {rec['quality']:.3f} "
+            f"(drop {100 * rec['accuracy_drop']:.2f}%)"
+            + ("" if pd.isna(speed) else f", {speed:.2f}x the baseline's p50")
+            + " (search-time figures)"
+        )
+    if len(df) < req.space.search.trials:
+        say(f"\nthe time budget stopped the search after {len(df)} of {req.space.search.trials} trials")
+    say(f"\nsearch took {wall / 60:.1f} min; outputs in {req.output}")
+    say(f"MLflow parent run {parent_id}; view with:\n  mlflow ui --backend-store-uri {req.tracking_uri}")
+    sys.stdout.flush()

@@ -1,0 +1,128 @@
+"""Driver-side record of finished trials: one MLflow child run, one progress line and a
+rewritten trials.csv per trial, so nothing measured is lost if the search stops early.
+
+Kept free of Ray types (the Tune callback in `search.py` forwards to it), so tests drive it
+with plain dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner import report
+from tuner.hardware import Hardware
+from tuner.reference import Reference
+from tuner.space import variant_from_config
+from tuner.tracking import Tracker
+from tuner.trial import METRICS
+from tuner.variant import baseline
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+class TrialRecorder:
+    """Driver-side record of finished trials: MLflow child run + progress line + trials.csv.
+
+    Created as a Ray Tune `Callback` by `_as_callback`; kept free of Ray types so it can be
+    unit-tested with plain dicts.
+    """
+
+    def __init__(self, tracker: Tracker, parent_id: str, out: Path, ref: Reference, hw: Hardware, total: int):
+        self.tracker, self.parent_id, self.out, self.ref, self.hw, self.total = (
+            tracker,
+            parent_id,
+            out,
+            ref,
+            hw,
+            total,
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.started: dict[str, float] = {}
+        self.baseline_p50: float | None = None
+
+    def start(self, trial_id: str) -> None:
+        self.started[trial_id] = time.perf_counter()
+
+    def record(self, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str = "") -> None:
+        if trial_id in self.seen:  # at-least-once delivery: never log a trial twice
+            return
+        self.seen.add(trial_id)
+        variant = variant_from_config(config)
+        res = dict(result or {})
+        if result is None:
+            res.update(status="failed", error=error.strip().splitlines()[-1][:500] if error else "trial errored")
+            res["traceback"] = error
+        index = len(self.rows)
+        is_baseline = index == 0 and variant == baseline(variant.threads)
+        p50 = res.get("latency_p50_ms")
+        if is_baseline and res.get("status") == "ok":
+            self.baseline_p50 = p50
+        if p50 and self.baseline_p50:
+            res["speedup_vs_baseline"] = self.baseline_p50 / p50
+        if trial_id in self.started:
+            res["process_wall_s"] = time.perf_counter() - self.started[trial_id]
+        status = str(res.get("status", "failed"))
+        tags = {
+            "ray.trial_id": trial_id,
+            "tuner.status": status,
+            "tuner.stable": str(bool(res.get("stable", False))).lower(),
+            "tuner.pareto": "false",
+            "tuner.recommended": "false",
+            "tuner.baseline": str(is_baseline).lower(),
+            "tuner.trial_index": str(index),
+            "tuner.weights": self.ref.weights_label,
+            "tuner.data": self.ref.data_label,
+            **self.hw.tags(),
+        }
+        if res.get("error"):
+            tags["tuner.error"] = str(res["error"])[:5000]
+        if "interference" in res:
+            tags["tuner.interference"] = str(bool(res["interference"])).lower()
+            tags["tuner.remeasured"] = str(bool(res["remeasured"])).lower()
+            if res.get("busy_processes"):
+                tags["tuner.busy_processes"] = str(res["busy_processes"])[:5000]
+        logging_start = time.perf_counter()
+        metrics = {k: float(res[k]) for k in METRICS if isinstance(res.get(k), (int, float))}
+        run_id = self.tracker.log_child(
+            self.parent_id, variant.label, variant.to_dict(), metrics, tags, failed=status == "failed"
+        )
+        if res.get("traceback"):
+            self.tracker.log_text(run_id, str(res["traceback"]), "traceback.txt")
+        res["mlflow_s"] = time.perf_counter() - logging_start
+        row = {
+            "trial": index,
+            "trial_id": trial_id,
+            "is_baseline": is_baseline,
+            "label": variant.label,
+            **variant.to_dict(),
+            **{k: res.get(k) for k in METRICS},
+            "status": status,
+            "stable": bool(res.get("stable", False)),
+            "interference": bool(res.get("interference", False)),
+            "remeasured": bool(res.get("remeasured", False)),
+            "error": res.get("error", ""),
+            "mlflow_run_id": run_id,
+        }
+        self.rows.append(row)
+        report.write_tables(self.table(), self.out)
+        say(self.progress_line(row))
+
+    def progress_line(self, row: dict[str, Any]) -> str:
+        n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
+        head = f"{n} {row['status']:<10} {row['label']:<38}"
+        if row["status"] != "ok":
+            return f"{head} {row['error'][:90]}"
+        return (
+            f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s  "
+            f"quality {row['quality']:.3f}  build {row['build_s']:.1f}s" + ("" if row["stable"] else "  (unstable)")
+        )
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
