@@ -7,12 +7,13 @@ import copy
 
 import pytest
 import torch
-from tiny_models import SmallCNN, Untraceable
 
 from tuner.build import build
 from tuner.errors import VariantUnsupported
 from tuner.measure.accuracy import fidelity
 from tuner.variant import Variant
+
+from tiny_models import SmallCNN, Untraceable
 
 MIN_COSINE = {"fp32": 0.99999, "bf16": 0.995, "int8": 0.98}
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TESTS, write_space
 from mlflow.tracking import MlflowClient
 
 from tuner.select import Limits, feasible_mask, pareto_mask
+
+from conftest import TESTS, write_space
 
 pytestmark = pytest.mark.slow
 TRIALS = 5

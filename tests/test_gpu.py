@@ -7,8 +7,6 @@ import copy
 
 import pytest
 import torch
-from conftest import FAST_TIMING
-from tiny_models import SmallCNN
 
 from tuner.build import build
 from tuner.hardware import detect
@@ -18,6 +16,9 @@ from tuner.models import ModelSpec
 from tuner.reference import prepare_reference
 from tuner.trial import TrialSettings, evaluate
 from tuner.variant import Variant
+
+from conftest import FAST_TIMING
+from tiny_models import SmallCNN
 
 pytestmark = [
     pytest.mark.gpu,

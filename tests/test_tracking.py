@@ -8,18 +8,21 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST_TIMING
 from mlflow.tracking import MlflowClient
 
+from tuner.confirm import interleaved
 from tuner.errors import TrackingError
+from tuner.finalize import finalize
 from tuner.hardware import detect
 from tuner.measure.latency import TimingConfig
-from tuner.search import SearchRequest, TrialRecorder, finalize
+from tuner.recorder import TrialRecorder
+from tuner.search import SearchRequest
 from tuner.space import SearchSpace
 from tuner.tracking import Tracker
-from tuner.confirm import interleaved
 from tuner.trial import TrialSettings, evaluate, time_variant
 from tuner.variant import Variant
+
+from conftest import FAST_TIMING
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
 REQUIRED_METRICS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "peak_rss_mb",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import FAST_TIMING
 
 from tuner.measure.latency import TimingConfig
 from tuner.models import ModelSpec
 from tuner.reference import prepare_reference
 from tuner.trial import METRICS, PENALTY, TrialSettings, evaluate
 from tuner.variant import Variant
+
+from conftest import FAST_TIMING
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
 
