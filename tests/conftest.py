@@ -31,6 +31,7 @@ def write_space(path: Path, **sections: dict) -> Path:
         "search": {"trials": 4, "time_budget_minutes": 10},
         "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
         "timing": FAST_TIMING,
+        "confirm": {"finalists": 2, "rounds": 2},
     }
     for k, v in sections.items():
         doc.setdefault(k, {}).update(v)

@@ -59,6 +59,8 @@ def test_progress_lines_and_recommendation(search):
     assert "mlflow ui --backend-store-uri" in r.stdout
     assert "Trial status" not in r.stdout + r.stderr  # Ray's own progress tables stay quiet
     assert "RANDOM-INIT" not in r.stderr  # --weights random was asked for: no warning banner
+    assert "confirming" in r.stdout and "confirmed p50" in r.stdout
+    assert "ceiling: fp32" in r.stdout
 
 
 def test_outputs(search):
@@ -83,6 +85,12 @@ def test_outputs(search):
     assert feas[idx] and front[idx]
     assert rec["label"] == trials.loc[idx, "label"]
     assert rec["weights_label"].startswith("random-init") and rec["data"].startswith("synthetic")
+
+    # Every ok trial has its fraction of the hardware ceiling; finalists have confirmed intervals.
+    ok = trials[trials["status"] == "ok"]
+    assert ok["ceiling_fraction"].between(0, 1.5).all()
+    assert trials.loc[idx, "confirmed_p50_ci_low_ms"] <= trials.loc[idx, "confirmed_p50_ms"]
+    assert rec["confirmed"]["confirmed_rounds"] == 2
 
 
 def test_mlflow_tree(search):
