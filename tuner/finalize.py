@@ -203,7 +203,7 @@ def _print_summary(
     say()
     say(
         report.format_table(
-            df[df["pareto"]],
+            df[df["pareto"]].sort_values("latency_p90_ms"),
             "Pareto front (feasible configs no other config beats on p90 latency, throughput and quality):",
         )
     )

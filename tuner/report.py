@@ -38,6 +38,7 @@ SHOWN = {
     "quality": "quality",
     "accuracy_drop": "drop",
     "speedup_vs_baseline": "speedup",
+    "ceiling_fraction": "ceiling",
     "build_s": "build s",
 }
 
@@ -84,6 +85,8 @@ def format_table(df: pd.DataFrame, title: str) -> str:
             view[c] = view[c].map(lambda v: "" if _missing(v) else f"{v:.3f}")
     if "drop" in view:
         view["drop"] = view["drop"].map(lambda v: "" if _missing(v) else f"{100 * v:.2f}%")
+    if "ceiling" in view:
+        view["ceiling"] = view["ceiling"].map(lambda v: "" if _missing(v) else f"{100 * v:.0f}%")
     if "speedup" in view:
         view["speedup"] = view["speedup"].map(lambda v: "" if _missing(v) else f"{v:.2f}x")
     return f"{title}\n{view.to_string(index=False)}"

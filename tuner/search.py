@@ -29,7 +29,7 @@ from tuner.measure.ceiling import cache_path, load_or_measure, precisions_for
 from tuner.models import ModelSpec, resolve_weights
 from tuner.recorder import TrialRecorder
 from tuner.reference import Reference, prepare_reference
-from tuner.space import SearchSpace, initial_points, space_function
+from tuner.space import SearchSpace, config_key, initial_points, space_function
 from tuner.tracking import Tracker
 from tuner.trial import OBJECTIVES, TrialSettings, run_trial, time_variant
 from tuner.variant import Variant
@@ -132,7 +132,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE `group`
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.searcher import DedupOptunaSearch
 
     ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
@@ -185,7 +186,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                 group=True,
             )
         )
-        searcher = OptunaSearch(
+        searcher = DedupOptunaSearch(
+            key=config_key,
             space=space_function(choices),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
@@ -224,6 +226,9 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             tracker.finish(parent_id, "KILLED")
             say(f"interrupted: {len(recorder.rows)} finished trial(s) kept in {req.output} and MLflow")
             raise
+        if searcher.redraws:
+            say(f"sampler: {searcher.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
+        tracker.log(parent_id, metrics={"sampler_redraws": float(searcher.redraws)})
         confirm = ray_confirm(ref, trial_settings, cores)
         return finalize(recorder, tracker, parent_id, req, ref, started, confirm)
     finally:

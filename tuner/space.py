@@ -220,6 +220,11 @@ def variant_from_config(config: dict[str, Any]) -> Variant:
     return Variant.from_dict(params)
 
 
+def config_key(config: dict[str, Any]) -> str:
+    """Identity of a sampled config (the variant's label); module-level so it pickles."""
+    return variant_from_config(config).label
+
+
 def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
     """Trial 0 as an Optuna point: fp32, eager, batch 1, the most threads the space offers
     (all cores of a trial with `threads: auto`)."""

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+from tuner.measure.interference import sample_load
+
 SIZE = 1024
+BUSY_CORES = 0.25  # other processes' CPU use above which a measured ceiling is not cached
 WINDOWS = 5
 WINDOW_S = 0.3
 
@@ -98,7 +101,13 @@ def load_or_measure(fingerprint: str, device: str, precisions: list[str], thread
             return {p: float(cached[p]) for p in precisions}
     except (OSError, ValueError):
         pass
+    before = sample_load()
     ceiling = measure_ceiling(device, precisions, threads)
+    busy = max(before.busy_cores, sample_load().busy_cores)
+    if busy > BUSY_CORES:
+        # A ceiling measured on a busy box is too low; use it for this run, never cache it.
+        print(f"warning: the machine was busy ({busy:.2f} cores) while measuring its ceiling; not cached", flush=True)
+        return ceiling
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(ceiling, indent=1))

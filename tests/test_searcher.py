@@ -1,0 +1,62 @@
+"""DedupOptunaSearch: the real Ray searcher class driving a real Optuna study (no Ray runtime)."""
+
+from __future__ import annotations
+
+import optuna
+
+from tuner.searcher import DedupOptunaSearch
+from tuner.space import SearchSpace, config_key, initial_points, space_function
+
+SMALL = SearchSpace.model_validate(
+    {
+        "dimensions": {
+            "quantization": ["none"],
+            "precision": ["fp32", "bf16"],
+            "batch_size": [1, 2],
+            "threads": [1],
+            "compile": ["eager"],
+            "layout": ["contiguous"],
+        }
+    }  # fmt: skip
+).feasible_choices(cores=1, device="cpu", fp16_native=False, bf16_native=True)
+METRICS = ["objective_latency_ms", "objective_throughput", "objective_quality"]
+
+
+def make(choices=SMALL, seed=0):
+    return DedupOptunaSearch(
+        key=config_key,
+        space=space_function(choices),
+        metric=METRICS,
+        mode=["min", "max", "max"],
+        points_to_evaluate=initial_points(choices, 4),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=2),
+    )
+
+
+def run(searcher, n):
+    labels = []
+    for t in range(n):
+        config = searcher.suggest(f"t{t}")
+        labels.append(config_key(config))
+        result = {"objective_latency_ms": 10.0 + t, "objective_throughput": 5.0, "objective_quality": 1.0}
+        searcher.on_trial_complete(f"t{t}", result=result)
+    return labels
+
+
+def test_every_config_is_measured_once_until_the_space_is_exhausted():
+    s = make()
+    labels = run(s, 4)  # the space has exactly 4 configs
+    assert labels[0] == "fp32 bs1 t1 eager nchw"  # the baseline still comes first
+    assert len(set(labels)) == 4, labels
+    assert s.redraws >= 0
+    # Exhausted: a fifth trial may repeat (after max_redraws), and must not hang or fail.
+    more = run(s, 1)
+    assert more[0] in labels
+
+
+def test_repeats_are_told_to_optuna_with_the_known_result():
+    s = make(seed=3)
+    run(s, 4)
+    study = s._ot_study
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4 + s.redraws  # each redraw is a completed Optuna trial with known values
