@@ -126,9 +126,9 @@ def _measure(args: argparse.Namespace) -> int:
 
     from tuner.errors import ConfigError
     from tuner.hardware import detect
-    from tuner.measure.ceiling import load_or_measure, precisions_for
+    from tuner.measure.ceiling import for_hardware as ceiling_for
     from tuner.models import ModelSpec, resolve_weights
-    from tuner.reference import prepare_reference
+    from tuner.reference import reference_for
     from tuner.trial import TrialSettings, _set_threads, evaluate
     from tuner.variant import Variant
 
@@ -146,17 +146,9 @@ def _measure(args: argparse.Namespace) -> int:
     weights = args.weights or doc.get("weights", "auto")
     _set_threads(variant.threads)  # inter-op threads can only be set before any parallel work
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed))
-    ref = prepare_reference(
-        spec,
-        input_size=space.eval.input_size,
-        n_eval=space.eval.samples,
-        n_calib=space.eval.calibration_samples,
-        data_dir=args.data,
-    )
+    ref = reference_for(spec, space.eval, args.data)
     hw = detect()
-    ceiling = load_or_measure(
-        hw.fingerprint, hw.device, precisions_for(hw.device, hw.bf16_native, hw.fp16_native), hw.cores
-    )
+    ceiling = ceiling_for(hw)
     out = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling))
     out.pop("traceback", None)
     out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__)

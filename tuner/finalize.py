@@ -85,6 +85,8 @@ def finalize(
     counts = df["status"].value_counts().to_dict()
     wall = time.time() - started
     summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
+    if "confirm_s" in df.attrs:
+        summary["confirm_s"] = df.attrs["confirm_s"]
     summary.update({f"n_{k}": float(v) for k, v in counts.items()})
     ok = df[df["status"].eq("ok")]
     if len(ok):
@@ -164,7 +166,9 @@ def confirm_finalists(
         f"\nconfirming {len(picks)} finalist(s){' and the baseline' if extra else ''}: "
         f"{sp.confirm.rounds} interleaved round(s), a fresh process each ..."
     )
+    confirm_start = time.perf_counter()
     results = confirm_fn(variants, sp.confirm.rounds)
+    df.attrs["confirm_s"] = time.perf_counter() - confirm_start
     for col in CONFIRMED_COLUMNS:
         if col not in df:
             df[col] = float("nan")

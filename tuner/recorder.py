@@ -109,6 +109,7 @@ class TrialRecorder:
             "remeasured": bool(res.get("remeasured", False)),
             "error": res.get("error", ""),
             "mlflow_run_id": run_id,
+            "finished_at": time.time(),
         }
         self.rows.append(row)
         report.write_tables(self.table(), self.out)

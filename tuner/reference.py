@@ -15,6 +15,7 @@ import torch
 
 from tuner.measure.accuracy import topk_accuracy
 from tuner.models import EvalData, ModelSpec, input_shape, load_eval_data, load_model, weights_digest
+from tuner.space import EvalSettings
 
 
 @dataclass
@@ -32,6 +33,17 @@ class Reference:
     @property
     def data_label(self) -> str:
         return self.data.label
+
+
+def reference_for(spec: ModelSpec, settings: EvalSettings, data_dir: str | Path | None) -> Reference:
+    """`prepare_reference` with a space file's `eval:` settings."""
+    return prepare_reference(
+        spec,
+        input_size=settings.input_size,
+        n_eval=settings.samples,
+        n_calib=settings.calibration_samples,
+        data_dir=data_dir,
+    )
 
 
 def prepare_reference(

@@ -28,6 +28,7 @@ TAIL_COLUMNS = [
     "recommended",
     "error",
     "mlflow_run_id",
+    "finished_at",
 ]
 SHOWN = {
     "label": "config",

@@ -25,10 +25,11 @@ import numpy as np
 from tuner.confirm import interleaved
 from tuner.finalize import ConfirmFn, SearchOutcome, finalize, say
 from tuner.hardware import detect
-from tuner.measure.ceiling import cache_path, load_or_measure, precisions_for
+from tuner.measure.ceiling import cache_path
+from tuner.measure.ceiling import for_hardware as ceiling_for
 from tuner.models import ModelSpec, resolve_weights
 from tuner.recorder import TrialRecorder
-from tuner.reference import Reference, prepare_reference
+from tuner.reference import Reference, reference_for
 from tuner.space import SearchSpace, config_key, initial_points, space_function
 from tuner.tracking import Tracker
 from tuner.trial import OBJECTIVES, TrialSettings, run_trial, time_variant
@@ -106,17 +107,9 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
     say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
     say("preparing the fp32 eager reference ...")
-    ref = prepare_reference(
-        spec,
-        input_size=sp.eval.input_size,
-        n_eval=sp.eval.samples,
-        n_calib=sp.eval.calibration_samples,
-        data_dir=req.data,
-    )
+    ref = reference_for(spec, sp.eval, req.data)
     hw = detect()
-    ceiling = load_or_measure(
-        hw.fingerprint, hw.device, precisions_for(hw.device, hw.bf16_native, hw.fp16_native), hw.cores
-    )
+    ceiling = ceiling_for(hw)
     say(f"  weights: {ref.weights_label}")
     say(f"  data:    {ref.data_label}")
     say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")

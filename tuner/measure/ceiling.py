@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tuner.hardware import Hardware
 from tuner.measure.interference import sample_load
 
 SIZE = 1024
@@ -90,6 +91,13 @@ def measure_ceiling(device: str, precisions: list[str], threads: int) -> dict[st
         return out
     finally:
         torch.set_num_threads(old)
+
+
+def for_hardware(hw: Hardware) -> dict[str, float]:
+    """This machine's ceiling for every precision it runs natively (cached)."""
+    return load_or_measure(
+        hw.fingerprint, hw.device, precisions_for(hw.device, hw.bf16_native, hw.fp16_native), hw.cores
+    )
 
 
 def load_or_measure(fingerprint: str, device: str, precisions: list[str], threads: int) -> dict[str, float]:
