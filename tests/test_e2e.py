@@ -168,6 +168,20 @@ def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):
     assert trials["recommended"].sum() == 1
 
 
+def test_time_budget_stops_the_search_and_keeps_what_finished(tmp_path):
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={"trials": 30, "time_budget_minutes": 0.4},
+        confirm={"finalists": 1, "rounds": 1},
+    )
+    r = tuner("search", "resnet18", "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert 1 <= len(trials) < 30
+    assert f"the time budget stopped the search after {len(trials)} of 30 trials" in r.stdout
+    assert trials["recommended"].sum() == 1
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
