@@ -48,9 +48,6 @@ def quiet_env() -> None:
         "RAY_DEDUP_LOGS": "0",
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Ray's idle worker processes import these before they are handed a trial, so a
-        # trial's fresh process does not pay ~2 s for importing torch (experimental in Ray).
-        "RAY_preload_python_modules": "torch,torchvision,tuner.trial",
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
         "PYTHONWARNINGS": "ignore::DeprecationWarning",
     }.items():
