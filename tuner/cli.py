@@ -129,7 +129,7 @@ def _measure(args: argparse.Namespace) -> int:
     from tuner.measure.ceiling import for_hardware as ceiling_for
     from tuner.models import ModelSpec, resolve_weights
     from tuner.reference import reference_for
-    from tuner.trial import TrialSettings, _set_threads, evaluate
+    from tuner.trial import TrialSettings, evaluate, set_threads
     from tuner.variant import Variant
 
     try:
@@ -144,7 +144,7 @@ def _measure(args: argparse.Namespace) -> int:
         raise ConfigError(f"--config {args.config}: {e}") from None
     space, _ = _load_space(args)
     weights = args.weights or doc.get("weights", "auto")
-    _set_threads(variant.threads)  # inter-op threads can only be set before any parallel work
+    set_threads(variant.threads)  # inter-op threads can only be set before any parallel work
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed))
     ref = reference_for(spec, space.eval, args.data)
     hw = detect()

@@ -18,7 +18,7 @@ from tuner.confirm import CONFIRMED_COLUMNS, Confirmed, Interval, choose
 from tuner.hardware import detect
 from tuner.recorder import TrialRecorder, say
 from tuner.reference import Reference
-from tuner.select import Limits, Recommendation, feasible_mask, pareto_mask, recommend
+from tuner.select import Limits, Recommendation, feasible_mask, pareto_mask, recommend, variant_of
 from tuner.tracking import Tracker
 from tuner.variant import Variant
 
@@ -161,7 +161,7 @@ def confirm_finalists(
     base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     extra = [base[0]] if sp.confirm.include_baseline and len(base) and base[0] not in picks else []
     rows = picks + extra
-    variants = [Variant.from_dict({k: _plain(df.loc[i, k]) for k in Variant.__dataclass_fields__}) for i in rows]
+    variants = [variant_of(df.loc[i]) for i in rows]
     say(
         f"\nconfirming {len(picks)} finalist(s){' and the baseline' if extra else ''}: "
         f"{sp.confirm.rounds} interleaved round(s), a fresh process each ..."
@@ -191,10 +191,6 @@ def confirm_finalists(
     complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
     k, why = choose(intervals, complexity, lower_is_better=latency)
     return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def _fmt_interval(iv: Interval, unit: str) -> str:

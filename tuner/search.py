@@ -88,7 +88,7 @@ def _as_callback(recorder: TrialRecorder) -> Any:
     return _Cb()
 
 
-def _cores_per_trial(address: str | None) -> int:
+def _cores_per_trial() -> int:
     """All CPUs of the smallest alive node: one measured trial per node at a time, and never
     a request Ray cannot satisfy (Ray hangs silently on those)."""
     import ray
@@ -130,7 +130,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
     ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
-        cores = _cores_per_trial(req.address)
+        cores = _cores_per_trial()
         choices = sp.feasible_choices(
             cores=cores,
             device=hw.device,

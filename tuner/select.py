@@ -56,10 +56,11 @@ def pareto_mask(df: pd.DataFrame, candidates: pd.Series, objectives: dict[str, s
     return out
 
 
-def _complexity(row: pd.Series) -> tuple[int, ...]:
+def variant_of(row: pd.Series) -> Variant:
+    """The Variant of a trials-table row (numpy scalars and CSV types normalised)."""
     fields = {k: row[k] for k in Variant.__dataclass_fields__}
     fields["batch_size"], fields["threads"] = int(fields["batch_size"]), int(fields["threads"])
-    return Variant.from_dict(fields).complexity
+    return Variant.from_dict(fields)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def recommend(df: pd.DataFrame, objective: str, limits: Limits) -> Recommendatio
     feasible = df[pareto_mask(df, feas) & feas]
     if len(feasible):
         key = feasible[col] if ascending else -feasible[col]
-        order = sorted(feasible.index, key=lambda i: (key[i], _complexity(feasible.loc[i])))
+        order = sorted(feasible.index, key=lambda i: (key[i], variant_of(feasible.loc[i]).complexity))
         return Recommendation(order[0], f"best {col} among the {int(feas.sum())} config(s) meeting the constraints")
     base = df[df.get("is_baseline", pd.Series(False, index=df.index)).astype(bool) & df["status"].eq("ok")]
     if len(base):

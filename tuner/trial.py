@@ -63,7 +63,7 @@ class TrialSettings:
     busy_threshold_cores: float = 0.25  # other CPU use above this flags interference
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
     """Exact intra-op threads; one inter-op thread (settable once per process, hence the
     fresh process per trial)."""
     torch.set_num_threads(n)
@@ -134,7 +134,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
     if reason:
         return {**result, "status": "infeasible", "error": reason, **PENALTY}
 
-    _set_threads(variant.threads)
+    set_threads(variant.threads)
     loaded = load_model(ref.spec)
     if weights_digest(loaded.module) != ref.digest:
         raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
@@ -195,7 +195,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
 def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
     """Build and time one variant (no accuracy pass): one confirmation measurement.
     Returns the raw per-call times so the caller can pool processes."""
-    _set_threads(variant.threads)
+    set_threads(variant.threads)
     loaded = load_model(ref.spec)
     built = build(loaded.module, variant, ref.data.calibration, detect().device)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
