@@ -46,6 +46,14 @@ def test_infeasible_trial_is_not_built(small_reference):
     assert "latency_p50_ms" not in out
 
 
+def test_factory_model_weights_are_labelled_as_the_factory_built_them():
+    from tuner.models import load_model, resolve_weights
+
+    spec = resolve_weights(ModelSpec("tiny_models:small_cnn", "auto", 0))
+    assert spec.weights == "factory" and resolve_weights(spec) == spec  # as read back by `measure`
+    assert load_model(spec).weights_label == "as built by tiny_models:small_cnn (torch seed 0)"
+
+
 def test_failed_build_is_recorded_with_its_error():
     ref = prepare_reference(ModelSpec("tiny_models:untraceable", "random", 0), input_size=32, n_eval=4, n_calib=2)
     out = evaluate(Variant(quantization="static_int8"), ref, SETTINGS)  # type: ignore[arg-type]

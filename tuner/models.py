@@ -6,7 +6,9 @@ an `input_shape` attribute (C, H, W), else (3, size, size) is assumed).
 
 Weights (`--weights`):
     auto        (default) torchvision's pretrained weights if cached or downloadable,
-                else random init with a loud warning; the choice is recorded.
+                else random init with a loud warning; the choice is recorded. For a
+                `module:factory` model: whatever the factory builds (it may load its own
+                weights), labelled as such, never called random.
     pretrained  torchvision's weights; an error, with what to do, if they cannot be had.
     random      random init from the search seed (identical in every trial process).
     PATH        a state dict, loaded with `torch.load(..., weights_only=True)`.
@@ -120,12 +122,16 @@ def resolve_weights(spec: ModelSpec) -> ModelSpec:
     Called once by the driver, so trials never try (and time out on) a download.
     """
     w = spec.weights
+    if w == "factory" and ":" in spec.name:
+        return spec  # already resolved (e.g. read back from recommended.yaml)
     if w not in ("auto", "pretrained", "random"):
         if not Path(w).is_file():
             raise ConfigError(f"--weights {w}: no such file (allowed: pretrained, random, or a state-dict path)")
         return spec
     if w == "random":
         return spec
+    if ":" in spec.name and w == "auto":
+        return ModelSpec(spec.name, "factory", spec.seed)  # whatever the user's factory builds
     tv = _torchvision_weights(spec.name) if ":" not in spec.name else None
     if tv is not None and _pretrained_available(tv):
         return ModelSpec(spec.name, "pretrained", spec.seed)
@@ -164,7 +170,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         label = f"pretrained ({tv})"
     else:
         module = _build_architecture(spec.name, spec.seed)
-        if spec.weights == "random":
+        if spec.weights == "factory":
+            label = f"as built by {spec.name} (torch seed {spec.seed})"
+        elif spec.weights == "random":
             label = f"random-init (seed {spec.seed})"
             categories = None  # a random head has no meaningful class names
         else:

@@ -73,6 +73,15 @@ def set_threads(n: int) -> None:
         pass  # already set in this process (e.g. `tuner measure` after the reference)
 
 
+def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
+    """Set this process's threads, load the model and prove it is the reference's model."""
+    set_threads(variant.threads)
+    module = load_model(ref.spec).module
+    if weights_digest(module) != ref.digest:
+        raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
+    return module
+
+
 def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Split into full batches. The last one is padded by wrapping around to the first
     rows, so that compiled variants never see a new shape; callers trim the outputs."""
@@ -134,13 +143,10 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
     if reason:
         return {**result, "status": "infeasible", "error": reason, **PENALTY}
 
-    set_threads(variant.threads)
-    loaded = load_model(ref.spec)
-    if weights_digest(loaded.module) != ref.digest:
-        raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
+    model = _load_checked(variant, ref)
     x = ref.data.inputs
     try:
-        built = build(loaded.module, variant, ref.data.calibration, hw.device)
+        built = build(model, variant, ref.data.calibration, hw.device)
         result["build_s"] = built.build_s
         batches = _batches(x, variant.batch_size)
         with torch.inference_mode():
@@ -152,9 +158,8 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
 
             pool = _timing_pool(x, variant.batch_size, built)
             cycle = itertools.cycle(pool)
-            sync = torch.cuda.synchronize if built.device.type == "cuda" else None
             measure_start = time.perf_counter()
-            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, sync)
+            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
     except EXPECTED_ERRORS as e:
@@ -195,13 +200,10 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
 def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
     """Build and time one variant (no accuracy pass): one confirmation measurement.
     Returns the raw per-call times so the caller can pool processes."""
-    set_threads(variant.threads)
-    loaded = load_model(ref.spec)
-    built = build(loaded.module, variant, ref.data.calibration, detect().device)
+    built = build(_load_checked(variant, ref), variant, ref.data.calibration, detect().device)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
-    sync = torch.cuda.synchronize if built.device.type == "cuda" else None
     with torch.inference_mode():
-        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, sync)
+        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
     return {"times_s": list(lat.times_s), "stable": lat.stable, **guard}
 
 

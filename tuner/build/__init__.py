@@ -30,6 +30,11 @@ class BuiltVariant:
     device: torch.device
     build_s: float
 
+    @property
+    def sync(self) -> Callable[[], None] | None:
+        """What to call after each timed call so asynchronous devices are timed to completion."""
+        return torch.cuda.synchronize if self.device.type == "cuda" else None
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """An fp32 NCHW batch -> this variant's device, dtype and layout (done before timing)."""
         x = x.to(self.device, self.input_dtype)

@@ -58,6 +58,7 @@ class LatencyResult:
     warmup_s: float
     timed_wall_s: float
     stable: bool
+    stable_windows: int = 3  # how many trailing windows `stable` was judged on
 
     def _pct_ms(self, q: float) -> float:
         return float(np.percentile(self.times_s, q)) * 1e3
@@ -78,7 +79,7 @@ class LatencyResult:
             "latency_std_ms": float(t.std(ddof=1) if len(t) > 1 else 0.0) * 1e3,
             "latency_iqr_ms": float(q75 - q25) * 1e3,
             "latency_n": float(len(t)),
-            "latency_window_spread": _spread(list(self.window_medians_s[-3:])),
+            "latency_window_spread": _spread(list(self.window_medians_s[-self.stable_windows :])),
             "warmup_iters": float(self.warmup_iters),
             "warmup_s": self.warmup_s,
             "throughput_ips": items_per_call * len(t) / self.timed_wall_s if self.timed_wall_s > 0 else 0.0,
@@ -161,4 +162,5 @@ def measure_latency(
         warmup_s=warmup_s,
         timed_wall_s=wall,
         stable=stable,
+        stable_windows=cfg.stable_windows,
     )
