@@ -42,3 +42,29 @@ class Untraceable(SmallCNN):
 
 def untraceable() -> nn.Module:
     return Untraceable()
+
+
+# ---- tiny image folders ---------------------------------------------------------------------
+
+PALETTE = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 210, 40)]
+
+
+def write_images(folder, n: int, colour: tuple[int, int, int], seed: int, size: int = 40) -> None:
+    """`n` PNGs of one colour with noise: classes with different colours are easily separable."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 40, (size, size, 3)), 0, 255)
+        Image.fromarray(img.astype("uint8")).save(folder / f"img{i:03d}.png")
+
+
+def write_labeled_folder(root, names: list[str], per_class: int, seed: int = 0) -> None:
+    """An ImageFolder layout: one sub-folder per class, each its own colour."""
+    for c, name in enumerate(names):
+        write_images(f"{root}/{name}", per_class, PALETTE[c % len(PALETTE)], seed + c)

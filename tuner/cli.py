@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ def _measure(args: argparse.Namespace) -> int:
     from tuner.errors import ConfigError
     from tuner.hardware import detect
     from tuner.measure.ceiling import for_hardware as ceiling_for
-    from tuner.models import ModelSpec, resolve_weights
+    from tuner.models import ModelSpec, check_inputs, resolve_weights
     from tuner.reference import reference_for
     from tuner.trial import TrialSettings, evaluate, set_threads
     from tuner.variant import Variant
@@ -144,6 +145,12 @@ def _measure(args: argparse.Namespace) -> int:
         raise ConfigError(f"--config {args.config}: {e}") from None
     space, _ = _load_space(args)
     weights = args.weights or doc.get("weights", "auto")
+    check_inputs(args.model, weights, args.data)
+    cores = os.cpu_count() or 1
+    if variant.threads > cores:
+        raise ConfigError(
+            f"--config {args.config}: `variant.threads` is {variant.threads}; this machine has {cores} cores"
+        )
     set_threads(variant.threads)  # inter-op threads can only be set before any parallel work
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed))
     ref = reference_for(spec, space.eval, args.data)
@@ -174,10 +181,11 @@ def _report(args: argparse.Namespace) -> int:
     from tuner import report
     from tuner.errors import ConfigError
     from tuner.search import quiet_env
-    from tuner.tracking import Tracker, default_tracking_uri
+    from tuner.tracking import Tracker, check_reachable, default_tracking_uri
 
     quiet_env()
     uri = args.tracking_uri or default_tracking_uri()
+    check_reachable(uri)
     if args.run_id:
         from mlflow.tracking import MlflowClient
 
@@ -186,6 +194,11 @@ def _report(args: argparse.Namespace) -> int:
         except Exception as e:
             raise ConfigError(f"--run-id {args.run_id}: not found in {uri}: {str(e).splitlines()[0]}") from None
         exp_name = MlflowClient(uri).get_experiment(run.info.experiment_id).name
+        if args.experiment and args.experiment != exp_name:
+            raise ConfigError(
+                f"--run-id {args.run_id} belongs to experiment `{exp_name}`, which conflicts with "
+                f"--experiment {args.experiment}; give one of the two"
+            )
         tracker = Tracker(uri, exp_name)
     else:
         exp_name = args.experiment or _latest_tuner_experiment(uri)

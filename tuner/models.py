@@ -18,13 +18,13 @@ Data (`--data DIR`), see `load_eval_data`: synthetic by default, or an image fol
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import logging
 import random
 import socket
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,7 @@ class LoadedModel:
     module: nn.Module
     weights_label: str  # honest label: "pretrained (IMAGENET1K_V2)", "random-init (seed 0)", "file:/x.pt"
     categories: list[str] | None
-    mean_std: tuple[list[float], list[float]] | None
+    transforms: Callable[..., Any] | None  # the weights' own preprocessing (torchvision `weights.transforms`)
 
 
 def _torchvision_weights(name: str) -> Any | None:
@@ -73,27 +73,65 @@ def is_torchvision_model(name: str) -> bool:
     return name in tvm.list_models(module=tvm)
 
 
+def _factory(name: str) -> Callable[[], Any]:
+    mod_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"model `{name}`: cannot import `{attr}` from module `{mod_name}` ({e}). A user model is "
+            "`module.path:factory`, importable from the current directory or PYTHONPATH."
+        ) from None
+    if not callable(factory):
+        raise ConfigError(f"model `{name}`: `{attr}` is not callable; name a function that returns an nn.Module")
+    return factory
+
+
+def _unknown_model(name: str) -> ConfigError:
+    from torchvision import models as tvm
+
+    names = tvm.list_models(module=tvm)
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {' or '.join(f'`{c}`' for c in close)}? " if close else ""
+    return ConfigError(
+        f"unknown model `{name}`: {hint}Use a torchvision classification model name ({', '.join(names[:8])}, ...; "
+        "all of them: python -c 'import torchvision; print(torchvision.models.list_models(module="
+        "torchvision.models))') or your own `module.path:factory`"
+    )
+
+
+def check_inputs(name: str, weights: str, data: str | Path | None) -> None:
+    """The cheap checks on the model, weights and data flags, before anything runs or is logged."""
+    if ":" in name:
+        _factory(name)
+        if weights == "pretrained":
+            raise ConfigError(
+                f"--weights pretrained conflicts with the model `{name}`: torchvision has pretrained weights "
+                "for its own models only. Use --weights auto (whatever the factory builds), random, or PATH."
+            )
+    elif not is_torchvision_model(name):
+        raise _unknown_model(name)
+    if weights not in ("auto", "pretrained", "random", "factory") and not Path(weights).is_file():
+        raise ConfigError(
+            f"--weights {weights}: no such file (allowed: auto, pretrained, random, or a state-dict PATH)"
+        )
+    if data is not None and not Path(data).is_dir():
+        raise ConfigError(
+            f"--data {data}: no such folder (give an image folder: class sub-folders for labeled data, "
+            "or a flat folder of images)"
+        )
+
+
 def _build_architecture(name: str, seed: int) -> nn.Module:
     """The bare architecture, initialised from `seed` (deterministic on the CPU)."""
     torch.manual_seed(seed)
     if ":" in name:
-        mod_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"model `{name}`: cannot import `{attr}` from module `{mod_name}`: {e}") from None
-        module = factory()
+        module = _factory(name)()
         if not isinstance(module, nn.Module):
             raise ConfigError(f"model `{name}`: the factory returned {type(module).__name__}, not an nn.Module")
         return module
     if not is_torchvision_model(name):
-        from torchvision import models as tvm
-
-        known = ", ".join(tvm.list_models(module=tvm)[:12])
-        raise ConfigError(
-            f"unknown model `{name}`: use a torchvision classification model name ({known}, ...) "
-            "or `module.path:factory`"
-        )
+        raise _unknown_model(name)
     from torchvision import models as tvm
 
     return tvm.get_model(name, weights=None)
@@ -125,8 +163,7 @@ def resolve_weights(spec: ModelSpec) -> ModelSpec:
     if w == "factory" and ":" in spec.name:
         return spec  # already resolved (e.g. read back from recommended.yaml)
     if w not in ("auto", "pretrained", "random"):
-        if not Path(w).is_file():
-            raise ConfigError(f"--weights {w}: no such file (allowed: pretrained, random, or a state-dict path)")
+        check_inputs(spec.name, w, None)
         return spec
     if w == "random":
         return spec
@@ -157,10 +194,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Load a resolved spec (`resolve_weights` first) in eval mode on the CPU."""
     tv = _torchvision_weights(spec.name) if ":" not in spec.name else None
     categories = list(tv.meta.get("categories") or []) or None if tv is not None else None
-    mean_std = None
-    if tv is not None:
-        t = tv.transforms()
-        mean_std = (list(t.mean), list(t.std))
+    transforms = tv.transforms if tv is not None else None
     if spec.weights == "pretrained":
         if tv is None:
             raise ConfigError(f"--weights pretrained: torchvision has no pretrained weights for `{spec.name}`")
@@ -178,7 +212,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         else:
             _load_state_dict_file(module, Path(spec.weights))
             label = f"file:{Path(spec.weights).resolve()}"
-    return LoadedModel(module.eval(), label, categories, mean_std)
+    return LoadedModel(module.eval(), label, categories, transforms)
 
 
 def _load_state_dict_file(module: nn.Module, path: Path) -> None:
@@ -221,8 +255,16 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def input_shape(module: nn.Module, size: int) -> tuple[int, int, int]:
+    """(C, H, W) for one input: the module's `input_shape` attribute (user factories), else a
+    fixed `image_size` (torchvision's ViTs accept nothing else), else (3, size, size)."""
     shape = getattr(module, "input_shape", None)
-    return (int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None else (3, size, size)
+    if shape is not None:
+        return (int(shape[0]), int(shape[1]), int(shape[2]))
+    fixed = getattr(module, "image_size", None)
+    if isinstance(fixed, int) and fixed != size:
+        log.warning("this model only accepts %dx%d inputs; eval.input_size %d is ignored", fixed, fixed, size)
+        return (3, fixed, fixed)
+    return (3, size, size)
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -234,6 +276,7 @@ class EvalData:
     labels: torch.Tensor | None  # [N] int64, or None when unlabeled
     calibration: torch.Tensor  # [M, C, H, W], disjoint from `inputs`
     label: str  # honest description, e.g. "synthetic (seed 0, 32 eval + 16 calib, 224x224)"
+    eval_files: list[str] | None = None  # the images behind `inputs`, in order (folder data only)
 
 
 def synthetic_data(shape: tuple[int, int, int], n_eval: int, n_calib: int, seed: int) -> EvalData:
@@ -252,31 +295,64 @@ def synthetic_data(shape: tuple[int, int, int], n_eval: int, n_calib: int, seed:
     )
 
 
-def _image_transform(size: int, mean_std: tuple[list[float], list[float]] | None) -> Callable[[Any], torch.Tensor]:
+def image_transform(size: int, weights_transforms: Callable[..., Any] | None) -> tuple[Callable[[Any], Any], str]:
+    """PIL image -> normalised [C, size, size] tensor, and a description of it.
+
+    The weights' own preprocessing (resize, crop, interpolation, mean/std) where torchvision
+    has it, with the crop set to `size` and the resize scaled in proportion (256/224 for most
+    ImageNet weights). Otherwise the ImageNet convention: resize 256/224 x size, centre crop,
+    ImageNet mean/std."""
+    if weights_transforms is not None:
+        preset = weights_transforms()
+        ratio = preset.resize_size[0] / preset.crop_size[0]
+        t = weights_transforms(crop_size=size, resize_size=round(size * ratio))
+        how = f"the weights' transforms (resize {t.resize_size[0]}, crop {size}, {t.interpolation.value})"
+        return t, how
     from torchvision import transforms as T
 
-    mean, std = mean_std or ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    resize = round(size * 256 / 224)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    t = T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    return t, f"ImageNet convention (resize {resize}, crop {size}, ImageNet mean/std)"
 
 
-def _class_index(folders: list[str], categories: list[str] | None, num_outputs: int, root: Path) -> dict[str, int]:
-    """Folder name -> model output index. Rule (documented in README):
-    1. all folder names are integers -> that index;
-    2. all folder names are among the weights' categories -> the category's index;
-    3. otherwise the sorted folder order (0, 1, ...), if the model has enough outputs."""
+IMAGENET_SYNSETS = Path(__file__).parent / "data" / "imagenet_synsets.txt"  # the 1000 ImageNet-1k WordNet ids
+
+
+def class_index(
+    folders: list[str], categories: list[str] | None, num_outputs: int, root: Path
+) -> tuple[dict[str, int], str]:
+    """Folder name -> model output index, and which rule mapped them. The rule (README "Data"), first match wins:
+    1. every folder name is an integer: that output index;
+    2. every folder name is one of the weights' category names ("tench", "goldfish", ...): its index;
+    3. every folder name is an ImageNet-1k synset ("n01440764", ...) and the model has 1000
+       outputs: the synset's index in ImageNet order (sorted ids, as torchvision's weights use);
+    4. as many folders as the model has outputs (a model trained with ImageFolder on these
+       classes): sorted folder order, 0, 1, ...
+    Anything else is an error: a silent guess would report a meaningless top-1."""
+    synsets = IMAGENET_SYNSETS.read_text().split()
     if all(f.isdigit() for f in folders):
-        idx = {f: int(f) for f in folders}
+        idx, rule = {f: int(f) for f in folders}, "integer folder names"
     elif categories and all(f in categories for f in folders):
-        idx = {f: categories.index(f) for f in folders}
+        idx, rule = {f: categories.index(f) for f in folders}, "the weights' category names"
+    elif num_outputs == len(synsets) and all(f in synsets for f in folders):
+        idx, rule = {f: synsets.index(f) for f in folders}, "ImageNet-1k synsets"
+    elif len(folders) == num_outputs:
+        idx, rule = {f: i for i, f in enumerate(sorted(folders))}, "sorted folder order"
     else:
-        idx = {f: i for i, f in enumerate(sorted(folders))}
+        raise ConfigError(
+            f"--data {root}: cannot map the class folders {sorted(folders)[:5]}{' ...' if len(folders) > 5 else ''} "
+            f"to the model's {num_outputs} outputs. Name each folder by its output index (0, 1, ...), by the "
+            "weights' category name, by ImageNet synset (n01440764, ...), or give exactly one folder per "
+            "output (sorted order); or pass a flat folder of images to measure fidelity to fp32 only."
+        )
     bad = [f for f, i in idx.items() if i >= num_outputs]
     if bad:
         raise ConfigError(
-            f"--data {root}: class folder(s) {bad[:5]} map to output indices >= the model's "
-            f"{num_outputs} outputs. Name folders by output index or by the weights' category names."
+            f"--data {root}: class folder(s) {bad[:5]} map ({rule}) to output indices >= the model's "
+            f"{num_outputs} outputs."
         )
-    return idx
+    return idx, rule
 
 
 def load_eval_data(
@@ -287,7 +363,7 @@ def load_eval_data(
     seed: int,
     *,
     categories: list[str] | None = None,
-    mean_std: tuple[list[float], list[float]] | None = None,
+    weights_transforms: Callable[..., Any] | None = None,
     num_outputs: int = 1000,
 ) -> EvalData:
     """Synthetic data, or an image folder: labeled (class sub-folders, ImageFolder layout)
@@ -302,19 +378,20 @@ def load_eval_data(
         raise ConfigError(f"--data {root}: no such folder")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     if subdirs:
-        idx = _class_index([p.name for p in subdirs], categories, num_outputs, root)
+        idx, rule = class_index([p.name for p in subdirs], categories, num_outputs, root)
         files = [(f, idx[d.name]) for d in subdirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        kind = f"labeled folder {root} ({len(subdirs)} classes)"
+        kind = f"labeled folder {root} ({len(subdirs)} classes, mapped by {rule})"
     else:
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
         kind = f"unlabeled folder {root}"
     if not files:
         raise ConfigError(f"--data {root}: no images found (looked for {sorted(IMAGE_SUFFIXES)})")
     random.Random(seed).shuffle(files)
-    transform = _image_transform(shape[1], mean_std)
+    transform, how = image_transform(shape[1], weights_transforms)
     tensors: list[torch.Tensor] = []
     labels: list[int] = []
-    skipped = 0
+    used: list[str] = []
+    skipped: list[str] = []
     for f, y in files:
         if len(tensors) >= n_eval + n_calib:
             break
@@ -322,13 +399,14 @@ def load_eval_data(
             with Image.open(f) as im:
                 tensors.append(transform(im.convert("RGB")))
             labels.append(y)
+            used.append(str(f))
         except Exception as e:  # PIL raises many types for corrupt files
-            skipped += 1
-            log.warning("skipping unreadable image %s: %s", f, e)
-    if skipped:
-        warnings.warn(f"--data {root}: skipped {skipped} unreadable image(s)", stacklevel=2)
+            skipped.append(f"{f.name} ({str(e).splitlines()[0][:80]})")
+    if skipped:  # on stderr, not warnings.warn, which filters can hide
+        shown = "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        print(f"warning: --data {root}: skipped {len(skipped)} unreadable image(s): {shown}", file=sys.stderr)
     if len(tensors) < 2:
-        raise ConfigError(f"--data {root}: fewer than 2 readable images ({skipped} unreadable)")
+        raise ConfigError(f"--data {root}: fewer than 2 readable images ({len(skipped)} unreadable)")
     # Calibration takes its share first (at most half), the rest is the eval set.
     n_cal = min(n_calib, len(tensors) // 2)
     x = torch.stack(tensors)
@@ -338,5 +416,7 @@ def load_eval_data(
         ev.contiguous(),
         ev_y if subdirs else None,
         cal.contiguous(),
-        f"{kind}: {len(ev)} eval + {len(cal)} calibration images, {skipped} skipped",
+        f"{kind}: {len(ev)} eval + {len(cal)} calibration images, {len(skipped)} unreadable skipped; "
+        f"preprocessing: {how}",
+        used[n_cal : n_cal + n_eval],
     )

@@ -29,6 +29,16 @@ class Reference:
     has_labels: bool
     baseline_quality: float  # top-1 with labels, else 1.0 (agreement of fp32 with itself)
     flops_per_item: float = 0.0  # fp32 model FLOPs for one input (torch.utils.flop_counter)
+    # Random-init weights only: BatchNorm statistics estimated on the calibration inputs,
+    # applied on top of the seed's weights wherever the model is loaded (`apply_to`).
+    bn_stats: dict[str, torch.Tensor] | None = None
+
+    def load_module(self) -> torch.nn.Module:
+        """The reference's fp32 model, freshly loaded (in a trial's own process)."""
+        module = load_model(self.spec).module
+        if self.bn_stats:
+            module.load_state_dict(self.bn_stats, strict=False)
+        return module
 
     @property
     def data_label(self) -> str:
@@ -58,6 +68,7 @@ def prepare_reference(
     """Load model + data and compute the fp32 eager outputs. `spec` must be resolved."""
     loaded = load_model(spec)
     shape = input_shape(loaded.module, input_size)
+    weights_label = loaded.weights_label
     with torch.inference_mode():
         probe = loaded.module(torch.zeros(1, *shape))
     data = load_eval_data(
@@ -67,9 +78,14 @@ def prepare_reference(
         n_calib,
         spec.seed,
         categories=loaded.categories,
-        mean_std=loaded.mean_std,
+        weights_transforms=loaded.transforms,
         num_outputs=probe.shape[-1],
     )
+    bn_stats = None
+    if spec.weights == "random":
+        bn_stats = estimate_batchnorm_stats(loaded.module, data.calibration)
+        if bn_stats:
+            weights_label += f"; BatchNorm statistics estimated on the {len(data.calibration)} calibration inputs"
     with torch.inference_mode():
         logits = torch.cat([loaded.module(x) for x in data.inputs.split(batch_size)])
         flops = _count_flops(loaded.module, data.inputs[:1])
@@ -81,11 +97,38 @@ def prepare_reference(
         data=data,
         logits=logits,
         digest=weights_digest(loaded.module),
-        weights_label=loaded.weights_label,
+        weights_label=weights_label,
         has_labels=has_labels,
         baseline_quality=quality,
         flops_per_item=flops,
+        bn_stats=bn_stats,
     )
+
+
+def estimate_batchnorm_stats(module: torch.nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Give a random-init model's BatchNorm layers the statistics of real activations.
+
+    Freshly initialised BatchNorm layers (mean 0, var 1) do not normalise anything, and in
+    deep nets such as mobilenet_v3 the signal then shrinks to logits of about 1e-10: every
+    bf16 or int8 variant looks wrong against fp32 for a reason that no trained model has.
+    One pass over `inputs` with the BatchNorm layers in training mode (cumulative average)
+    fixes the scale. Returns the new BatchNorm buffers ({} when the model has none), so that
+    trials can apply exactly the same values without recomputing them."""
+    bns = {n: m for n, m in module.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    if not bns or len(inputs) < 2:
+        return {}
+    for m in bns.values():
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches seen
+        m.train()
+    with torch.no_grad():
+        for x in inputs.split(8):
+            if len(x) > 1:
+                module(x)
+    module.eval()
+    state = module.state_dict()
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    return {k: state[k].clone() for k in state if k.rpartition(".")[0] in bns and k.rpartition(".")[2] in buffers}
 
 
 def _count_flops(module: torch.nn.Module, one_input: torch.Tensor) -> float:

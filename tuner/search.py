@@ -1,8 +1,10 @@
 """One search, top to bottom: reference -> Ray Tune + OptunaSearch -> MLflow -> selection -> outputs.
 
 run_search(request)
-  1. open the MLflow store (fails fast, before anything runs) and resolve the weights
-  2. compute the fp32 eager reference once (shared with trials via Ray's object store)
+  1. check every input before anything is written to MLflow: the store answers, the model,
+     weights and data load (the fp32 eager reference is computed once, shared with trials via
+     Ray's object store), the space fits the cores Ray can give; only then is the experiment
+     opened and the parent run created
   3. Ray Tune: OptunaSearch (multi-objective), trial 0 = baseline, one trial at a time,
      each in a fresh process (`reuse_actors=False`), all cores of a node per trial
   4. TrialRecorder (a Tune callback in the driver): one MLflow child run, one progress
@@ -27,11 +29,11 @@ from tuner.finalize import ConfirmFn, SearchOutcome, finalize, say
 from tuner.hardware import detect
 from tuner.measure.ceiling import cache_path
 from tuner.measure.ceiling import for_hardware as ceiling_for
-from tuner.models import ModelSpec, resolve_weights
+from tuner.models import ModelSpec, check_inputs, resolve_weights
 from tuner.recorder import TrialRecorder
 from tuner.reference import Reference, reference_for
 from tuner.space import SearchSpace, config_key, initial_points, space_function
-from tuner.tracking import Tracker
+from tuner.tracking import Tracker, check_reachable
 from tuner.trial import OBJECTIVES, TrialSettings, run_trial, time_variant
 from tuner.variant import Variant
 
@@ -102,7 +104,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     started = time.time()
     req.output.mkdir(parents=True, exist_ok=True)
     sp = req.space
-    tracker = Tracker(req.tracking_uri, req.experiment)  # fails fast on a bad store
+    check_inputs(req.model, req.weights, req.data)
+    check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
     spec = resolve_weights(ModelSpec(req.model, req.weights, req.seed))
 
     say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
@@ -138,6 +141,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             bf16_native=hw.bf16_native,
             source=str(req.space_file),
         )
+        tracker = Tracker(req.tracking_uri, req.experiment)
         settings = {
             "model": req.model,
             "space_file": str(req.space_file),

@@ -277,6 +277,17 @@ FLAGS = {
 }
 
 
+def _allowed_keys(section: tuple[Any, ...]) -> list[str]:
+    """The keys a space file may have at `section` (() is the top level)."""
+    model: Any = SearchSpace
+    for part in section:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def _format_errors(source: str | Path, err: ValidationError, flags: dict[str, str] | None = None) -> str:
     lines = [f"{source}: invalid search space"]
     for e in err.errors():
@@ -284,7 +295,7 @@ def _format_errors(source: str | Path, err: ValidationError, flags: dict[str, st
         got = e.get("input")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = f"unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1]))}"
         if e["type"] == "enum" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
         where = f"`{flags[loc]}` ({loc})" if flags and loc in flags else f"`{loc}`"

@@ -36,7 +36,7 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def _check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
     """An HTTP store that does not answer fails in seconds, not after MLflow's minutes of retries."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
@@ -70,7 +70,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        _check_reachable(uri)
+        check_reachable(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)

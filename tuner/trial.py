@@ -32,7 +32,7 @@ from tuner.measure.ceiling import ceiling_fraction, ceiling_key
 from tuner.measure.interference import sample_load
 from tuner.measure.latency import LatencyResult, TimingConfig, measure_latency
 from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
-from tuner.models import load_model, weights_digest
+from tuner.models import weights_digest
 from tuner.reference import Reference
 from tuner.variant import Variant, infeasible_reason
 
@@ -76,7 +76,7 @@ def set_threads(n: int) -> None:
 def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
     """Set this process's threads, load the model and prove it is the reference's model."""
     set_threads(variant.threads)
-    module = load_model(ref.spec).module
+    module = ref.load_module()
     if weights_digest(module) != ref.digest:
         raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
     return module
