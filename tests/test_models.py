@@ -17,7 +17,7 @@ from tuner.trial import TrialSettings, evaluate
 from tuner.variant import Variant
 
 from conftest import FAST_TIMING
-from tiny_models import SmallCNN, write_images, write_labeled_folder
+from tiny_models import SmallCNN, train_small_cnn, write_images, write_labeled_folder
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
 
@@ -60,19 +60,7 @@ def test_calibration_and_eval_images_are_disjoint(tmp_path):
 def trained(tmp_path_factory):
     """A SmallCNN trained for a few seconds on three separable colour classes; its state dict on disk."""
     root = tmp_path_factory.mktemp("trained")
-    write_labeled_folder(root / "train", ["0", "1", "2"], per_class=12, seed=100)
-    write_labeled_folder(root / "val", ["0", "1", "2"], per_class=8, seed=200)
-    train = load_eval_data(root / "train", (3, 32, 32), n_eval=36, n_calib=0, seed=0)
-    torch.manual_seed(0)
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(40):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(train.inputs), train.labels)
-        loss.backward()
-        opt.step()
-    torch.save(model.state_dict(), root / "small_cnn.pt")
+    train_small_cnn(root)
     return root
 
 

@@ -68,3 +68,26 @@ def write_labeled_folder(root, names: list[str], per_class: int, seed: int = 0) 
     """An ImageFolder layout: one sub-folder per class, each its own colour."""
     for c, name in enumerate(names):
         write_images(f"{root}/{name}", per_class, PALETTE[c % len(PALETTE)], seed + c)
+
+
+def train_small_cnn(root) -> None:
+    """Write train/ and val/ folders of three separable colour classes under `root`, train a
+    SmallCNN on train/ for a few seconds and save its state dict to `root/small_cnn.pt`."""
+    from pathlib import Path
+
+    from tuner.models import load_eval_data
+
+    root = Path(root)
+    write_labeled_folder(root / "train", ["0", "1", "2"], per_class=12, seed=100)
+    write_labeled_folder(root / "val", ["0", "1", "2"], per_class=8, seed=200)
+    train = load_eval_data(root / "train", (3, 32, 32), n_eval=36, n_calib=0, seed=0)
+    assert train.labels is not None
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(train.inputs), train.labels).backward()
+        opt.step()
+    torch.save(model.state_dict(), root / "small_cnn.pt")

@@ -164,7 +164,8 @@ def resolve_weights(spec: ModelSpec) -> ModelSpec:
         return spec  # already resolved (e.g. read back from recommended.yaml)
     if w not in ("auto", "pretrained", "random"):
         check_inputs(spec.name, w, None)
-        return spec
+        # Absolute: trial processes (Ray workers) do not share the driver's working directory.
+        return ModelSpec(spec.name, str(Path(w).resolve()), spec.seed)
     if w == "random":
         return spec
     if ":" in spec.name and w == "auto":
