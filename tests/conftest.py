@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ FAST_TIMING = {
 }
 
 
-def write_space(path: Path, **sections: dict) -> Path:
+def write_space(path: Path, **sections: object) -> Path:
     doc = {
         "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"]},
         "search": {"trials": 4, "time_budget_minutes": 10},
@@ -34,7 +36,10 @@ def write_space(path: Path, **sections: dict) -> Path:
         "confirm": {"finalists": 2, "rounds": 2},
     }
     for k, v in sections.items():
-        doc.setdefault(k, {}).update(v)
+        if isinstance(v, dict):
+            doc.setdefault(k, {}).update(v)
+        else:
+            doc[k] = v
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -56,3 +61,60 @@ def small_reference():
     from tuner.reference import prepare_reference
 
     return prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4)
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 with DESIGN.md's lean settings (one worker, no job
+    execution), its sqlite store and artifacts in `folder`. Yields the URL; stops it after."""
+    import socket
+    import time
+    import urllib.request
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art")],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "a"),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not answer within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def tuner_env(cwd: Path) -> dict[str, str]:
+    # XDG_CACHE_HOME: the hardware ceiling measured under test load never reaches the user's cache.
+    return {**os.environ, "PYTHONPATH": str(TESTS), "MLFLOW_TRACKING_URI": "", "XDG_CACHE_HOME": str(cwd / ".cache")}
+
+
+def tuner(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess."""
+    env = tuner_env(cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

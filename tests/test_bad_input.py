@@ -17,6 +17,11 @@ from tuner.cli import EXIT_USAGE, main
 from conftest import write_space
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths in the arguments are the test's own
+
+
 def _no_runs(db: Path) -> None:
     """Nothing was logged: the store was never created, or it holds no run at all."""
     if not db.exists():
@@ -97,7 +102,7 @@ def test_missing_data_folder(tmp_path, capsys):
 
 def test_missing_weights_file(tmp_path, capsys):
     err = run_cli(tmp_path, capsys, "search", "resnet18", "--weights", "ckpt.pt")
-    assert "--weights ckpt.pt: no such file" in err and "pretrained, random" in err
+    assert f"--weights {tmp_path / 'ckpt.pt'}: no such file" in err and "pretrained, random" in err
 
 
 def test_unreachable_tracking_uri_is_checked_before_any_trial(tmp_path, capsys):

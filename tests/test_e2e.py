@@ -7,10 +7,6 @@ against a clock; the checks are about structure and selection logic.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,24 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from tuner.select import Limits, feasible_mask, pareto_mask
 
-from conftest import TESTS, write_space
+from conftest import tuner, write_space
 from tiny_models import train_small_cnn
 
 pytestmark = pytest.mark.slow
 TRIALS = 5
-
-
-def tuner(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    # XDG_CACHE_HOME: the hardware ceiling measured under test load never reaches the user's cache.
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "MLFLOW_TRACKING_URI": "", "XDG_CACHE_HOME": str(cwd / ".cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "tuner", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +164,7 @@ def test_user_model_with_its_checkpoint_and_labeled_data(tmp_path):
               "--data", "val", "--output", "out", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"weights: file:{tmp_path / 'small_cnn.pt'}" in r.stdout
-    assert "data:    labeled folder val (3 classes, mapped by integer folder names)" in r.stdout
+    assert f"data:    labeled folder {tmp_path / 'val'} (3 classes, mapped by integer folder names)" in r.stdout
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     ok = trials[trials["status"] == "ok"]
     assert len(ok) == 3 and (ok["quality"] == ok["top1"]).all() and ok["top5"].notna().all()

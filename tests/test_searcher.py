@@ -6,6 +6,7 @@ import optuna
 
 from tuner.searcher import DedupOptunaSearch
 from tuner.space import SearchSpace, config_key, initial_points, space_function
+from tuner.trial import PENALTY
 
 SMALL = SearchSpace.model_validate(
     {
@@ -29,6 +30,7 @@ def make(choices=SMALL, seed=0):
         metric=METRICS,
         mode=["min", "max", "max"],
         points_to_evaluate=initial_points(choices, 4),
+        penalty=PENALTY,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=2),
     )
 
@@ -52,6 +54,15 @@ def test_every_config_is_measured_once_until_the_space_is_exhausted():
     # Exhausted: a fifth trial may repeat (after max_redraws), and must not hang or fail.
     more = run(s, 1)
     assert more[0] in labels
+
+
+def test_an_errored_trial_is_told_to_optuna_as_a_penalty_not_a_failure():
+    s = make()
+    config = s.suggest("t0")
+    s.on_trial_complete("t0", result=None, error=True)  # crashed, timed out, out of memory
+    (trial,) = s._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == list(PENALTY.values())
+    assert s._known[config_key(config)] == PENALTY  # a repeat of it is answered, not re-run
 
 
 def test_repeats_are_told_to_optuna_with_the_known_result():

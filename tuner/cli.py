@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", help="MLflow experiment (default: tuner/<model>)")
     s.add_argument("--output", type=Path, help="output folder (default: ./tuner-results/<model>-<timestamp>)")
     s.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
+    s.add_argument(
+        "--resume",
+        type=Path,
+        metavar="OUTPUT_DIR",
+        help="continue an interrupted search from its output folder (every setting as it was)",
+    )
 
     m = sub.add_parser("measure", help="build and measure one variant, outside Ray, with the same protocol")
     m.add_argument("model")
@@ -51,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
     r.add_argument("--run-id", metavar="PARENT_RUN_ID", help="the search's parent run (default: the latest)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    r.add_argument(
+        "--sync",
+        type=Path,
+        metavar="OUTPUT_DIR",
+        help="upload the trials a search kept in OUTPUT_DIR while the MLflow store was unreachable",
+    )
     return p
 
 
@@ -85,10 +97,27 @@ def _load_space(args: argparse.Namespace, **search: object) -> tuple[SearchSpace
     return space, path
 
 
+RESUME_CONFLICTS = ("space", "trials", "time_budget", "objective", "max_accuracy_drop", "max_latency_ms", "data",
+                    "weights", "eval_samples", "tracking_uri", "experiment", "output", "address")  # fmt: skip
+
+
 def _search(args: argparse.Namespace) -> int:
     from tuner.errors import ConfigError
-    from tuner.search import SearchRequest, run_search
+    from tuner.search import SearchRequest, load_request, run_search
     from tuner.tracking import default_tracking_uri
+
+    if args.resume is not None:
+        given = [f"--{f.replace('_', '-')}" for f in RESUME_CONFLICTS if getattr(args, f) is not None]
+        if given:
+            raise ConfigError(
+                f"--resume {args.resume} takes every setting from {args.resume}/search.json; "
+                f"it conflicts with {', '.join(given)}"
+            )
+        req = load_request(args.resume)
+        if req.model != args.model:
+            raise ConfigError(f"--resume {args.resume}: that search is of `{req.model}`, not `{args.model}`")
+        outcome = run_search(req)
+        return EXIT_OK if outcome.recommended is not None else EXIT_NO_RESULT
 
     space, path = _load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
@@ -104,13 +133,16 @@ def _search(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"--output {output}: cannot write there ({e.strerror})") from None
+    weights = args.weights or "auto"
+    if weights not in ("auto", "pretrained", "random"):
+        weights = str(Path(weights).resolve())  # absolute: `--resume` may run from another folder
     outcome = run_search(
         SearchRequest(
             model=args.model,
             space=space,
-            space_file=path,
-            weights=args.weights or "auto",
-            data=args.data,
+            space_file=path.resolve(),
+            weights=weights,
+            data=str(Path(args.data).resolve()) if args.data else None,
             tracking_uri=args.tracking_uri or default_tracking_uri(),
             experiment=args.experiment or f"tuner/{args.model}",
             output=output,
@@ -184,6 +216,14 @@ def _report(args: argparse.Namespace) -> int:
     from tuner.tracking import Tracker, check_reachable, default_tracking_uri
 
     quiet_env()
+    if args.sync is not None:
+        from tuner.sync import sync
+
+        if args.run_id or args.experiment or args.tracking_uri:
+            raise ConfigError("--sync takes the store, experiment and run from OUTPUT_DIR/search.json; drop the rest")
+        n = sync(args.sync)
+        print(f"synced {args.sync}: {n} trial(s) uploaded")
+        return EXIT_OK
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)
     if args.run_id:

@@ -65,14 +65,14 @@ def finalize(
         rec = confirm_finalists(df, rec, req, confirm_fn)
     df["recommended"] = df.index == rec.index
     confirmed_rows = df[df["confirmed_rounds"].notna()] if "confirmed_rounds" in df else df.iloc[:0]
-    for _, row in confirmed_rows.iterrows():
+    for _, row in confirmed_rows[confirmed_rows["mlflow_run_id"].astype(bool)].iterrows():
         tracker.log(
             row["mlflow_run_id"],
             metrics={k: row[k] for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k])},
             tags={"tuner.confirmed": "true"},
         )
     for _, row in df.iterrows():
-        if row["pareto"] or row["recommended"]:
+        if (row["pareto"] or row["recommended"]) and row["mlflow_run_id"]:
             tracker.log(
                 row["mlflow_run_id"],
                 tags={
@@ -97,6 +97,10 @@ def finalize(
         "tuner.status": "ok" if recommended is not None else "no_result",
         "tuner.recommendation_reason": rec.reason,
     }
+    not_ok = df[~df["status"].eq("ok")]
+    if len(not_ok):  # e.g. "2 x failed: RuntimeError: ...; 1 x timeout: still running after 120 s ..."
+        groups = not_ok.groupby(["status", "error"]).size().sort_values(ascending=False)
+        parent_tags["tuner.failures"] = "; ".join(f"{n} x {st}: {str(err)[:150]}" for (st, err), n in groups.items())
     if recommended is not None:
         summary["recommended_latency_p50_ms"] = float(recommended["latency_p50_ms"])
         summary["recommended_throughput_ips"] = float(recommended["throughput_ips"])

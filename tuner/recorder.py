@@ -14,12 +14,15 @@ from typing import Any
 import pandas as pd
 
 from tuner import report
+from tuner.guard import classify
 from tuner.hardware import Hardware
 from tuner.reference import Reference
 from tuner.space import variant_from_config
 from tuner.tracking import Tracker
-from tuner.trial import METRICS
+from tuner.trial import METRICS, PENALTY
 from tuner.variant import baseline
+
+FAILED = ("failed", "timeout", "oom")  # statuses whose child run is marked FAILED in MLflow
 
 
 def say(msg: str = "") -> None:
@@ -57,8 +60,7 @@ class TrialRecorder:
         variant = variant_from_config(config)
         res = dict(result or {})
         if result is None:
-            res.update(status="failed", error=error.strip().splitlines()[-1][:500] if error else "trial errored")
-            res["traceback"] = error
+            res.update(classify(None, error or "trial errored"))
         index = len(self.rows)
         is_baseline = index == 0 and variant == baseline(variant.threads)
         p50 = res.get("latency_p50_ms")
@@ -88,14 +90,6 @@ class TrialRecorder:
             tags["tuner.remeasured"] = str(bool(res["remeasured"])).lower()
             if res.get("busy_processes"):
                 tags["tuner.busy_processes"] = str(res["busy_processes"])[:5000]
-        logging_start = time.perf_counter()
-        metrics = {k: float(res[k]) for k in METRICS if isinstance(res.get(k), (int, float))}
-        run_id = self.tracker.log_child(
-            self.parent_id, variant.label, variant.to_dict(), metrics, tags, failed=status == "failed"
-        )
-        if res.get("traceback"):
-            self.tracker.log_text(run_id, str(res["traceback"]), "traceback.txt")
-        res["mlflow_s"] = time.perf_counter() - logging_start
         row = {
             "trial": index,
             "trial_id": trial_id,
@@ -108,11 +102,25 @@ class TrialRecorder:
             "interference": bool(res.get("interference", False)),
             "remeasured": bool(res.get("remeasured", False)),
             "error": res.get("error", ""),
-            "mlflow_run_id": run_id,
+            "mlflow_run_id": "",
             "finished_at": time.time(),
         }
         self.rows.append(row)
-        report.write_tables(self.table(), self.out)
+        report.write_tables(self.table(), self.out)  # on disk first: nothing measured is lost
+        if res.get("traceback"):
+            (self.out / "tracebacks").mkdir(exist_ok=True)
+            (self.out / "tracebacks" / f"{trial_id}.txt").write_text(str(res["traceback"]))
+        logging_start = time.perf_counter()
+        metrics = {k: float(res[k]) for k in METRICS if isinstance(res.get(k), (int, float))}
+        run_id = self.tracker.log_child(
+            self.parent_id, variant.label, variant.to_dict(), metrics, tags, failed=status in FAILED
+        )
+        if run_id:
+            if res.get("traceback"):
+                self.tracker.log_text(run_id, str(res["traceback"]), "traceback.txt")
+            row["mlflow_run_id"] = run_id
+            row["mlflow_s"] = time.perf_counter() - logging_start
+            report.write_tables(self.table(), self.out)
         say(self.progress_line(row))
 
     def progress_line(self, row: dict[str, Any]) -> str:
@@ -127,3 +135,41 @@ class TrialRecorder:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+    # ---- resume ------------------------------------------------------------------------
+    def load_finished(self) -> None:
+        """Take the finished trials of an interrupted search from trials.csv (resume)."""
+        path = self.out / "trials.csv"
+        if not path.exists():
+            return
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        drop = [c for c in ("feasible", "pareto", "recommended") if c in df]  # recomputed at the end
+        self.rows = [
+            {k: (None if pd.isna(v) else v) for k, v in r.items()} for r in df.drop(columns=drop).to_dict("records")
+        ]
+        for r in self.rows:
+            r["error"] = r.get("error") or ""
+            r["mlflow_run_id"] = r.get("mlflow_run_id") or ""
+        self.seen = {str(r["trial_id"]) for r in self.rows}
+        base = [r for r in self.rows if r.get("is_baseline") and r.get("status") == "ok"]
+        if base:
+            self.baseline_p50 = float(base[0]["latency_p50_ms"])
+
+    def known_keys(self) -> set[str]:
+        return set(self.known_objectives())
+
+    def known_objectives(self) -> dict[str, dict[str, float]]:
+        """Config key -> the objectives the sampler saw for it (penalties for non-ok trials)."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            ok = r.get("status") == "ok"
+            out[str(r["label"])] = (
+                {
+                    "objective_latency_ms": float(r["latency_p90_ms"]),
+                    "objective_throughput": float(r["throughput_ips"]),
+                    "objective_quality": float(r["quality"]),
+                }
+                if ok
+                else dict(PENALTY)
+            )
+        return out

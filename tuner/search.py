@@ -14,18 +14,25 @@ run_search(request)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from tuner.confirm import interleaved
+from tuner.errors import ConfigError
 from tuner.finalize import ConfirmFn, SearchOutcome, finalize, say
+from tuner.guard import classify, default_memory_mb, default_timeout_s
 from tuner.hardware import detect
 from tuner.measure.ceiling import cache_path
 from tuner.measure.ceiling import for_hardware as ceiling_for
@@ -34,7 +41,7 @@ from tuner.recorder import TrialRecorder
 from tuner.reference import Reference, reference_for
 from tuner.space import SearchSpace, config_key, initial_points, space_function
 from tuner.tracking import Tracker, check_reachable
-from tuner.trial import OBJECTIVES, TrialSettings, run_trial, time_variant
+from tuner.trial import OBJECTIVES, PENALTY, TrialSettings, run_trial, time_variant
 from tuner.variant import Variant
 
 
@@ -43,6 +50,8 @@ def quiet_env() -> None:
     Call before importing them."""
     for name in ("mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune logs every errored trial with Ray's traceback; the recorder reports them better.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     for k, v in {
         "RAY_AUTH_MODE": "disabled",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -52,6 +61,11 @@ def quiet_env() -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
         "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",  # ours stops the search cleanly (_Interrupt)
+        # A store that goes away mid-search costs seconds, not MLflow's minutes of retries.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     }.items():
         os.environ.setdefault(k, v)
 
@@ -68,6 +82,116 @@ class SearchRequest:
     output: Path
     seed: int = 0
     address: str | None = None
+    resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
+
+
+STATE = "search.json"  # in the output folder: what `--resume` and `report --sync` need
+
+
+def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float) -> None:
+    """The request, the parent run and how far the search got; rewritten at each stage."""
+    (req.output / "space.yaml").write_text(yaml.safe_dump(req.space.model_dump(mode="json"), sort_keys=False))
+    state = {
+        "model": req.model,
+        "space_file": str(req.space_file),
+        "weights": req.weights,
+        "data": req.data,
+        "tracking_uri": req.tracking_uri,
+        "experiment": req.experiment,
+        "seed": req.seed,
+        "address": req.address,
+        "parent_run_id": parent_id,
+        "status": status,  # running | interrupted | finished
+        "elapsed_s": elapsed_s,
+    }
+    (req.output / STATE).write_text(json.dumps(state, indent=2))
+
+
+def load_state(output: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((output / STATE).read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume {output}: not a search output folder ({output / STATE}: {e})") from None
+
+
+def load_request(output: Path) -> SearchRequest:
+    """The request of the search in `output`, to resume it: every setting as it was."""
+    output = output.resolve()
+    st = load_state(output)
+    return SearchRequest(
+        model=st["model"],
+        space=SearchSpace.load(output / "space.yaml"),
+        space_file=Path(st["space_file"]),
+        weights=st["weights"],
+        data=st["data"],
+        tracking_uri=st["tracking_uri"],
+        experiment=st["experiment"],
+        output=output,
+        seed=st["seed"],
+        address=st["address"],
+        resume=True,
+    )
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """One search at a time per sqlite store: sqlite takes one writer, and two searches on
+    one machine would also disturb each other's timings. Servers need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".tuner.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(
+            f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
+            "use an MLflow server (README: Viewing results) and give each search its own machine."
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM during the trials: stop Tune cleanly (a Stopper's `stop_all`), keep every
+    finished trial; a second signal stops at once. Tune's own SIGINT handler is turned off
+    (TUNE_DISABLE_SIGINT_HANDLER) because it would swallow the signal."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __enter__(self) -> _Interrupt:
+        self._old = {sig: signal.signal(sig, self._on) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _on(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        say(f"\n{self.signal}: stopping the search; finished trials are kept (send it again to stop at once)")
+
+    def stopper(self) -> Any:
+        from ray.tune.stopper import Stopper
+
+        outer = self
+
+        class _Stop(Stopper):
+            def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return outer.signal is not None
+
+        return _Stop()
 
 
 def _as_callback(recorder: TrialRecorder) -> Any:
@@ -82,10 +206,11 @@ def _as_callback(recorder: TrialRecorder) -> Any:
                 recorder.record(trial.trial_id, trial.config, trial.last_result)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            # The trial raised, or its process died (crash, or the guard's timeout/oom kill).
             err = ""
             if trial.error_file and Path(trial.error_file).exists():
                 err = Path(trial.error_file).read_text()
-            recorder.record(trial.trial_id, trial.config, None, err or "trial errored")
+            recorder.record(trial.trial_id, trial.config, classify(trial.local_path, err or "trial errored"))
 
     return _Cb()
 
@@ -101,11 +226,19 @@ def _cores_per_trial() -> int:
 
 def run_search(req: SearchRequest) -> SearchOutcome:
     quiet_env()
-    started = time.time()
     req.output.mkdir(parents=True, exist_ok=True)
-    sp = req.space
     check_inputs(req.model, req.weights, req.data)
     check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
+    with store_lock(req.tracking_uri):
+        return _run_search(req)
+
+
+def _run_search(req: SearchRequest) -> SearchOutcome:
+    started = time.time()
+    sp = req.space
+    previous = load_state(req.output) if req.resume else None
+    if previous is not None:
+        started -= float(previous["elapsed_s"])  # the time budget counts the earlier part too
     spec = resolve_weights(ModelSpec(req.model, req.weights, req.seed))
 
     say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
@@ -164,13 +297,25 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             "tuner.output": str(req.output),
             **hw.tags(),
         }
-        parent_id = tracker.start_parent(f"search {req.model}", settings, parent_tags)
+        if previous is not None:
+            parent_id = str(previous["parent_run_id"])
+            tracker.reopen(parent_id)
+        else:
+            parent_id = tracker.start_parent(f"search {req.model}", settings, parent_tags)
+        save_state(req, parent_id, "running", time.time() - started)
         say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
-        say(
-            f"searching: {sp.search.trials} trials, time budget {sp.search.time_budget_minutes} min, "
-            f"one at a time on {cores} core(s)"
-        )
         recorder = TrialRecorder(tracker, parent_id, req.output, ref, hw, sp.search.trials)
+        if previous is not None:
+            recorder.load_finished()
+            say(f"resuming: {len(recorder.rows)} finished trial(s) kept from {req.output / 'trials.csv'}")
+        remaining = sp.search.trials - len(recorder.rows)
+        budget = sp.search.time_budget_minutes
+        budget_left_s = budget * 60 - (time.time() - started) if budget else None
+        say(
+            f"searching: {remaining} of {sp.search.trials} trials, time budget {budget} min"
+            + (f" ({budget_left_s / 60:.1f} left)" if previous is not None and budget_left_s is not None else "")
+            + f", one at a time on {cores} core(s)"
+        )
         sampler = (
             optuna.samplers.NSGAIISampler(seed=req.seed)
             if sp.search.sampler == "nsga2"
@@ -188,46 +333,71 @@ def run_search(req: SearchRequest) -> SearchOutcome:
             space=space_function(choices),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            points_to_evaluate=initial_points(choices, sp.search.trials),
+            points_to_evaluate=[
+                p
+                for p in initial_points(choices, sp.search.trials, sp.search.enqueue)
+                if config_key(p) not in recorder.known_keys()
+            ],
+            penalty=PENALTY,
             sampler=sampler,
             study_name=f"tuner-{req.output.name}",
             storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'optuna.db'}"),
         )
-        trial_settings = TrialSettings(sp.timing, sp.eval.screen_min_cosine, ceiling)
+        trial_settings = TrialSettings(
+            sp.timing,
+            sp.eval.screen_min_cosine,
+            ceiling,
+            timeout_s=sp.limits.trial_timeout_s or default_timeout_s(sp.search.time_budget_minutes, sp.search.trials),
+            memory_mb=sp.limits.trial_memory_mb or default_memory_mb(),
+            faults=tuple(sp.inject_faults),
+        )
+        say(
+            f"  limits:  {trial_settings.timeout_s:.0f} s and {trial_settings.memory_mb:.0f} MB resident per trial"
+            + (f"; {len(sp.inject_faults)} injected fault rule(s) (test-only)" if sp.inject_faults else "")
+        )
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, reference=ref, settings=trial_settings),
             {"cpu": cores},
         )
-        budget = sp.search.time_budget_minutes
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=sp.search.trials,
-                max_concurrent_trials=1,
-                reuse_actors=False,
-                time_budget_s=budget * 60 if budget else None,
-            ),
-            run_config=tune.RunConfig(
-                name="ray",
-                storage_path=str(req.output.resolve()),
-                verbose=0,
-                callbacks=[_as_callback(recorder)],
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            tracker.log(parent_id, tags={"tuner.status": "interrupted"})
+        for key, objectives in recorder.known_objectives().items():
+            searcher.remember(key, objectives)  # a resumed search never re-measures a config
+        interrupt = _Interrupt()
+        if remaining > 0 and (budget_left_s is None or budget_left_s > 0):
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    num_samples=remaining,
+                    max_concurrent_trials=1,
+                    reuse_actors=False,
+                    time_budget_s=budget_left_s,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"ray-{int(time.time())}",  # a fresh Tune experiment per (resumed) run
+                    storage_path=str(req.output.resolve()),
+                    verbose=0,
+                    callbacks=[_as_callback(recorder)],
+                    stop=interrupt.stopper(),
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+            with interrupt:
+                tuner.fit()
+        if interrupt.signal is not None:
+            hint = f"python -m tuner search {req.model} --resume {req.output}"
+            tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
             tracker.finish(parent_id, "KILLED")
-            say(f"interrupted: {len(recorder.rows)} finished trial(s) kept in {req.output} and MLflow")
-            raise
+            save_state(req, parent_id, "interrupted", time.time() - started)
+            say(f"interrupted by {interrupt.signal}: {len(recorder.rows)} finished trial(s) kept in {req.output}")
+            say(f"resume with: {hint}")
+            raise KeyboardInterrupt
         if searcher.redraws:
             say(f"sampler: {searcher.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
         tracker.log(parent_id, metrics={"sampler_redraws": float(searcher.redraws)})
         confirm = ray_confirm(ref, trial_settings, cores)
-        return finalize(recorder, tracker, parent_id, req, ref, started, confirm)
+        outcome = finalize(recorder, tracker, parent_id, req, ref, started, confirm)
+        save_state(req, parent_id, "finished", time.time() - started)
+        return outcome
     finally:
         ray.shutdown()
 

@@ -7,6 +7,10 @@ the first measurement instead: it tells Optuna the known result for the new Optu
 (so the sampler's model is exactly as if it had been re-measured) and asks again, up to
 `max_redraws` times; after that it lets the repeat through (the space is exhausted).
 
+A trial that errored (raised, crashed, timed out, ran out of memory) is told to Optuna as
+a completed trial with the `penalty` figures, not as FAIL: TPE ignores failed trials and
+would keep proposing the same broken config; a penalty steers it away.
+
 It relies on two attributes of `OptunaSearch` in ray 2.60 (`_ot_trials`,
 `_completed_trials`); ray is pinned in pyproject.toml and the test suite covers this path.
 """
@@ -20,13 +24,25 @@ from ray.tune.search.optuna import OptunaSearch
 
 
 class DedupOptunaSearch(OptunaSearch):
-    def __init__(self, *args: Any, key: Callable[[dict[str, Any]], str], max_redraws: int = 50, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        key: Callable[[dict[str, Any]], str],
+        penalty: dict[str, float],
+        max_redraws: int = 50,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self._penalty = penalty
         self._key = key
         self._max_redraws = max_redraws
         self._known: dict[str, dict[str, Any]] = {}  # config key -> the result it got
         self._pending: dict[str, str] = {}  # Tune trial id -> config key
         self.redraws = 0
+
+    def remember(self, key: str, result: dict[str, float]) -> None:
+        """A config measured before (a resumed search): answer repeats of it from `result`."""
+        self._known[key] = {m: result[m] for m in self.metric}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for attempt in range(self._max_redraws + 1):
@@ -46,6 +62,8 @@ class DedupOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         k = self._pending.pop(trial_id, None)
-        if k is not None and result and all(m in result for m in self.metric):
+        if error or not result or not all(m in result for m in self.metric):
+            result, error = dict(self._penalty), False
+        if k is not None:
             self._known[k] = {m: result[m] for m in self.metric}
         super().on_trial_complete(trial_id, result=result, error=error)

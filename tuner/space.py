@@ -73,6 +73,24 @@ class SearchSettings(_Strict):
     time_budget_minutes: float | None = Field(default=12.0, gt=0)
     objective: Literal["latency", "throughput"] = "latency"
     sampler: Literal["tpe", "nsga2"] = "tpe"
+    # Configs to run right after the baseline (partial: missing fields take the baseline's
+    # values), e.g. `[{quantization: static_int8, compile: torchscript}]`.
+    enqueue: list[dict[str, Any]] = []
+
+
+class Limits(_Strict):
+    """What one trial may use before it is stopped (guard.py). None: the defaults below."""
+
+    trial_timeout_s: float | None = Field(default=None, gt=0)  # default: 5x the budget's share per trial, >= 120 s
+    trial_memory_mb: float | None = Field(default=None, gt=0)  # default: 80% of the memory free at the start
+
+
+class FaultRule(_Strict):
+    """Test-only (`inject_faults:`): make a trial whose config matches `when` misbehave for real."""
+
+    when: dict[str, Any] = {}  # variant fields that must all match; {} matches every trial
+    action: Literal["raise", "abort", "hang", "allocate"]
+    allocate_mb: int = Field(default=0, ge=0)  # `allocate`: how much to touch, 64 MB at a time
 
 
 class Constraints(_Strict):
@@ -103,6 +121,8 @@ class SearchSpace(_Strict):
     eval: EvalSettings = EvalSettings()
     timing: TimingConfig = TimingConfig()
     confirm: ConfirmSettings = ConfirmSettings()
+    limits: Limits = Limits()
+    inject_faults: list[FaultRule] = []  # test-only; README "Faults"
 
     # ---- loading -----------------------------------------------------------------
     @classmethod
@@ -241,11 +261,26 @@ PROBES: tuple[dict[str, Any], ...] = (
 )
 
 
-def initial_points(choices: dict[str, list[Any]], trials: int) -> list[dict[str, Any]]:
-    """The baseline, then up to a quarter of the budget of PROBES that this space and this
-    hardware allow (batch 1, all threads), so the sampler starts from diverse known-good points."""
+def initial_points(
+    choices: dict[str, list[Any]], trials: int, enqueue: list[dict[str, Any]] | tuple[()] = ()
+) -> list[dict[str, Any]]:
+    """The baseline, then the space's `search.enqueue` configs, then up to a quarter of the
+    budget of PROBES that this space and this hardware allow (batch 1, all threads), so the
+    sampler starts from diverse known-good points."""
     base = baseline_point(choices)
     points = [base]
+    for i, extra in enumerate(enqueue):
+        point = {**base, **extra}
+        if point.get("quantization", "none") != "none":
+            point.setdefault("compile_int8", point.pop("compile", "eager"))
+            point.pop("precision", None)
+        outside = {k: v for k, v in point.items() if k not in choices or v not in choices[k]}
+        if outside:
+            raise SpaceError(
+                f"`search.enqueue[{i}]`: {outside} is not in this space on this hardware "
+                f"(choices: { {k: choices.get(k) for k in outside} })"
+            )
+        points.append(point)
     for probe in PROBES:
         if len(points) > trials // 4:
             break

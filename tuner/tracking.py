@@ -10,10 +10,13 @@ Child runs are written with `MlflowClient.create_run(tags={"mlflow.parentRunId":
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -63,8 +66,35 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def _tolerant(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Writes during a search never take it down: when the store stops answering, warn once,
+    skip MLflow from then on (each call would otherwise wait for timeouts) and go on. Every
+    result is in the output folder; `python -m tuner report --sync DIR` uploads it later."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # MlflowException, requests' and sqlalchemy's errors, ...
+            self.down = True
+            print(
+                f"warning: the MLflow store {self.uri} stopped answering ({str(e).splitlines()[0][:200]}). "
+                "The search goes on and every result is written to the output folder; upload them later "
+                "with `python -m tuner report --sync OUTPUT_DIR`.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+
+    return wrapper
+
+
 class Tracker:
     """A thin, typed layer over `MlflowClient` for the tuner's schema."""
+
+    down = False  # set when the store stopped answering mid-search (see `_tolerant`)
 
     def __init__(self, uri: str, experiment: str):
         from mlflow.tracking import MlflowClient
@@ -90,6 +120,13 @@ class Tracker:
         self.log(run.info.run_id, params=params)
         return str(run.info.run_id)
 
+    @_tolerant
+    def reopen(self, run_id: str) -> None:
+        """A resumed search logs into its first parent run again."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "tuner.status", "running")
+
+    @_tolerant
     def log_child(
         self,
         parent_id: str,
@@ -107,6 +144,7 @@ class Tracker:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
         return run_id
 
+    @_tolerant
     def log(
         self,
         run_id: str,
@@ -128,14 +166,17 @@ class Tracker:
             tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
         )
 
+    @_tolerant
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    @_tolerant
     def log_artifacts(self, run_id: str, folder: Path, files: list[str]) -> None:
         for f in files:
             if (folder / f).exists():
                 self.client.log_artifact(run_id, str(folder / f))
 
+    @_tolerant
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 

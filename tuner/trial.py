@@ -26,6 +26,7 @@ import torch
 
 from tuner.build import BuiltVariant, build
 from tuner.errors import VariantUnsupported
+from tuner.guard import TrialGuard, inject
 from tuner.hardware import detect
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
 from tuner.measure.ceiling import ceiling_fraction, ceiling_key
@@ -61,6 +62,9 @@ class TrialSettings:
     screen_min_cosine: float = 0.9
     ceiling: dict[str, float] = field(default_factory=dict)  # GFLOP/s per precision (measure/ceiling.py)
     busy_threshold_cores: float = 0.25  # other CPU use above this flags interference
+    timeout_s: float | None = None  # per-trial wall-time limit (guard.py)
+    memory_mb: float | None = None  # per-trial resident-memory cap (guard.py)
+    faults: tuple[Any, ...] = ()  # test-only fault injection rules (space `inject_faults:`)
 
 
 def set_threads(n: int) -> None:
@@ -214,6 +218,9 @@ def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSetti
     from tuner.space import variant_from_config
 
     started = time.perf_counter()
-    out = evaluate(variant_from_config(config), reference, settings)
+    variant = variant_from_config(config)
+    with TrialGuard(tune.get_context().get_trial_dir(), settings.timeout_s, settings.memory_mb):
+        inject(list(settings.faults), variant.to_dict())
+        out = evaluate(variant, reference, settings)
     out["trial_wall_s"] = time.perf_counter() - started
     tune.report(out)

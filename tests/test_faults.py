@@ -1,0 +1,190 @@
+"""Faults, caused for real (README "Faults"): a trial that raises, aborts its process, hangs
+or eats memory; SIGINT/SIGTERM to the driver and `--resume`; an MLflow server that stops
+mid-search and `report --sync`; a search in which every trial fails; two searches on one
+sqlite store. Each test checks the statuses, the MLflow records, the files and the exit code.
+
+Faults come from the test-only `inject_faults:` knob of the space file, in the trial's own
+process; `search.enqueue` makes the faulty configs run right after the baseline."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mlflow_server, tuner, tuner_env, write_space
+
+pytestmark = pytest.mark.slow
+MODEL = "tiny_models:small_cnn"
+ONE_CONFIG = {"quantization": ["none"], "precision": ["fp32"], "compile": ["eager"], "threads": [1],
+              "layout": ["contiguous"]}  # fmt: skip
+
+
+def runs(uri: str) -> tuple[object, list]:
+    """(parent run, child runs) of the only search in the store."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("tuner.kind") == "search"]
+    assert len(parents) == 1
+    return parents[0], [r for r in all_runs if r.data.tags.get("tuner.kind") == "trial"]
+
+
+def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
+    space = write_space(
+        tmp_path / "space.yaml",
+        dimensions={**ONE_CONFIG, "batch_size": [1, 2, 4, 8, 16]},
+        search={"trials": 5, "enqueue": [{"batch_size": b} for b in (2, 4, 8, 16)]},
+        limits={"trial_timeout_s": 8, "trial_memory_mb": 1500},
+        inject_faults=[
+            {"when": {"batch_size": 2}, "action": "raise"},
+            {"when": {"batch_size": 4}, "action": "abort"},
+            {"when": {"batch_size": 8}, "action": "hang"},
+            {"when": {"batch_size": 16}, "action": "allocate", "allocate_mb": 4000},
+        ],
+        confirm={"finalists": 1, "rounds": 1},
+    )
+    r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("batch_size")
+    assert trials.loc[1, "status"] == "ok" and bool(trials.loc[1, "recommended"])
+    assert trials.loc[2, "status"] == "failed" and "RuntimeError: injected fault: raise" in trials.loc[2, "error"]
+    assert trials.loc[4, "status"] == "failed" and "trial process crashed: Aborted" in trials.loc[4, "error"]
+    assert trials.loc[8, "status"] == "timeout" and "still running after 8 s" in trials.loc[8, "error"]
+    assert trials.loc[16, "status"] == "oom" and "passed the 1500 MB cap" in trials.loc[16, "error"]
+    assert "4 trial(s) not ok:" in r.stdout and "1 x oom: resident memory" in r.stdout
+
+    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    by_bs = {int(c.data.params["batch_size"]): c for c in children}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for bs, status in [(2, "failed"), (4, "failed"), (8, "timeout"), (16, "oom")]:
+        run = by_bs[bs]
+        assert run.data.tags["tuner.status"] == status and run.info.status == "FAILED"
+        assert run.data.tags["tuner.error"] == trials.loc[bs, "error"]
+        assert "traceback.txt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    abort_tb = client.download_artifacts(by_bs[4].info.run_id, "traceback.txt", str(tmp_path))
+    assert "Fatal Python error: Aborted" in Path(abort_tb).read_text()  # the native crash's own report
+    assert "1 x timeout" in parent.data.tags["tuner.failures"]
+
+
+def test_a_search_in_which_every_trial_fails(tmp_path):
+    space = write_space(
+        tmp_path / "space.yaml",
+        dimensions={**ONE_CONFIG, "batch_size": [1, 2, 4]},
+        search={"trials": 3},
+        inject_faults=[{"when": {}, "action": "raise"}],
+    )
+    r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr  # ran, but nothing to recommend
+    assert "3 trial(s) not ok:" in r.stdout and "3 x failed: RuntimeError: injected fault: raise" in r.stdout
+    assert "no recommendation: no trial finished ok" in r.stdout
+    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "FAILED" and parent.data.tags["tuner.status"] == "no_result"
+    assert parent.data.tags["tuner.failures"].startswith("3 x failed: RuntimeError: injected fault")
+    assert len(children) == 3 and {c.data.tags["tuner.status"] for c in children} == {"failed"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
+    space = write_space(tmp_path / "space.yaml", search={"trials": 5}, dimensions={"batch_size": [1, 2, 4, 8]})
+    cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
+           "--output", "out"]  # fmt: skip
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and (tmp_path / "first.log").read_text().count("\n[") < 2:
+            time.sleep(0.5)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 130
+    first = (tmp_path / "first.log").read_text()
+    assert f"interrupted by {sig.name}" in first and f"--resume {tmp_path / 'out'}" in first
+    kept = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert 2 <= len(kept) < 5
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, children = runs(uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
+    assert parent.data.tags["tuner.resume_hint"] == f"python -m tuner search {MODEL} --resume {tmp_path / 'out'}"
+    assert len(children) == len(kept)
+
+    r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming: {len(kept)} finished trial(s) kept" in r.stdout
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 5 and trials["trial_id"].is_unique and trials["label"].is_unique  # nothing twice
+    assert set(kept["trial_id"]) <= set(trials["trial_id"])
+    parent, children = runs(uri)
+    assert parent.info.status == "FINISHED" and len(children) == 5
+    assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
+    assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "finished"
+
+
+def test_resume_conflicts_with_new_settings(tmp_path):
+    r = tuner("search", MODEL, "--resume", "out", "--trials", "9", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "--resume out takes every setting from out/search.json" in r.stderr
+    assert "--trials" in r.stderr
+
+
+def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
+    space = write_space(tmp_path / "space.yaml", search={"trials": 4}, confirm={"finalists": 1, "rounds": 1})
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with mlflow_server(server_dir) as url:
+        port = int(url.rsplit(":", 1)[1])
+        cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
+               "--output", "out", "--tracking-uri", url]  # fmt: skip
+        log = open(tmp_path / "search.log", "w")
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and "[1/4]" not in (tmp_path / "search.log").read_text():
+            time.sleep(0.2)
+    # The server is gone from here on; the search must finish and keep everything on disk.
+    assert proc.wait(timeout=600) == 0, (tmp_path / "search.log").read_text()
+    out = (tmp_path / "search.log").read_text()
+    assert f"the MLflow store {url} stopped answering" in out and "report --sync" in out
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 4 and trials["recommended"].sum() == 1
+    missing = trials["mlflow_run_id"].isna().sum()
+    assert missing >= 1  # these were measured while the store was down
+
+    with mlflow_server(server_dir, port=port):  # same store, same address
+        r = tuner("report", "--sync", "out", cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"{missing} trial(s) uploaded" in r.stdout
+        again = tuner("report", "--sync", "out", cwd=tmp_path, timeout=300)
+        assert "0 trial(s) uploaded" in again.stdout  # idempotent: nothing is logged twice
+        client = MlflowClient(url)
+        exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+        children = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'trial'")
+        assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
+        rec = [c for c in children if c.data.tags["tuner.recommended"] == "true"]
+        assert len(rec) == 1
+        synced = pd.read_csv(tmp_path / "out" / "trials.csv")
+        assert synced["mlflow_run_id"].notna().all()
+
+
+def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
+    space = write_space(tmp_path / "space.yaml", search={"trials": 2}, confirm={"finalists": 0})
+    procs = []
+    for name in ("a", "b"):
+        cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
+               "--output", name]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        time.sleep(1)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("another search is using" in o for o in outs) == 1, outs  # the second one waited
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+    parents = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'search'")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    for p in parents:
+        kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+        assert len(kids) == 2

@@ -1,0 +1,93 @@
+"""`python -m tuner report --sync DIR`: upload what a search wrote to its output folder while
+the MLflow store was unreachable (tracking.py `_tolerant`).
+
+Idempotent: a trial already in MLflow (child run tagged with its `ray.trial_id`) is never
+logged twice; run it as often as you like. The output folder is the source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tuner import report
+from tuner.errors import TrackingError
+from tuner.finalize import say
+from tuner.recorder import FAILED
+from tuner.search import load_state
+from tuner.select import variant_of
+from tuner.tracking import Tracker, check_reachable
+from tuner.trial import METRICS
+
+
+def _flag(row: pd.Series, col: str) -> str:
+    return str(bool(row.get(col, False)) and not pd.isna(row.get(col))).lower()
+
+
+def sync(output: Path) -> int:
+    """Upload the trials missing from MLflow and the parent's outputs; return how many trials."""
+    output = output.resolve()
+    state = load_state(output)
+    check_reachable(state["tracking_uri"])
+    tracker = Tracker(state["tracking_uri"], state["experiment"])
+    parent_id = str(state["parent_run_id"])
+    parent = tracker.client.get_run(parent_id)
+    inherited = {
+        k: v for k, v in parent.data.tags.items() if k.startswith("hw.") or k in ("tuner.weights", "tuner.data")
+    }
+    df = pd.read_csv(output / "trials.csv", keep_default_na=False, na_values=[""])
+    logged = {c.data.tags.get("ray.trial_id"): c.info.run_id for c in tracker.children(parent_id)}
+    uploaded = 0
+    for i, row in df.iterrows():
+        trial_id = str(row["trial_id"])
+        if trial_id in logged:
+            df.at[i, "mlflow_run_id"] = logged[trial_id]
+            continue
+        variant = variant_of(row)
+        tags = {
+            **inherited,
+            "ray.trial_id": trial_id,
+            "tuner.status": str(row["status"]),
+            "tuner.stable": _flag(row, "stable"),
+            "tuner.pareto": _flag(row, "pareto"),
+            "tuner.recommended": _flag(row, "recommended"),
+            "tuner.baseline": _flag(row, "is_baseline"),
+            "tuner.trial_index": str(row["trial"]),
+            "tuner.synced": "true",  # logged after the search, from the output folder
+        }
+        if isinstance(row.get("error"), str) and row["error"]:
+            tags["tuner.error"] = row["error"][:5000]
+        metrics = {k: float(row[k]) for k in METRICS if k in row and pd.notna(row[k]) and k != "mlflow_s"}
+        run_id = tracker.log_child(
+            parent_id, variant.label, variant.to_dict(), metrics, tags, failed=row["status"] in FAILED
+        )
+        if tracker.down or not run_id:
+            break
+        tb = output / "tracebacks" / f"{trial_id}.txt"
+        if tb.exists():
+            tracker.log_text(run_id, tb.read_text(), "traceback.txt")
+        df.at[i, "mlflow_run_id"] = run_id
+        uploaded += 1
+        say(f"  uploaded trial {row['trial']} ({row['status']}) {variant.label}")
+    report.write_tables(df, output)
+    if not tracker.down:
+        tracker.log_artifacts(parent_id, output, ["trials.csv", "pareto.csv", "recommended.yaml"])
+        rec = df[df["recommended"].astype(bool)] if "recommended" in df else df.iloc[:0]
+        if len(rec):
+            tracker.log(
+                parent_id,
+                tags={
+                    "tuner.recommended_run_id": str(rec.iloc[0]["mlflow_run_id"]),
+                    "tuner.recommended_config": str(rec.iloc[0]["label"]),
+                    "tuner.synced": "true",
+                },
+            )
+        if state["status"] == "finished":
+            tracker.log(parent_id, tags={"tuner.status": "ok" if len(rec) else "no_result"})
+            tracker.finish(parent_id, "FINISHED" if len(rec) else "FAILED")
+    if tracker.down:
+        raise TrackingError(
+            f"report --sync {output}: the store {state['tracking_uri']} stopped answering; run it again"
+        )
+    return uploaded
