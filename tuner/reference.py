@@ -17,6 +17,10 @@ from tuner.measure.accuracy import topk_accuracy
 from tuner.models import EvalData, ModelSpec, input_shape, load_eval_data, load_model, weights_digest
 from tuner.space import EvalSettings
 
+# A random-init model whose fp32 outputs are all below this is degenerate (mobilenet_v3,
+# efficientnet: about 1e-10; resnet, convnext: 0.1 to 100).
+DEGENERATE_LOGITS = 1e-4
+
 
 @dataclass
 class Reference:
@@ -81,13 +85,21 @@ def prepare_reference(
         weights_transforms=loaded.transforms,
         num_outputs=probe.shape[-1],
     )
-    bn_stats = None
-    if spec.weights == "random":
-        bn_stats = estimate_batchnorm_stats(loaded.module, data.calibration)
-        if bn_stats:
-            weights_label += f"; BatchNorm statistics estimated on the {len(data.calibration)} calibration inputs"
     with torch.inference_mode():
         logits = torch.cat([loaded.module(x) for x in data.inputs.split(batch_size)])
+    bn_stats = None
+    if spec.weights == "random" and float(logits.abs().max()) < DEGENERATE_LOGITS:
+        # The random model's signal has vanished (see estimate_batchnorm_stats): give its
+        # BatchNorm layers real statistics, or no variant could be judged against it.
+        bn_stats = estimate_batchnorm_stats(loaded.module, data.calibration)
+        if bn_stats:
+            weights_label += (
+                f"; BatchNorm statistics estimated on the {len(data.calibration)} calibration inputs "
+                f"(its fp32 outputs had vanished: max |logit| {float(logits.abs().max()):.1e})"
+            )
+            with torch.inference_mode():
+                logits = torch.cat([loaded.module(x) for x in data.inputs.split(batch_size)])
+    with torch.inference_mode():
         flops = _count_flops(loaded.module, data.inputs[:1])
     has_labels = data.labels is not None
     quality = topk_accuracy(logits, data.labels)["top1"] if data.labels is not None else 1.0
