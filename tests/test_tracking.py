@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -42,9 +43,24 @@ def in_process_confirm(ref):
     return run
 
 
-@pytest.fixture
-def logged_search(tmp_path, tracking_uri, small_reference, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def small_ref():
+    from tuner.models import ModelSpec
+    from tuner.reference import prepare_reference
+
+    return prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4)
+
+
+@pytest.fixture(scope="module")
+def logged_search(tmp_path_factory, small_ref):
+    """One search's records, written once for every test of this module (read-only checks)."""
+    tmp_path = tmp_path_factory.mktemp("logged")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)  # the local store's artifacts go to ./mlartifacts
+        yield _logged_search(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", small_ref)
+
+
+def _logged_search(tmp_path, tracking_uri, small_reference):
     tracker = Tracker(tracking_uri, "tuner/test")
     parent = tracker.start_parent("search test", {"trials": 3}, {"tuner.model": "tiny"})
     out = tmp_path / "out"
@@ -62,11 +78,11 @@ def logged_search(tmp_path, tracking_uri, small_reference, monkeypatch):
     outcome = finalize(
         rec, tracker, parent, req, small_reference, time.time(), confirm_fn=in_process_confirm(small_reference)
     )
-    return MlflowClient(tracking_uri), tracker, parent, outcome, out
+    return MlflowClient(tracking_uri), tracker, parent, outcome, out, small_reference
 
 
 def test_child_runs_follow_the_schema(logged_search):
-    client, tracker, parent, outcome, out = logged_search
+    client, tracker, parent, outcome, out, ref = logged_search
     children = tracker.children(parent)
     assert len(children) == 3, "one child per trial, duplicates dropped"
     by_trial = {c.data.tags["ray.trial_id"]: c for c in children}
@@ -89,7 +105,7 @@ def test_child_runs_follow_the_schema(logged_search):
 
 
 def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
-    client, tracker, parent, outcome, out = logged_search
+    client, tracker, parent, outcome, out, ref = logged_search
     tags = {c.data.tags["ray.trial_id"]: c.data.tags for c in tracker.children(parent)}
     table = pd.read_csv(out / "trials.csv")
     assert list(table["trial_id"]) == ["t0", "t1", "t2"] and bool(table.loc[0, "is_baseline"])
@@ -104,7 +120,7 @@ def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
 
 
 def test_parent_run_summary_and_artifacts(logged_search):
-    client, tracker, parent, outcome, out = logged_search
+    client, tracker, parent, outcome, out, ref = logged_search
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert {"best_latency_p50_ms", "best_throughput_ips", "recommended_latency_p50_ms", "n_failed"} <= set(
@@ -115,8 +131,54 @@ def test_parent_run_summary_and_artifacts(logged_search):
     assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= arts
 
 
+def test_pareto_plots_and_description_for_reviewers(logged_search):
+    client, tracker, parent, outcome, out, ref = logged_search
+    arts = {a.path for a in client.list_artifacts(parent)}
+    assert {"pareto.html", "pareto.png"} <= arts
+    html = (out / "pareto.html").read_text()
+    assert "Plotly.newPlot" in html and '<script src="https://cdn' not in html  # plotly.js embedded: offline
+    rec_label = outcome.recommended["label"]
+    assert f"recommended: {rec_label}" in html and "baseline: fp32 bs1 t1 eager nchw" in html
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.startswith("## Search of `tiny_models:small_cnn`: 3 trials, 2 ok")
+    assert f"### Recommended: `{rec_label}`" in note and "random-init (seed 0)" in note and "synthetic" in note
+    assert "1 x **failed**: ValueError: boom" in note  # failures by reason
+    for child in tracker.children(parent):  # the filterable tags are on every child
+        assert {"tuner.pareto", "tuner.recommended", "tuner.status", "tuner.stable"} <= set(child.data.tags)
+        params = {**child.data.params, "batch_size": int(child.data.params["batch_size"]),
+                  "threads": int(child.data.params["threads"])}  # fmt: skip
+        assert child.data.tags["mlflow.runName"] == Variant.from_dict(params).label
+
+
+def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search):
+    import mlflow.pyfunc
+
+    from tuner.build import build
+    from tuner.export import registered_name
+    from tuner.select import variant_of
+
+    client, tracker, parent, outcome, out, ref = logged_search
+    name = registered_name("tiny_models:small_cnn")
+    assert name == "tuner-tiny_models_small_cnn"
+    version = client.get_model_version_by_alias(name, "candidate")
+    assert version.run_id == parent
+    tags = client.get_run(parent).data.tags
+    assert tags["tuner.registered_model"] == f"{name}/{version.version}"
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    variant = variant_of(outcome.recommended)
+    x = ref.data.inputs[: variant.batch_size]
+    got = torch.as_tensor(model.predict(x.numpy()))
+    built = build(ref.load_module(), variant, ref.data.calibration)
+    with torch.inference_mode():
+        want = built.run(built.prepare(x)).float()
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (got - want).abs().max()
+    assert tuple(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == tuple(ref.shape)
+
+
 def test_finalists_are_confirmed_with_intervals(logged_search):
-    client, tracker, parent, outcome, out = logged_search
+    client, tracker, parent, outcome, out, ref = logged_search
     table = pd.read_csv(out / "trials.csv")
     confirmed = table[table["confirmed_p50_ms"].notna()]
     # The recommendation and the baseline are always re-measured (the failed trial never).

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import TunerError
 
@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
     r.add_argument("--run-id", metavar="PARENT_RUN_ID", help="the search's parent run (default: the latest)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    r.add_argument(
+        "--format",
+        choices=["table", "markdown", "csv", "json"],
+        default="table",
+        help="table (default, for the terminal), markdown, csv or json (all trials, or the comparison)",
+    )
+    r.add_argument(
+        "--baseline-run-id",
+        metavar="PARENT_RUN_ID",
+        help="compare with this earlier search: per config, the change in latency, throughput and quality",
+    )
     r.add_argument(
         "--sync",
         type=Path,
@@ -213,7 +224,7 @@ def _report(args: argparse.Namespace) -> int:
     from tuner import report
     from tuner.errors import ConfigError
     from tuner.search import quiet_env
-    from tuner.tracking import Tracker, check_reachable, default_tracking_uri
+    from tuner.tracking import check_reachable, default_tracking_uri
 
     quiet_env()
     if args.sync is not None:
@@ -226,29 +237,25 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_OK
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)
-    if args.run_id:
-        from mlflow.tracking import MlflowClient
-
-        try:
-            run = MlflowClient(uri).get_run(args.run_id)
-        except Exception as e:
-            raise ConfigError(f"--run-id {args.run_id}: not found in {uri}: {str(e).splitlines()[0]}") from None
-        exp_name = MlflowClient(uri).get_experiment(run.info.experiment_id).name
-        if args.experiment and args.experiment != exp_name:
-            raise ConfigError(
-                f"--run-id {args.run_id} belongs to experiment `{exp_name}`, which conflicts with "
-                f"--experiment {args.experiment}; give one of the two"
-            )
-        tracker = Tracker(uri, exp_name)
-    else:
-        exp_name = args.experiment or _latest_tuner_experiment(uri)
-        tracker = Tracker(uri, exp_name)
-        run = tracker.latest_parent()
-        if run is None:
-            raise ConfigError(f"experiment `{exp_name}` in {uri} has no tuner search yet")
+    run, tracker = _find_search(uri, args.run_id, args.experiment, "--run-id")
     df = report.table_from_runs(tracker.children(run.info.run_id))
     tags = run.data.tags
-    print(f"search {run.info.run_id} ({exp_name}), {len(df)} trials")
+    if args.baseline_run_id:
+        base_run, base_tracker = _find_search(uri, args.baseline_run_id, None, "--baseline-run-id")
+        base = report.table_from_runs(base_tracker.children(base_run.info.run_id))
+        cmp = report.compare(df, base)
+        if args.format != "table":
+            print(report.render(cmp, args.format))
+            return EXIT_OK
+        print(f"search {run.info.run_id} against baseline search {base_run.info.run_id}, per config:")
+        for warn in _comparability(tags, base_run.data.tags):
+            print(f"  note: {warn}")
+        print(report.render(cmp, "markdown"))
+        return EXIT_OK
+    if args.format != "table":
+        print(report.render(df, args.format))
+        return EXIT_OK
+    print(f"search {run.info.run_id} ({tracker.experiment}), {len(df)} trials")
     print(f"  weights: {tags.get('tuner.weights', '?')}\n  data:    {tags.get('tuner.data', '?')}")
     print(report.format_table(df, "\nAll trials:"))
     if "pareto" in df:
@@ -256,6 +263,42 @@ def _report(args: argparse.Namespace) -> int:
     rec = df[df["recommended"]] if "recommended" in df else df.iloc[:0]
     print(f"\nRECOMMENDED: {rec.iloc[0]['label']}" if len(rec) else "\nno recommendation")
     return EXIT_OK
+
+
+def _find_search(uri: str, run_id: str | None, experiment: str | None, flag: str) -> tuple[Any, Any]:
+    """The parent run `run_id`, or the latest search of `experiment` (default: the latest tuner/*)."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.errors import ConfigError
+    from tuner.tracking import Tracker
+
+    if run_id:
+        try:
+            run = MlflowClient(uri).get_run(run_id)
+        except Exception as e:
+            raise ConfigError(f"{flag} {run_id}: not found in {uri}: {str(e).splitlines()[0]}") from None
+        exp_name = MlflowClient(uri).get_experiment(run.info.experiment_id).name
+        if experiment and experiment != exp_name:
+            raise ConfigError(
+                f"{flag} {run_id} belongs to experiment `{exp_name}`, which conflicts with "
+                f"--experiment {experiment}; give one of the two"
+            )
+        if run.data.tags.get("tuner.kind") != "search":
+            raise ConfigError(f"{flag} {run_id}: not a search's parent run (a trial's child run?)")
+        return run, Tracker(uri, exp_name)
+    exp_name = experiment or _latest_tuner_experiment(uri)
+    tracker = Tracker(uri, exp_name)
+    run = tracker.latest_parent()
+    if run is None:
+        raise ConfigError(f"experiment `{exp_name}` in {uri} has no tuner search yet")
+    return run, tracker
+
+
+def _comparability(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """What differs between two searches' setups, so that a change is read correctly."""
+    keys = {"tuner.model": "model", "tuner.weights": "weights", "tuner.data": "data", "hw.fingerprint": "hardware",
+            "hw.torch_version": "torch"}  # fmt: skip
+    return [f"{name} differs: {b.get(k, '?')} -> {a.get(k, '?')}" for k, name in keys.items() if a.get(k) != b.get(k)]
 
 
 def _latest_tuner_experiment(uri: str) -> str:

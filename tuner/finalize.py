@@ -47,8 +47,10 @@ def finalize(
     ref: Reference,
     started: float,
     confirm_fn: ConfirmFn | None = None,
+    export: bool = True,
 ) -> SearchOutcome:
-    """Selection, tags on the child runs, output files, parent-run summary."""
+    """Selection, tags on the child runs, output files and plots, the recommended model
+    (logged and registered), parent-run summary and description."""
     sp = req.space
     df = recorder.table()
     limits = Limits(**sp.constraints.model_dump())
@@ -134,12 +136,106 @@ def finalize(
                 },
             },
         )
+    plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
+    if recommended is not None and export:
+        parent_tags.update(register_recommended(recommended, ref, req, parent_id, tracker))
+    parent_tags["mlflow.note.content"] = describe(df, recommended, rec.reason, req, ref, wall, parent_tags)
     tracker.log(parent_id, metrics=summary, tags=parent_tags)
-    tracker.log_artifacts(parent_id, req.output, ["trials.csv", "pareto.csv", "recommended.yaml"])
+    tracker.log_artifacts(parent_id, req.output, ["trials.csv", "pareto.csv", "recommended.yaml", *plots])
     tracker.finish(parent_id, "FINISHED" if recommended is not None else "FAILED")
 
     _print_summary(df, recommended, rec.reason, req, parent_id, wall)
     return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+
+
+def plots_for(df: pd.DataFrame, out: Path, title: str) -> list[str]:
+    """pareto.html + pareto.png; a plotting failure must not cost the search its results."""
+    from tuner.plots import write_plots
+
+    try:
+        return write_plots(df, out, title)
+    except Exception as e:  # plotly/matplotlib errors of any kind
+        say(f"warning: the Pareto plots could not be drawn: {e}")
+        return []
+
+
+def register_recommended(
+    rec: pd.Series, ref: Reference, req: SearchRequest, parent_id: str, tracker: Tracker
+) -> dict[str, str]:
+    """Log the recommended variant as an MLflow model and register it (export.py)."""
+    from tuner.export import log_and_register
+
+    if tracker.down:
+        return {"tuner.model_export": "skipped: the MLflow store was unreachable"}
+    try:
+        tags = log_and_register(variant_of(rec), ref, req.tracking_uri, parent_id, req.model)
+    except Exception as e:  # a variant TorchScript cannot trace, a registry error, ...
+        say(f"warning: the recommended model was not logged: {str(e).splitlines()[0][:300]}")
+        return {"tuner.model_export": f"failed: {str(e).splitlines()[0][:300]}"}
+    say(f"model:   {tags['tuner.model_uri']} registered as {tags['tuner.registered_model']} (alias candidate)")
+    return tags
+
+
+def describe(
+    df: pd.DataFrame,
+    rec: pd.Series | None,
+    reason: str,
+    req: SearchRequest,
+    ref: Reference,
+    wall: float,
+    tags: dict[str, str],
+) -> str:
+    """The parent run's description (MLflow `mlflow.note.content`, shown as markdown)."""
+    ok = df[df["status"].eq("ok")]
+    lines = [
+        f"## Search of `{req.model}`: {len(df)} trials, {len(ok)} ok, {wall / 60:.1f} min",
+        "",
+        f"- **Weights:** {ref.weights_label}",
+        f"- **Data:** {ref.data_label}",
+        f"- **Objective:** {req.space.search.objective}; at most "
+        f"{req.space.constraints.max_accuracy_drop:.1%} quality drop against the fp32 baseline",
+        "",
+    ]
+    if rec is not None:
+        conf = rec.get("confirmed_p50_ms", float("nan"))
+        speed = rec.get("confirmed_speedup_vs_baseline", rec.get("speedup_vs_baseline"))
+        lines += [
+            f"### Recommended: `{rec['label']}`",
+            f"- p50 {rec['latency_p50_ms']:.2f} ms (search), "
+            + (f"{conf:.2f} ms confirmed, " if pd.notna(conf) else "")
+            + f"{rec['throughput_ips']:.1f} items/s, quality {rec['quality']:.3f}"
+            + (f", **{speed:.2f}x** the baseline's p50" if pd.notna(speed) else ""),
+            f"- why: {reason}",
+        ]
+        if "tuner.registered_model" in tags:
+            lines.append(
+                f"- model: `{tags['tuner.registered_model']}` (alias `candidate`), {tags['tuner.model_export']}"
+            )
+        lines.append("")
+    else:
+        lines += [f"### No recommendation: {reason}", ""]
+    best = ok.sort_values("latency_p90_ms").head(5)
+    if len(best):
+        lines += ["### Best configs by p90 latency", "", "| config | p50 ms | p90 ms | items/s | quality | Pareto |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for _, r in best.iterrows():
+            lines.append(
+                f"| `{r['label']}` | {r['latency_p50_ms']:.2f} | {r['latency_p90_ms']:.2f} | "
+                f"{r['throughput_ips']:.1f} | {r['quality']:.3f} | {'yes' if r.get('pareto') else ''} |"
+            )
+        lines.append("")
+    not_ok = df[~df["status"].eq("ok")]
+    if len(not_ok):
+        lines += ["### Trials not ok, by reason", ""]
+        for (status, error), n in not_ok.groupby(["status", "error"]).size().sort_values(ascending=False).items():
+            lines.append(f"- {n} x **{status}**: {str(error)[:200] or '(no message)'}")
+        lines.append("")
+    lines += [
+        "Artifacts: `pareto.html` (interactive), `pareto.png`, `trials.csv`, `pareto.csv`, `recommended.yaml`"
+        + (f"; the model: `{tags['tuner.model_uri']}`" if "tuner.model_uri" in tags else "")
+        + ". Filter the child runs with `tags.tuner.pareto = 'true'`.",
+    ]
+    return "\n".join(lines)
 
 
 def finalists(df: pd.DataFrame, rec: Recommendation, objective: str, n: int) -> list[Any]:

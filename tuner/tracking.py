@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from tuner.errors import TrackingError
 
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracking_uri() -> str:
@@ -108,6 +109,10 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(uri))
             else:
                 self.experiment_id = exp.experiment_id
+            if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+                # The MLflow 3 UI opens an experiment of unknown kind on its GenAI pages;
+                # this kind opens the run list, where a search's runs are.
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         except Exception as e:  # mlflow raises MlflowException, requests errors, sqlalchemy errors...
             raise TrackingError(
                 f"--tracking-uri {uri}: cannot open the MLflow tracking store: {str(e).splitlines()[0][:300]}"
