@@ -6,6 +6,7 @@ against a clock; the checks are about structure and selection logic.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pandas as pd
@@ -128,6 +129,25 @@ def test_report_reads_the_search_back(search):
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert f"RECOMMENDED: {rec['label']}" in rep.stdout
     assert rep.stdout.count(" ok ") + rep.stdout.count(" failed ") >= TRIALS
+
+
+def test_report_formats_and_comparison(search):
+    work, out, uri, r = search
+    trials = pd.read_csv(out / "trials.csv")
+    csv = tuner("report", "--format", "csv", cwd=work)
+    assert csv.returncode == 0, csv.stderr
+    table = pd.read_csv(io.StringIO(csv.stdout))
+    assert sorted(table["trial_id"]) == sorted(trials["trial_id"])
+    records = json.loads(tuner("report", "--format", "json", cwd=work).stdout)
+    assert {r["label"] for r in records} == set(trials["label"])
+    md = tuner("report", "--format", "markdown", cwd=work).stdout.splitlines()
+    assert md[0].startswith("| trial |") and md[1].startswith("|---|") and len(md) == 2 + len(trials)
+    parent = yaml.safe_load((out / "recommended.yaml").read_text())["mlflow"]["parent_run_id"]
+    same = tuner("report", "--run-id", parent, "--baseline-run-id", parent, "--format", "json", cwd=work)
+    cmp = pd.DataFrame(json.loads(same.stdout))
+    assert set(cmp["in"]) == {"both"} and (cmp["latency_p90_ms_change"] == 0).all()  # a search against itself
+    bad = tuner("report", "--baseline-run-id", "0" * 32, cwd=work)
+    assert bad.returncode == 2 and "--baseline-run-id 00000000000000000000000000000000: not found" in bad.stderr
 
 
 def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):

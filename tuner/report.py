@@ -152,7 +152,7 @@ def compare(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         return ok.groupby("label")[cols].median()  # a config measured twice: its median
 
     a, b = side(df), side(base)
-    out = a.join(b, how="outer", lsuffix="", rsuffix="_baseline")
+    out = a.join(b.add_suffix("_baseline"), how="outer")
     for c in COMPARED:
         if c in a and f"{c}_baseline" in out:
             out[f"{c}_change"] = out[c] / out[f"{c}_baseline"] - 1
