@@ -1,7 +1,8 @@
 """Command line: `python -m tuner search|measure|report`. Parsing only; the work is elsewhere.
 
 Exit codes: 0 done (a recommendation was made), 1 the search ran but nothing finished ok,
-2 bad input (the message names the file, key or flag and what is allowed), 130 interrupted.
+2 bad input (the message names the file, key or flag and what is allowed), 3 (nightly) a
+regression was found, 75 (nightly) another nightly run holds the lock, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner", description="Automated inference tuning for PyTorch models.")
+    p = argparse.ArgumentParser(
+        prog="python -m tuner",
+        description="Automated inference tuning for PyTorch models.",
+        epilog="exit codes: 0 ok, 1 no result, 2 bad input, 3 nightly regression, 75 nightly locked, 130 interrupted",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search the variants of a model and recommend one")
@@ -52,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
     _add_model_args(m)
     m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+
+    n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
+    n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")
+    n.add_argument("--resume", action="store_true", help="continue the job's last interrupted run")
 
     r = sub.add_parser("report", help="print the trial table and Pareto front of a logged search")
     r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
@@ -91,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args)
         if args.command == "measure":
             return _measure(args)
+        if args.command == "nightly":
+            from tuner.nightly import run_job
+
+            return run_job(args.job, resume=args.resume)
         return _report(args)
     except TunerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -260,10 +260,15 @@ def confirm_finalists(
     picks = finalists(df, rec, sp.search.objective, sp.confirm.finalists)
     base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     extra = [base[0]] if sp.confirm.include_baseline and len(base) and base[0] not in picks else []
+    for label in req.also_confirm:  # e.g. a nightly job's champion, measured in the same rounds
+        rows_of = df.index[df["label"].eq(label) & df["status"].eq("ok")]
+        if len(rows_of) and rows_of[0] not in picks + extra:
+            extra.append(rows_of[0])
     rows = picks + extra
+    also = ["the baseline" if len(base) and i == base[0] else str(df.loc[i, "label"]) for i in extra]
     variants = [variant_of(df.loc[i]) for i in rows]
     say(
-        f"\nconfirming {len(picks)} finalist(s){' and the baseline' if extra else ''}: "
+        f"\nconfirming {len(picks)} finalist(s){''.join(f' and {n}' for n in also)}: "
         f"{sp.confirm.rounds} interleaved round(s), a fresh process each ..."
     )
     confirm_start = time.perf_counter()

@@ -11,8 +11,9 @@ Either way Ray sees a dead actor and Tune calls `on_trial_error` in the driver, 
 `classify()` reads those two files from the trial's folder and turns them into a status.
 A trial that raises a Python exception is handled by Tune (its traceback is in error.txt).
 
-`inject()` is the test-only fault knob (`inject_faults:` in a space file): it makes a trial
-whose config matches raise, abort, hang or allocate memory, so every path is tested for real.
+`inject()` and `slowed()` are the test-only fault knob (`inject_faults:` in a space file):
+a trial whose config matches raises, aborts, hangs, allocates memory or runs slower, so
+every path (and the nightly regression alarm) is tested for real.
 """
 
 from __future__ import annotations
@@ -114,10 +115,29 @@ def classify(folder: str | Path | None, error_text: str) -> dict[str, Any]:
     return {"status": "failed", "error": first[:500], "traceback": error_text}
 
 
+def _matches(rule: Any, variant: dict[str, Any]) -> bool:
+    return all(str(variant.get(k)) == str(v) for k, v in rule.when.items())
+
+
+def slowed(built: Any, rules: Any, variant: Any) -> Any:
+    """Test-only: a `slow` rule adds `delay_ms` to every call of the built variant (how the
+    nightly tests cause a real regression, in trials and confirmation alike)."""
+    delay = sum(r.delay_ms for r in rules if r.action == "slow" and _matches(r, variant.to_dict())) / 1000
+    if delay > 0:
+        run = built.run
+
+        def slow_run(x: Any) -> Any:
+            time.sleep(delay)
+            return run(x)
+
+        built.run = slow_run
+    return built
+
+
 def inject(rules: list[Any], variant: dict[str, Any]) -> None:
     """Test-only: act on the first `inject_faults` rule whose `when` matches the variant."""
     for rule in rules:
-        if all(str(variant.get(k)) == str(v) for k, v in rule.when.items()):
+        if rule.action != "slow" and _matches(rule, variant):
             if rule.action == "raise":
                 raise RuntimeError("injected fault: raise (inject_faults)")
             if rule.action == "abort":

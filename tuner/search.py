@@ -20,7 +20,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,11 @@ class SearchRequest:
     seed: int = 0
     address: str | None = None
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
+    # Nightly jobs (nightly.py): extra parent-run tags, configs (labels) the confirmation must
+    # include, and a hook that runs with Ray up and the reference ready, before any trial.
+    tags: tuple[tuple[str, str], ...] = ()
+    also_confirm: tuple[str, ...] = ()
+    before_search: Callable[[ConfirmFn, Reference, dict[str, Any]], None] | None = None
 
 
 STATE = "search.json"  # in the output folder: what `--resume` and `report --sync` need
@@ -301,7 +306,7 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
             parent_id = str(previous["parent_run_id"])
             tracker.reopen(parent_id)
         else:
-            parent_id = tracker.start_parent(f"search {req.model}", settings, parent_tags)
+            parent_id = tracker.start_parent(f"search {req.model}", settings, {**parent_tags, **dict(req.tags)})
         save_state(req, parent_id, "running", time.time() - started)
         say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
         recorder = TrialRecorder(tracker, parent_id, req.output, ref, hw, sp.search.trials)
@@ -359,6 +364,8 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
             tune.with_parameters(run_trial, reference=ref, settings=trial_settings),
             {"cpu": cores},
         )
+        if req.before_search is not None:
+            req.before_search(ray_confirm(ref, trial_settings, cores), ref, choices)
         for key, objectives in recorder.known_objectives().items():
             searcher.remember(key, objectives)  # a resumed search never re-measures a config
         interrupt = _Interrupt()

@@ -89,8 +89,9 @@ class FaultRule(_Strict):
     """Test-only (`inject_faults:`): make a trial whose config matches `when` misbehave for real."""
 
     when: dict[str, Any] = {}  # variant fields that must all match; {} matches every trial
-    action: Literal["raise", "abort", "hang", "allocate"]
+    action: Literal["raise", "abort", "hang", "allocate", "slow"]
     allocate_mb: int = Field(default=0, ge=0)  # `allocate`: how much to touch, 64 MB at a time
+    delay_ms: float = Field(default=0, ge=0)  # `slow`: added to every call of the model
 
 
 class Constraints(_Strict):
@@ -141,17 +142,23 @@ class SearchSpace(_Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise SpaceError(_format_errors(path, e)) from None
+            raise SpaceError(format_errors(path, e)) from None
 
-    def with_overrides(self, **sections: dict[str, Any]) -> SearchSpace:
-        """Apply CLI overrides, e.g. `with_overrides(search={"trials": 5})`; re-validated."""
+    def with_overrides(self, source: str = "command-line flags", **sections: Any) -> SearchSpace:
+        """Apply overrides, e.g. `with_overrides(search={"trials": 5})` (None values are
+        ignored; a list section such as `inject_faults` is replaced); re-validated. Errors
+        name `source` (the CLI flags by default, or a job file)."""
         data = self.model_dump(mode="json")
         for section, values in sections.items():
-            data[section].update({k: v for k, v in values.items() if v is not None})
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section].update({k: v for k, v in values.items() if v is not None})
+            else:
+                data[section] = values
         try:
             return SearchSpace.model_validate(data)
         except ValidationError as e:
-            raise SpaceError(_format_errors("command-line flags", e, FLAGS)) from None
+            flags = FLAGS if source == "command-line flags" else None
+            raise SpaceError(format_errors(source, e, flags)) from None
 
     # ---- feasibility ---------------------------------------------------------------
     def feasible_choices(
@@ -269,18 +276,19 @@ def initial_points(
     sampler starts from diverse known-good points."""
     base = baseline_point(choices)
     points = [base]
+    seen = {config_key(base)}
     for i, extra in enumerate(enqueue):
         point = {**base, **extra}
         if point.get("quantization", "none") != "none":
             point.setdefault("compile_int8", point.pop("compile", "eager"))
             point.pop("precision", None)
         outside = {k: v for k, v in point.items() if k not in choices or v not in choices[k]}
-        if outside:
-            raise SpaceError(
-                f"`search.enqueue[{i}]`: {outside} is not in this space on this hardware "
-                f"(choices: { {k: choices.get(k) for k in outside} })"
-            )
-        points.append(point)
+        if outside:  # e.g. a warm-start config from a space that has changed since
+            print(f"note: `search.enqueue[{i}]` {extra} is not in this space on this hardware ({outside}): skipped")
+            continue
+        if config_key(point) not in seen:
+            seen.add(config_key(point))
+            points.append(point)
     for probe in PROBES:
         if len(points) > trials // 4:
             break
@@ -312,25 +320,36 @@ FLAGS = {
 }
 
 
-def _allowed_keys(section: tuple[Any, ...]) -> list[str]:
-    """The keys a space file may have at `section` (() is the top level)."""
-    model: Any = SearchSpace
+def _allowed_keys(section: tuple[Any, ...], root: Any = None) -> list[str]:
+    """The keys a file validated by `root` (default: a space file) may have at `section`."""
+    model: Any = root or SearchSpace
     for part in section:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if isinstance(part, int):
+            continue  # a list index: same model
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        inner = getattr(annotation, "__args__", ())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            model = inner[0]  # list[Model]
+        else:
             return []
-        model = field.annotation
     return list(model.model_fields)
 
 
-def _format_errors(source: str | Path, err: ValidationError, flags: dict[str, str] | None = None) -> str:
-    lines = [f"{source}: invalid search space"]
+def format_errors(
+    source: str | Path, err: ValidationError, flags: dict[str, str] | None = None, root: Any = None, what: str = ""
+) -> str:
+    """One line per error: where (the file's key path, or the CLI flag), what is wrong, what
+    was given. `root` is the pydantic model of the file (default: a space file)."""
+    lines = [f"{source}: invalid {what or 'search space'}"]
     for e in err.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
         got = e.get("input")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1]))}"
+            msg = f"unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1], root))}"
         if e["type"] == "enum" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
         where = f"`{flags[loc]}` ({loc})" if flags and loc in flags else f"`{loc}`"

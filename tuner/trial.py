@@ -26,7 +26,7 @@ import torch
 
 from tuner.build import BuiltVariant, build
 from tuner.errors import VariantUnsupported
-from tuner.guard import TrialGuard, inject
+from tuner.guard import TrialGuard, inject, slowed
 from tuner.hardware import detect
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
 from tuner.measure.ceiling import ceiling_fraction, ceiling_key
@@ -150,7 +150,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
     model = _load_checked(variant, ref)
     x = ref.data.inputs
     try:
-        built = build(model, variant, ref.data.calibration, hw.device)
+        built = slowed(build(model, variant, ref.data.calibration, hw.device), settings.faults, variant)
         result["build_s"] = built.build_s
         batches = _batches(x, variant.batch_size)
         with torch.inference_mode():
@@ -205,6 +205,7 @@ def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> d
     """Build and time one variant (no accuracy pass): one confirmation measurement.
     Returns the raw per-call times so the caller can pool processes."""
     built = build(_load_checked(variant, ref), variant, ref.data.calibration, detect().device)
+    built = slowed(built, settings.faults, variant)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
     with torch.inference_mode():
         lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
