@@ -1,0 +1,163 @@
+"""Nightly jobs (README "Nightly jobs"): two consecutive runs of a tiny model in a temporary
+MLflow store (the second warm-starts and finds no regression), a third with a real
+slowdown (test-only `slow` fault) that must be flagged with exit code 3, SIGINT + `--resume`,
+and the lock. Real Ray, real sqlite store, the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tuner.nightly import EXIT_LOCKED, EXIT_REGRESSION
+
+from conftest import FAST_TIMING, tuner, tuner_env
+
+pytestmark = pytest.mark.slow
+MODEL = "tiny_models:small_cnn"
+
+
+def write_job(folder: Path, name: str = "job.yaml", trials: int = 4, **model_extra: object) -> Path:
+    job = {
+        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        "output": str(folder / "runs"),
+        "regression": {"threshold": 0.5},  # tiny timings on a shared box: only a gross change counts
+        "models": [
+            {
+                "model": MODEL,
+                "weights": "random",
+                "trials": trials,
+                "time_budget_minutes": 5,
+                "overrides": {
+                    "dimensions": {"batch_size": [1, 2, 4], "compile": ["eager", "torchscript"], "threads": [1]},
+                    "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
+                    "timing": FAST_TIMING,
+                    "confirm": {"finalists": 2, "rounds": 2},
+                    **model_extra.pop("overrides", {}),  # type: ignore[dict-item]
+                },
+                **model_extra,
+            }
+        ],
+    }
+    path = folder / name
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def last_report(folder: Path) -> tuple[dict, Path]:
+    run = sorted((folder / "runs").iterdir())[-1]
+    return json.loads((run / "nightly-report.json").read_text())["models"][0], run
+
+
+def parents(folder: Path) -> list:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+    return client.search_runs(
+        [exp.experiment_id], "tags.`tuner.nightly` = 'true'", order_by=["attributes.start_time ASC"]
+    )
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    """Three nights: a first run, a second (warm start, no regression), a third with a slowdown."""
+    work = tmp_path_factory.mktemp("nightly")
+    job = write_job(work)
+    first = tuner("nightly", str(job), cwd=work)
+    assert first.returncode == 0, first.stdout + first.stderr
+    r1, run1 = last_report(work)
+    time.sleep(1.1)  # run folders are named by the second
+    second = tuner("nightly", str(job), cwd=work)
+    assert second.returncode == 0, second.stdout + second.stderr
+    r2, run2 = last_report(work)
+    slow = write_job(work, "slow.yaml", overrides={"inject_faults": [{"when": {}, "action": "slow", "delay_ms": 20}]})
+    time.sleep(1.1)
+    third = tuner("nightly", str(slow), cwd=work)
+    r3, run3 = last_report(work)
+    return work, (first, r1, run1), (second, r2, run2), (third, r3, run3)
+
+
+def test_first_night_sets_a_champion(nights):
+    work, (out, rep, run), _, _ = nights
+    assert "warm start: none" in out.stdout and "nothing to compare with" in out.stdout
+    assert rep["champion"] == rep["recommended"] and rep["regression"] is False
+    assert (run / "nightly.log").read_text().count("[4/4]") == 1  # the run's own log file
+    first = parents(work)[0]
+    assert first.data.tags["tuner.champion_config"] == rep["champion"]
+    assert "champion_p50_ms" in first.data.metrics
+    version = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_model_version_by_alias(
+        "tuner-tiny_models_small_cnn", "champion"
+    )
+    assert version.run_id == first.info.run_id
+
+
+def test_second_night_warm_starts_and_finds_no_regression(nights):
+    work, (_, r1, _), (out, rep, run), _ = nights
+    first, second = parents(work)[:2]
+    assert f"from search {first.info.run_id}" in out.stdout
+    assert rep["warm_start_from"] == first.info.run_id and rep["warm_start_configs"] >= 1
+    trials = pd.read_csv(Path(rep["output"]) / "trials.csv")
+    assert trials.loc[1, "label"] == r1["champion"]  # the champion runs right after the baseline
+    assert "regression check of" in out.stdout and rep["regression"] is False
+    assert set(rep["regression_check"]["checks"]) >= {"p50_ms", "throughput_ips", "quality"}
+    assert second.data.tags["tuner.regression"] == "false"
+    assert second.data.tags["tuner.warm_start_from"] == first.info.run_id
+    md = (run / "nightly-report.md").read_text()
+    assert f"## `{MODEL}`: " in md and "| p50_ms |" in md
+
+
+def test_a_real_slowdown_is_a_regression_with_its_exit_code(nights):
+    work, _, _, (out, rep, run) = nights
+    assert out.returncode == EXIT_REGRESSION, out.stdout + out.stderr
+    assert rep["regression"] is True
+    p50 = rep["regression_check"]["checks"]["p50_ms"]
+    assert p50["verdict"] == "regression" and p50["change"] > 10  # +20 ms on a ~0.1 ms model
+    assert "REGRESSION" in out.stdout and "REGRESSION" in (run / "nightly-report.md").read_text()
+    third = parents(work)[2]
+    assert (
+        third.data.tags["tuner.regression"] == "true"
+        and "p50_ms regression" in third.data.tags["tuner.regression_detail"]
+    )
+
+
+def test_interrupted_job_resumes_without_repeating_a_trial(tmp_path):
+    job = write_job(tmp_path, trials=5)
+    cmd = [sys.executable, "-m", "tuner", "nightly", str(job)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and log.read_text().count("\n[") < 2:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    assert "resume with: python -m tuner nightly" in log.read_text()
+    r = tuner("nightly", str(job), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming the interrupted search" in r.stdout
+    rep, run = last_report(tmp_path)
+    trials = pd.read_csv(Path(rep["output"]) / "trials.csv")
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = parents(tmp_path)
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(k.data.tags["ray.trial_id"] for k in kids) == sorted(trials["trial_id"])  # each logged once
+
+
+def test_a_second_run_exits_on_the_lock(tmp_path):
+    from filelock import FileLock
+
+    job = write_job(tmp_path)
+    cache = tmp_path / ".cache" / "tuner"  # tuner_env sets XDG_CACHE_HOME=<cwd>/.cache
+    cache.mkdir(parents=True)
+    with FileLock(str(cache / "nightly.lock")):  # as a nightly run in progress holds it
+        r = tuner("nightly", str(job), cwd=tmp_path, timeout=120)
+    assert r.returncode == EXIT_LOCKED
+    assert "another nightly run holds the lock" in r.stderr and not (tmp_path / "runs").exists()
