@@ -143,3 +143,16 @@ def test_measure_threads_above_the_cores(tmp_path, capsys):
     cfg.write_text(f"variant: {{threads: {cores + 1}}}\n")
     err = run_cli(tmp_path, capsys, "measure", "resnet18", "--config", str(cfg))
     assert f"`variant.threads` is {cores + 1}; this machine has {cores} cores" in err
+
+
+def test_job_file_errors_name_the_file_and_key(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("models:\n  - model: resnet18\n    trails: 4\n")
+    assert main(["nightly", str(job)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{job}: invalid job file" in err and "`models[0].trails`: unknown key; allowed here: model, space" in err
+    job.write_text("models: []\n")
+    assert main(["nightly", str(job)]) == EXIT_USAGE
+    assert "`models`" in capsys.readouterr().err
+    assert main(["nightly", str(tmp_path / "absent.yaml")]) == EXIT_USAGE
+    assert "job file not found" in capsys.readouterr().err

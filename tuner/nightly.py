@@ -38,7 +38,6 @@ from typing import IO, Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.confirm import Confirmed
@@ -84,16 +83,9 @@ class Job(_Strict):
 
 
 def load_job(path: Path) -> Job:
-    from tuner.space import format_errors
+    from tuner.space import format_errors, read_yaml_mapping
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with a `models:` list")
+    raw = read_yaml_mapping(path, "job file", ConfigError)
     try:
         return Job.model_validate(raw)
     except ValidationError as e:

@@ -129,16 +129,7 @@ class SearchSpace(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise SpaceError(f"{path}: space file not found") from None
-        except yaml.YAMLError as e:
-            raise SpaceError(f"{path}: not valid YAML: {e}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise SpaceError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "space file", SpaceError)
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -318,6 +309,21 @@ FLAGS = {
     "constraints.max_latency_ms": "--max-latency-ms",
     "eval.samples": "--eval-samples",
 }
+
+
+def read_yaml_mapping(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty: {}); `error` names the file otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise error(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def _allowed_keys(section: tuple[Any, ...], root: Any = None) -> list[str]:
