@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuner.confirm import Confirmed
 from tuner.errors import ConfigError, TunerError
 from tuner.finalize import say
+from tuner.regression import confirmed_figures, decide_champion, figures_of, judge, one_line
 
 EXIT_REGRESSION = 3  # a regression was found (cron/CI alert on this)
 EXIT_LOCKED = 75  # another nightly run holds the lock (EX_TEMPFAIL: try again later)
@@ -141,67 +142,6 @@ def previous_front(tracker: Any, run: Any) -> list[dict[str, Any]]:
 # ---- regression and champion ----------------------------------------------------------
 
 
-def _half_width(value: float, low: float, high: float) -> float:
-    return max(value - low, high - value) / value if value > 0 else 0.0
-
-
-def judge(accepted: dict[str, float], now: dict[str, float], threshold: float) -> dict[str, Any]:
-    """Compare the champion's figures now with the ones it was accepted on. Latency up, or
-    throughput or quality down, by more than the noise band is a regression; the other way
-    an improvement. The band: max(threshold, either interval's relative half-width)."""
-    checks: dict[str, Any] = {}
-    for metric, worse_if_higher in (("p50_ms", True), ("throughput_ips", False)):
-        old, new = accepted.get(metric), now.get(metric)
-        if not old or not new:
-            continue
-        band = max(
-            threshold,
-            _half_width(old, accepted.get(f"{metric}_low", old), accepted.get(f"{metric}_high", old)),
-            _half_width(new, now.get(f"{metric}_low", new), now.get(f"{metric}_high", new)),
-        )
-        change = new / old - 1
-        worse = change > band if worse_if_higher else change < -band
-        better = change < -band if worse_if_higher else change > band
-        checks[metric] = {"accepted": old, "now": new, "change": change, "band": band,
-                          "verdict": "regression" if worse else "improvement" if better else "same"}  # fmt: skip
-    if accepted.get("quality") is not None and now.get("quality") is not None:
-        old_q, new_q = accepted["quality"], now["quality"]
-        change = new_q - old_q
-        band = max(accepted.get("max_accuracy_drop", 0.01) * old_q, 1e-9)
-        verdict = "regression" if change < -band else "improvement" if change > band else "same"
-        checks["quality"] = {"accepted": old_q, "now": new_q, "change": change, "band": band, "verdict": verdict}
-    return {
-        "regression": any(c["verdict"] == "regression" for c in checks.values()),
-        "improvement": any(c["verdict"] == "improvement" for c in checks.values()),
-        "checks": checks,
-    }
-
-
-def _figures(conf: Confirmed | None, row: pd.Series | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if conf is not None:
-        p50, thr = conf.p50_ms, conf.throughput_ips
-        out.update(p50_ms=p50.value, p50_ms_low=p50.low, p50_ms_high=p50.high,
-                   throughput_ips=thr.value, throughput_ips_low=thr.low, throughput_ips_high=thr.high)  # fmt: skip
-    if row is not None and pd.notna(row.get("quality")):
-        out["quality"] = float(row["quality"])
-    return out
-
-
-def _confirmed_of(row: pd.Series) -> dict[str, float]:
-    if pd.isna(row.get("confirmed_p50_ms", float("nan"))):
-        return {}
-    return {
-        "p50_ms": float(row["confirmed_p50_ms"]),
-        "p50_ms_low": float(row["confirmed_p50_ci_low_ms"]),
-        "p50_ms_high": float(row["confirmed_p50_ci_high_ms"]),
-        "throughput_ips": float(row["confirmed_throughput_ips"]),
-        "throughput_ips_low": float(row["confirmed_throughput_ci_low"]),
-        "throughput_ips_high": float(row["confirmed_throughput_ci_high"]),
-        "quality": float(row["quality"]),
-    }
-
-
 # ---- one model --------------------------------------------------------------------------
 
 
@@ -288,7 +228,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
         res = confirm_fn([champion], rounds).get(0, [])
         runs = [r["times_s"] for r in res if r.get("times_s")]
         if runs:
-            check["now"] = _figures(Confirmed(tuple(tuple(r) for r in runs), champion.batch_size), None)
+            check["now"] = figures_of(Confirmed(tuple(tuple(r) for r in runs), champion.batch_size), None)
 
     req = _with(req, before_search, champion, prev)
     outcome = run_search(req)
@@ -304,36 +244,13 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
     result["improvement"] = bool(verdict and verdict["improvement"])
     result["recommended"] = outcome.recommended["label"] if outcome.recommended is not None else None
 
-    # Champion: keep the old one unless it fails the constraints now or the new one is
-    # significantly better (intervals from the same confirmation rounds).
     new_row = outcome.recommended
-    if champion is None:
-        new_champ = new_row is not None
-        why = "first nightly search of this model on this hardware"
-    elif new_row is None:
-        new_champ, why = False, "no recommendation this time"
-    elif champ_row is None or not bool(champ_row.get("feasible", False)):
-        new_champ, why = True, "the old champion no longer meets the constraints"
-    elif new_row["label"] == champion.label:
-        new_champ, why = False, "the search recommends the champion again"
-    else:
-        a, b = _confirmed_of(new_row), _confirmed_of(champ_row)
-        latency = req.space.search.objective == "latency"
-        if a and b:
-            better = (
-                a["p50_ms_high"] < b["p50_ms_low"] if latency else a["throughput_ips_low"] > b["throughput_ips_high"]
-            )
-        else:
-            better = False
-        new_champ = better
-        why = (
-            "the new recommendation is significantly better (confirmed intervals do not overlap)"
-            if better
-            else "the new recommendation is not significantly better than the champion"
-        )
+    new_champ, why = decide_champion(
+        champion.label if champion else None, champ_row, new_row, req.space.search.objective
+    )
     if new_champ and new_row is not None:
         champ_label, champ_variant = str(new_row["label"]), _variant_of_row(new_row)
-        champ_figures = _confirmed_of(new_row) or {
+        champ_figures = confirmed_figures(new_row) or {
             "p50_ms": float(new_row["latency_p50_ms"]),
             "throughput_ips": float(new_row["throughput_ips"]),
             "quality": float(new_row["quality"]),
@@ -354,7 +271,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
     if champ_label:
         tags.update({"tuner.champion_config": champ_label, "tuner.champion_variant": json.dumps(champ_variant)})
     if verdict:
-        tags["tuner.regression_detail"] = _one_line(verdict)
+        tags["tuner.regression_detail"] = one_line(verdict)
     metrics = {f"champion_{k}": float(v) for k, v in champ_figures.items() if k != "max_accuracy_drop"}
     tracker.log(outcome.parent_run_id, metrics=metrics, tags=tags)
     if new_champ:
@@ -379,15 +296,6 @@ def _variant_of_row(row: pd.Series) -> dict[str, Any]:
     from tuner.select import variant_of
 
     return variant_of(row).to_dict()
-
-
-def _one_line(verdict: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{m} {c['verdict']}: {c['accepted']:.4g} -> {c['now']:.4g} ({c['change']:+.1%}, band {c['band']:.1%})"
-        if m != "quality"
-        else f"quality {c['verdict']}: {c['accepted']:.3f} -> {c['now']:.3f}"
-        for m, c in verdict["checks"].items()
-    )
 
 
 def _promote(tracker: Any, parent_id: str, model: str) -> None:

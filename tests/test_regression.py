@@ -1,0 +1,63 @@
+"""The nightly judgements on figures worked out by hand: what counts as a regression, and
+when a new recommendation replaces the champion."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tuner.regression import decide_champion, judge
+
+ACCEPTED = {"p50_ms": 10.0, "p50_ms_low": 9.8, "p50_ms_high": 10.2, "throughput_ips": 100.0,
+            "throughput_ips_low": 98.0, "throughput_ips_high": 102.0, "quality": 0.80,
+            "max_accuracy_drop": 0.01}  # fmt: skip
+
+
+def now(p50: float, thr: float, q: float = 0.80, spread: float = 0.02) -> dict[str, float]:
+    return {"p50_ms": p50, "p50_ms_low": p50 * (1 - spread), "p50_ms_high": p50 * (1 + spread),
+            "throughput_ips": thr, "throughput_ips_low": thr * (1 - spread), "throughput_ips_high": thr * (1 + spread),
+            "quality": q}  # fmt: skip
+
+
+def test_a_change_within_the_threshold_is_not_a_regression():
+    v = judge(ACCEPTED, now(10.8, 93.0), threshold=0.10)  # 8% slower, 7% less throughput
+    assert not v["regression"] and not v["improvement"]
+    assert v["checks"]["p50_ms"]["change"] == pytest.approx(0.08) and v["checks"]["p50_ms"]["verdict"] == "same"
+
+
+def test_slower_beyond_the_threshold_is_a_regression_and_faster_an_improvement():
+    slow = judge(ACCEPTED, now(11.5, 87.0), threshold=0.10)
+    assert slow["regression"] and slow["checks"]["p50_ms"]["verdict"] == "regression"
+    assert slow["checks"]["throughput_ips"]["verdict"] == "regression"  # -13%
+    fast = judge(ACCEPTED, now(8.5, 118.0), threshold=0.10)
+    assert fast["improvement"] and not fast["regression"]
+
+
+def test_a_wide_interval_widens_the_band():
+    # 15% slower, but tonight's interval is +-20% wide: not beyond the noise.
+    v = judge(ACCEPTED, now(11.5, 100.0, spread=0.20), threshold=0.10)
+    assert v["checks"]["p50_ms"]["band"] == pytest.approx(0.20) and not v["regression"]
+
+
+def test_a_quality_drop_beyond_the_allowed_drop_is_a_regression():
+    v = judge(ACCEPTED, now(10.0, 100.0, q=0.78), threshold=0.10)  # 0.02 < 0.01 * 0.80 allowed
+    assert v["regression"] and v["checks"]["quality"]["verdict"] == "regression"
+
+
+def row(label: str, p50: float, low: float, high: float, feasible: bool = True) -> pd.Series:
+    return pd.Series({"label": label, "feasible": feasible, "quality": 1.0, "confirmed_p50_ms": p50,
+                      "confirmed_p50_ci_low_ms": low, "confirmed_p50_ci_high_ms": high,
+                      "confirmed_throughput_ips": 1000 / p50, "confirmed_throughput_ci_low": 1000 / high,
+                      "confirmed_throughput_ci_high": 1000 / low})  # fmt: skip
+
+
+def test_champion_changes_only_on_a_significant_win_or_a_broken_champion():
+    champ = row("A", 10.0, 9.5, 10.5)
+    assert decide_champion(None, None, row("B", 9.0, 8.5, 9.4), "latency")[0]  # first night
+    assert not decide_champion("A", champ, row("B", 9.8, 9.0, 10.2), "latency")[0]  # overlapping: keep A
+    assert decide_champion("A", champ, row("B", 8.0, 7.5, 8.5), "latency") == (
+        True, "the new recommendation is significantly better (confirmed intervals do not overlap)")  # fmt: skip
+    assert decide_champion("A", row("A", 10.0, 9.5, 10.5, feasible=False), row("B", 11.0, 10.5, 11.5), "latency")[0]
+    assert not decide_champion("A", champ, champ, "latency")[0]  # recommended again
+    assert not decide_champion("A", champ, None, "latency")[0]
+    assert decide_champion("A", champ, row("B", 8.0, 7.5, 8.5), "throughput")[0]  # 125 items/s vs 100, no overlap
