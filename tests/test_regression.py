@@ -40,7 +40,7 @@ def test_a_wide_interval_widens_the_band():
 
 
 def test_a_quality_drop_beyond_the_allowed_drop_is_a_regression():
-    v = judge(ACCEPTED, now(10.0, 100.0, q=0.78), threshold=0.10)  # 0.02 < 0.01 * 0.80 allowed
+    v = judge(ACCEPTED, now(10.0, 100.0, q=0.78), threshold=0.10)  # drop 0.02 > the allowed 0.01 x 0.80
     assert v["regression"] and v["checks"]["quality"]["verdict"] == "regression"
 
 
