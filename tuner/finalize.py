@@ -39,6 +39,11 @@ class SearchOutcome:
     reason: str
 
 
+# The parent run's artifacts (`log_artifacts` skips a file that was not written).
+TABLES = ("trials.csv", "pareto.csv", "recommended.yaml")
+PARENT_ARTIFACTS = (*TABLES, "pareto.html", "pareto.png")
+
+
 def finalize(
     recorder: TrialRecorder,
     tracker: Tracker,
@@ -141,7 +146,7 @@ def finalize(
         parent_tags.update(register_recommended(recommended, ref, req, parent_id, tracker))
     parent_tags["mlflow.note.content"] = describe(df, recommended, rec.reason, req, ref, wall, parent_tags)
     tracker.log(parent_id, metrics=summary, tags=parent_tags)
-    tracker.log_artifacts(parent_id, req.output, ["trials.csv", "pareto.csv", "recommended.yaml", *plots])
+    tracker.log_artifacts(parent_id, req.output, [*TABLES, *plots])  # plots only if drawn this time
     tracker.finish(parent_id, "FINISHED" if recommended is not None else "FAILED")
 
     _print_summary(df, recommended, rec.reason, req, parent_id, wall)

@@ -93,11 +93,6 @@ def load_job(path: Path) -> Job:
         raise ConfigError(format_errors(path, e, root=Job, what="job file")) from None
 
 
-def _resolve(base: Path, p: str | None) -> str | None:
-    """A path from the job file, relative to the job file's folder."""
-    return None if p is None else str((base / p).resolve())
-
-
 def _path(base: Path, p: str) -> str:
     return str((base / p).resolve())
 
@@ -202,7 +197,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
             space=space,
             space_file=space_file.resolve(),
             weights=_path(base, mj.weights) if mj.weights not in ("auto", "pretrained", "random") else mj.weights,
-            data=_resolve(base, mj.data),
+            data=_path(base, mj.data) if mj.data else None,
             tracking_uri=uri,
             experiment=experiment,
             output=out,

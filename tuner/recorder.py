@@ -19,10 +19,33 @@ from tuner.hardware import Hardware
 from tuner.reference import Reference
 from tuner.space import variant_from_config
 from tuner.tracking import Tracker
-from tuner.trial import METRICS, PENALTY
+from tuner.trial import METRICS, PENALTY, objectives
 from tuner.variant import baseline
 
 FAILED = ("failed", "timeout", "oom")  # statuses whose child run is marked FAILED in MLflow
+
+
+def _flag(row: dict[str, Any] | pd.Series, col: str) -> str:
+    v = row.get(col, False)
+    return str(bool(v) and not pd.isna(v)).lower()
+
+
+def trial_tags(row: dict[str, Any] | pd.Series) -> dict[str, str]:
+    """The `tuner.*` tags of a trial's child run, from its trials.csv row (recorder and
+    `report --sync` alike, so a synced trial filters like any other)."""
+    tags = {
+        "ray.trial_id": str(row["trial_id"]),
+        "tuner.status": str(row["status"]),
+        "tuner.stable": _flag(row, "stable"),
+        "tuner.pareto": _flag(row, "pareto"),
+        "tuner.recommended": _flag(row, "recommended"),
+        "tuner.baseline": _flag(row, "is_baseline"),
+        "tuner.trial_index": str(row["trial"]),
+    }
+    error = row.get("error")
+    if isinstance(error, str) and error:
+        tags["tuner.error"] = error[:5000]
+    return tags
 
 
 def say(msg: str = "") -> None:
@@ -71,25 +94,6 @@ class TrialRecorder:
         if trial_id in self.started:
             res["process_wall_s"] = time.perf_counter() - self.started[trial_id]
         status = str(res.get("status", "failed"))
-        tags = {
-            "ray.trial_id": trial_id,
-            "tuner.status": status,
-            "tuner.stable": str(bool(res.get("stable", False))).lower(),
-            "tuner.pareto": "false",
-            "tuner.recommended": "false",
-            "tuner.baseline": str(is_baseline).lower(),
-            "tuner.trial_index": str(index),
-            "tuner.weights": self.ref.weights_label,
-            "tuner.data": self.ref.data_label,
-            **self.hw.tags(),
-        }
-        if res.get("error"):
-            tags["tuner.error"] = str(res["error"])[:5000]
-        if "interference" in res:
-            tags["tuner.interference"] = str(bool(res["interference"])).lower()
-            tags["tuner.remeasured"] = str(bool(res["remeasured"])).lower()
-            if res.get("busy_processes"):
-                tags["tuner.busy_processes"] = str(res["busy_processes"])[:5000]
         row = {
             "trial": index,
             "trial_id": trial_id,
@@ -105,6 +109,17 @@ class TrialRecorder:
             "mlflow_run_id": "",
             "finished_at": time.time(),
         }
+        tags = {
+            **trial_tags(row),
+            "tuner.weights": self.ref.weights_label,
+            "tuner.data": self.ref.data_label,
+            **self.hw.tags(),
+        }
+        if "interference" in res:
+            tags["tuner.interference"] = str(bool(res["interference"])).lower()
+            tags["tuner.remeasured"] = str(bool(res["remeasured"])).lower()
+            if res.get("busy_processes"):
+                tags["tuner.busy_processes"] = str(res["busy_processes"])[:5000]
         self.rows.append(row)
         report.write_tables(self.table(), self.out)  # on disk first: nothing measured is lost
         if res.get("traceback"):
@@ -160,16 +175,4 @@ class TrialRecorder:
 
     def known_objectives(self) -> dict[str, dict[str, float]]:
         """Config key -> the objectives the sampler saw for it (penalties for non-ok trials)."""
-        out: dict[str, dict[str, float]] = {}
-        for r in self.rows:
-            ok = r.get("status") == "ok"
-            out[str(r["label"])] = (
-                {
-                    "objective_latency_ms": float(r["latency_p90_ms"]),
-                    "objective_throughput": float(r["throughput_ips"]),
-                    "objective_quality": float(r["quality"]),
-                }
-                if ok
-                else dict(PENALTY)
-            )
-        return out
+        return {str(r["label"]): objectives(r) if r.get("status") == "ok" else dict(PENALTY) for r in self.rows}

@@ -364,8 +364,9 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
             tune.with_parameters(run_trial, reference=ref, settings=trial_settings),
             {"cpu": cores},
         )
+        confirm = ray_confirm(ref, trial_settings, cores)  # one copy of the reference in Ray's store
         if req.before_search is not None:
-            req.before_search(ray_confirm(ref, trial_settings, cores), ref, choices)
+            req.before_search(confirm, ref, choices)
         for key, objectives in recorder.known_objectives().items():
             searcher.remember(key, objectives)  # a resumed search never re-measures a config
         interrupt = _Interrupt()
@@ -401,7 +402,6 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
         if searcher.redraws:
             say(f"sampler: {searcher.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
         tracker.log(parent_id, metrics={"sampler_redraws": float(searcher.redraws)})
-        confirm = ray_confirm(ref, trial_settings, cores)
         outcome = finalize(recorder, tracker, parent_id, req, ref, started, confirm)
         save_state(req, parent_id, "finished", time.time() - started)
         return outcome

@@ -13,16 +13,12 @@ import pandas as pd
 
 from tuner import report
 from tuner.errors import TrackingError
-from tuner.finalize import say
-from tuner.recorder import FAILED
+from tuner.finalize import PARENT_ARTIFACTS, say
+from tuner.recorder import FAILED, trial_tags
 from tuner.search import load_state
 from tuner.select import variant_of
 from tuner.tracking import Tracker, check_reachable
 from tuner.trial import METRICS
-
-
-def _flag(row: pd.Series, col: str) -> str:
-    return str(bool(row.get(col, False)) and not pd.isna(row.get(col))).lower()
 
 
 def sync(output: Path) -> int:
@@ -45,19 +41,7 @@ def sync(output: Path) -> int:
             df.at[i, "mlflow_run_id"] = logged[trial_id]
             continue
         variant = variant_of(row)
-        tags = {
-            **inherited,
-            "ray.trial_id": trial_id,
-            "tuner.status": str(row["status"]),
-            "tuner.stable": _flag(row, "stable"),
-            "tuner.pareto": _flag(row, "pareto"),
-            "tuner.recommended": _flag(row, "recommended"),
-            "tuner.baseline": _flag(row, "is_baseline"),
-            "tuner.trial_index": str(row["trial"]),
-            "tuner.synced": "true",  # logged after the search, from the output folder
-        }
-        if isinstance(row.get("error"), str) and row["error"]:
-            tags["tuner.error"] = row["error"][:5000]
+        tags = {**inherited, **trial_tags(row), "tuner.synced": "true"}  # logged later, from the output folder
         metrics = {k: float(row[k]) for k in METRICS if k in row and pd.notna(row[k]) and k != "mlflow_s"}
         run_id = tracker.log_child(
             parent_id, variant.label, variant.to_dict(), metrics, tags, failed=row["status"] in FAILED
@@ -72,7 +56,7 @@ def sync(output: Path) -> int:
         say(f"  uploaded trial {row['trial']} ({row['status']}) {variant.label}")
     report.write_tables(df, output)
     if not tracker.down:
-        tracker.log_artifacts(parent_id, output, ["trials.csv", "pareto.csv", "recommended.yaml"])
+        tracker.log_artifacts(parent_id, output, list(PARENT_ARTIFACTS))
         rec = df[df["recommended"].astype(bool)] if "recommended" in df else df.iloc[:0]
         if len(rec):
             tracker.log(

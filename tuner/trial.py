@@ -191,13 +191,15 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
         metrics["peak_device_mb"] = device_peak
     metrics["model_size_mb"] = model_size_mb(built.module)
     metrics["load_end"] = os.getloadavg()[0]
+    return {**result, **metrics, "stable": lat.stable, **objectives(metrics)}
+
+
+def objectives(figures: dict[str, Any]) -> dict[str, float]:
+    """What the sampler optimises (OBJECTIVES), from an ok trial's figures."""
     return {
-        **result,
-        **metrics,
-        "stable": lat.stable,
-        "objective_latency_ms": metrics["latency_p90_ms"],
-        "objective_throughput": metrics["throughput_ips"],
-        "objective_quality": metrics["quality"],
+        "objective_latency_ms": float(figures["latency_p90_ms"]),
+        "objective_throughput": float(figures["throughput_ips"]),
+        "objective_quality": float(figures["quality"]),
     }
 
 
