@@ -6,10 +6,14 @@
 
 repeatability  the same config measured N times, each in a fresh process
                (`python -m tuner measure --json`): the CV of the p50 across processes.
+ratio          N repeats of the confirmation protocol on two configs (the int8 config every
+               resnet50 search recommends, against the baseline): interleaved rounds, a fresh
+               process each. The CV across repeats of each pooled p50 and of their ratio,
+               which is how the tool compares configs.
 ranking        the same search repeated: do the searches recommend the same config, or
                configs whose confirmed intervals overlap?
 overhead       the wall-time split of each search: build, measure, and everything else
-               per trial (Ray actor start, torch import, model load, MLflow logging), from
+               per trial (process start, model load, accuracy pass, MLflow logging), from
                the searches' trials.csv; plus the fixed cost per search.
 
 Run it on a quiet machine; it takes about 1 minute per repeat and 5 minutes per search.
@@ -29,6 +33,7 @@ import pandas as pd
 import yaml
 
 BASELINE = {"precision": "fp32", "quantization": "none", "batch_size": 1, "compile": "eager", "layout": "contiguous"}
+INT8 = {**BASELINE, "quantization": "static_int8", "compile": "torchscript"}
 
 
 def tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -64,6 +69,46 @@ def repeatability(model: str, repeats: int, config: Path | None, work: Path) -> 
     print(f"\nRepeatability: {model}, {label}, {repeats} fresh processes")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"CV of p50 across processes: {100 * cv:.2f}%  (target <= 3% on a quiet box)\n")
+
+
+def ratio(model: str, repeats: int, rounds: int) -> None:
+    """The confirmation protocol (search.ray_confirm) on [INT8, BASELINE], `repeats` times."""
+    import os
+
+    import numpy as np
+    import ray
+
+    from tuner.hardware import detect
+    from tuner.measure.ceiling import for_hardware
+    from tuner.models import ModelSpec, resolve_weights
+    from tuner.reference import reference_for
+    from tuner.search import quiet_env, ray_confirm
+    from tuner.space import SearchSpace, resolve_space_file
+    from tuner.trial import TrialSettings
+    from tuner.variant import Variant
+
+    quiet_env()
+    cores = len(os.sched_getaffinity(0))
+    space = SearchSpace.load(resolve_space_file(model, None))
+    ref = reference_for(resolve_weights(ModelSpec(model, "auto", 0)), space.eval, None)
+    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, for_hardware(detect()), timeout_s=300)
+    pair = [Variant.from_dict({**INT8, "threads": cores}), Variant.from_dict({**BASELINE, "threads": cores})]
+    rows = []
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    try:
+        for k in range(repeats):
+            got = ray_confirm(ref, settings, cores)(pair, rounds)
+            p50 = [float(np.median(np.concatenate([m["times_s"] for m in got[i]]))) * 1e3 for i in (0, 1)]
+            rows.append({"repeat": k + 1, "int8_p50_ms": p50[0], "baseline_p50_ms": p50[1], "speedup": p50[1] / p50[0]})
+            print(f"  repeat {k + 1}/{repeats}: int8 {p50[0]:.2f} ms, baseline {p50[1]:.2f} ms", flush=True)
+    finally:
+        ray.shutdown()
+    df = pd.DataFrame(rows)
+    print(f"\nRatio: {model}, {pair[0].label} against {pair[1].label}, {rounds} interleaved round(s) per repeat")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for col in ("int8_p50_ms", "baseline_p50_ms", "speedup"):
+        print(f"CV of {col} across repeats: {100 * df[col].std() / df[col].mean():.2f}%")
+    print()
 
 
 def run_searches(model: str, n: int, trials: int, work: Path) -> list[tuple[Path, float]]:
@@ -129,8 +174,8 @@ def overhead(searches: list[tuple[Path, float]]) -> None:
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(
         "overhead per trial = driver-observed trial time + MLflow logging - build - measure "
-        "(Ray actor start, torch import, model load); end_to_end = from one trial's end to the "
-        "next one's, minus build and measure (adds Tune scheduling and actor teardown); "
+        "(process start, model load, accuracy pass); end_to_end = from one trial's end to the "
+        "next one's, minus build and measure (adds Tune scheduling and the sampler); "
         "outside_trials = reference, ceiling, Ray start-up, confirmation, outputs.  Target <= 3 s per trial.\n"
     )
 
@@ -138,9 +183,10 @@ def overhead(searches: list[tuple[Path, float]]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--sections", default="repeatability,ranking,overhead")
+    p.add_argument("--sections", default="repeatability,ratio,ranking,overhead")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--config", type=Path, help="variant YAML for repeatability (default: the baseline)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ratio repeat")
     p.add_argument("--searches", type=int, default=3)
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--workdir", type=Path, default=Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"))
@@ -151,6 +197,8 @@ def main() -> None:
     print(f"benchmark outputs in {work}")
     if "repeatability" in sections:
         repeatability(a.model, a.repeats, a.config.resolve() if a.config else None, work)
+    if "ratio" in sections:
+        ratio(a.model, a.repeats, a.rounds)
     if sections & {"ranking", "overhead"}:
         searches = run_searches(a.model, a.searches, a.trials, work)
         if "ranking" in sections:

@@ -1,15 +1,25 @@
-"""A trial's process may crash, hang or eat the machine's memory; the search must survive it.
+"""Each trial runs in a fresh process; that process may crash, hang or eat the machine's
+memory, and the search must survive it.
 
-Inside the trial process (`TrialGuard`, entered by `trial.run_trial`):
-  - `faulthandler` writes `fault.log` in the trial's folder when native code kills the
-    process (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL): the signal and the Python stack;
-  - a watchdog thread checks the wall time and the process's resident memory every 50 ms.
-    Past `limits.trial_timeout_s` or `limits.trial_memory_mb` it writes `tuner-fault.json`
-    (status `timeout` or `oom`, and why) and SIGKILLs its own process, before the machine
-    swaps or the kernel's OOM killer picks a victim.
-Either way Ray sees a dead actor and Tune calls `on_trial_error` in the driver, where
-`classify()` reads those two files from the trial's folder and turns them into a status.
-A trial that raises a Python exception is handled by Tune (its traceback is in error.txt).
+`fresh_process(target, args, folder, ...)` is called in the Ray Tune actor (and in the
+confirmation actor). It runs `target(*args)` in a new process forked from a
+`multiprocessing` forkserver that has already imported ray, torch and tuner, so a trial
+starts in about 50 ms instead of the 3 s a new Ray actor costs (worker spawn plus
+imports). The process is still fresh (DESIGN.md §3): thread counts, compile caches and
+allocator state start clean for every trial, and nothing leaks into the next one.
+
+  - In the child, `faulthandler` writes `fault.log` in the trial's folder when native code
+    kills the process (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL): the signal and the Python
+    stack. The child dies with its forkserver (PR_SET_PDEATHSIG), so a stopped search
+    leaves no orphan running.
+  - The parent polls the child's wall time and resident memory every 50 ms. Past
+    `limits.trial_timeout_s` or `limits.trial_memory_mb` it writes `tuner-fault.json`
+    (status `timeout` or `oom`, and why) and SIGKILLs the child, before the machine swaps
+    or the kernel's OOM killer picks a victim. The watchdog lives outside the measured
+    process, so it neither competes with the timed code nor depends on it releasing the GIL.
+  - A Python exception in the child comes back as a `failed` result with its traceback;
+    a child that died comes back as `classify()` reads `tuner-fault.json` and `fault.log`.
+Either way the Ray actor survives and Tune reuses it for the next trial.
 
 `inject()` and `slowed()` are the test-only fault knob (`inject_faults:` in a space file):
 a trial whose config matches raises, aborts, hangs, allocates memory or runs slower, so
@@ -20,18 +30,24 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import multiprocessing
 import os
 import re
 import signal
-import threading
 import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 MARKER = "tuner-fault.json"
 FAULT_LOG = "fault.log"
 POLL_S = 0.05
+# Imported once by the forkserver, so that every forked trial starts with them loaded.
+# ray is there because a forked child re-imports the parent's __main__ (a Ray worker's is
+# ray's default_worker.py), which is instant once ray is loaded.
+PRELOAD = ["ray", "torch", "tuner.trial"]
 
 
 def default_timeout_s(time_budget_minutes: float | None, trials: int) -> float:
@@ -49,49 +65,88 @@ def default_memory_mb() -> float:
     return 0.8 * psutil.virtual_memory().available / 2**20
 
 
-class TrialGuard:
-    """Context manager for one trial process. `folder` is the trial's own folder."""
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (the forkserver) exits."""
+    try:
+        import ctypes
 
-    def __init__(self, folder: str | Path, timeout_s: float | None, memory_mb: float | None):
-        self.folder = Path(folder)
-        self.timeout_s, self.memory_mb = timeout_s, memory_mb
-        self._stop = threading.Event()
-        self._log: IO[str] | None = None
-        self.peak_mb = 0.0
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
-    def __enter__(self) -> TrialGuard:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.folder / FAULT_LOG, "w")  # noqa: SIM115 (open until the process ends)
-        faulthandler.enable(file=self._log, all_threads=True)
-        self._started = time.monotonic()
-        threading.Thread(target=self._watch, name="tuner-watchdog", daemon=True).start()
-        return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self._stop.set()
+def _child(conn: Connection, folder: str, target: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
+    _die_with_parent()
+    with open(Path(folder) / FAULT_LOG, "w") as log:
+        faulthandler.enable(file=log, all_threads=True)
+        try:
+            out = target(*args)
+        except Exception as e:
+            lines = str(e).strip().splitlines() or [""]
+            out = {"status": "failed", "error": f"{type(e).__name__}: {lines[0][:500]}".rstrip(": ")}
+            out["traceback"] = traceback.format_exc()
         faulthandler.disable()
-        if self._log is not None:
-            self._log.close()
+    conn.send(out)
+    conn.close()
 
-    def _watch(self) -> None:
-        import psutil
 
-        proc = psutil.Process()
-        while not self._stop.wait(POLL_S):
-            elapsed = time.monotonic() - self._started
-            rss = proc.memory_info().rss / 2**20
-            self.peak_mb = max(self.peak_mb, rss)
-            if self.timeout_s and elapsed > self.timeout_s:
-                self._kill("timeout", f"still running after {self.timeout_s:.0f} s (limits.trial_timeout_s)")
-            if self.memory_mb and rss > self.memory_mb:
-                self._kill(
-                    "oom",
-                    f"resident memory {rss:.0f} MB passed the {self.memory_mb:.0f} MB cap (limits.trial_memory_mb)",
-                )
+def fresh_process(
+    target: Callable[..., dict[str, Any]],
+    args: tuple[Any, ...],
+    folder: str | Path,
+    timeout_s: float | None,
+    memory_mb: float | None,
+) -> dict[str, Any]:
+    """`target(*args)` in a fresh forked process, watched as described above. Returns its
+    result dict, or a `status`/`error`/`traceback` dict when it raised or died."""
+    import psutil
 
-    def _kill(self, status: str, detail: str) -> None:
-        (self.folder / MARKER).write_text(json.dumps({"status": status, "error": detail, "peak_rss_mb": self.peak_mb}))
-        os.kill(os.getpid(), signal.SIGKILL)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # takes effect when the forkserver starts (once)
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, str(folder), target, args), daemon=True)
+    proc.start()
+    send.close()
+    started, peak = time.monotonic(), 0.0
+    try:
+        while True:
+            if receive.poll(POLL_S):
+                out: dict[str, Any] = receive.recv()
+                proc.join()
+                return out
+            if not proc.is_alive():
+                break
+            elapsed = time.monotonic() - started
+            try:
+                rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                continue  # exiting: is_alive() says so on the next turn
+            peak = max(peak, rss)
+            if timeout_s and elapsed > timeout_s:
+                _stop(proc, folder, "timeout", f"still running after {timeout_s:.0f} s (limits.trial_timeout_s)", peak)
+                break
+            if memory_mb and rss > memory_mb:
+                detail = f"resident memory {rss:.0f} MB passed the {memory_mb:.0f} MB cap (limits.trial_memory_mb)"
+                _stop(proc, folder, "oom", detail, peak)
+                break
+    except EOFError:
+        pass  # the child died between poll() and recv()
+    finally:
+        receive.close()
+        if proc.is_alive():  # the actor is being stopped (search interrupted): take the child along
+            proc.kill()
+        proc.join()
+    code = proc.exitcode
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return classify(folder, f"trial process ended without a result ({how})")
+
+
+def _stop(proc: Any, folder: Path, status: str, detail: str, peak_mb: float) -> None:
+    (folder / MARKER).write_text(json.dumps({"status": status, "error": detail, "peak_rss_mb": peak_mb}))
+    proc.kill()
+    proc.join()
 
 
 def classify(folder: str | Path | None, error_text: str) -> dict[str, Any]:
@@ -110,7 +165,7 @@ def classify(folder: str | Path | None, error_text: str) -> dict[str, Any]:
         }
     lines = [ln for ln in error_text.strip().splitlines() if ln.strip()]
     first = lines[-1] if lines else "trial errored"
-    if "worker process has died" in error_text or "actor died" in error_text:
+    if "worker process has died" in error_text or "actor died" in error_text or "without a result" in error_text:
         first = "trial process died (no fault log: killed from outside, e.g. the kernel's OOM killer?)"
     return {"status": "failed", "error": first[:500], "traceback": error_text}
 

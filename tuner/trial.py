@@ -1,11 +1,12 @@
 """One trial: Variant -> build -> screen -> time -> accuracy -> metrics.
 
 `evaluate()` is the whole measurement of one variant, shared by the Ray trainable
-(`run_trial`, one fresh process per trial) and by `python -m tuner measure`.
+(`run_trial`, one fresh forked process per trial) and by `python -m tuner measure`.
 
 Statuses: `ok`, `infeasible` (known not to work here; nothing built), `failed` (the build
 or a run raised an expected error: its text is kept), `inaccurate` (the first batch is far
-from fp32; not timed). Any other exception is a bug and propagates with its traceback.
+from fp32; not timed), and from `guard.fresh_process`: `failed` for any other exception
+or a crash, `timeout`, `oom`. All of them keep their error text and traceback.
 
 Ray/Optuna see `objective_*` keys: the real figures for `ok`, penalties otherwise, so the
 sampler is steered *away* from broken combinations (a raised error would be a FAIL trial,
@@ -26,7 +27,7 @@ import torch
 
 from tuner.build import BuiltVariant, build
 from tuner.errors import VariantUnsupported
-from tuner.guard import TrialGuard, inject, slowed
+from tuner.guard import fresh_process, inject, slowed
 from tuner.hardware import detect
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
 from tuner.measure.ceiling import ceiling_fraction, ceiling_key
@@ -215,15 +216,29 @@ def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> d
 
 
 def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSettings) -> None:
-    """The Ray Tune function trainable (wrapped with `tune.with_parameters`)."""
+    """The Ray Tune function trainable (wrapped with `tune.with_parameters`). The actor is
+    reused from trial to trial; each trial is built and measured in its own fresh process
+    (guard.fresh_process), which also turns crashes, hangs and memory blow-ups into results."""
     from ray import tune
 
     from tuner.space import variant_from_config
 
     started = time.perf_counter()
     variant = variant_from_config(config)
-    with TrialGuard(tune.get_context().get_trial_dir(), settings.timeout_s, settings.memory_mb):
-        inject(list(settings.faults), variant.to_dict())
-        out = evaluate(variant, reference, settings)
+    out = fresh_process(
+        _trial_body,
+        (variant, reference, settings),
+        tune.get_context().get_trial_dir(),
+        settings.timeout_s,
+        settings.memory_mb,
+    )
+    if "objective_latency_ms" not in out:  # the process raised or died: a result all the same
+        out = {**variant.to_dict(), "status": "failed", **out, **PENALTY}
     out["trial_wall_s"] = time.perf_counter() - started
     tune.report(out)
+
+
+def _trial_body(variant: Variant, reference: Reference, settings: TrialSettings) -> dict[str, Any]:
+    """What a trial's fresh process runs."""
+    inject(list(settings.faults), variant.to_dict())
+    return evaluate(variant, reference, settings)
