@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuner.confirm import Confirmed, Interval, choose, hierarchical_bootstrap, interleaved
+from tuner.confirm import Confirmed, Interval, choose, hierarchical_bootstrap, interleaved, paired_ratio_bootstrap
 
 
 def test_interleaved_order_is_a_b_c_a_b_c():
@@ -48,3 +48,29 @@ def test_insignificant_lead_goes_to_the_simpler_config():
 def test_throughput_objective_prefers_higher():
     iv = {0: Interval(100.0, 95.0, 105.0), 1: Interval(200.0, 190.0, 210.0)}
     assert choose(iv, {0: EAGER, 1: COMPILED}, lower_is_better=False)[0] == 1
+
+
+def test_speedup_paired_by_round_cancels_a_slow_minute():
+    # The machine runs 1.0x, 1.3x and 0.9x as fast in three rounds; within a round the
+    # baseline (60 ms) and the finalist (15 ms) are slowed alike: the speedup is 4.0 in each.
+    rng = np.random.default_rng(1)
+    factor = {0: 1.0, 1: 1.3, 2: 0.9}
+    base = {r: 0.060 * f * (1 + 0.005 * rng.standard_normal(40)) for r, f in factor.items()}
+    fast = {r: 0.015 * f * (1 + 0.005 * rng.standard_normal(40)) for r, f in factor.items()}
+    paired = paired_ratio_bootstrap(base, fast)
+    assert paired.value == pytest.approx(4.0, rel=0.02)
+    assert paired.high - paired.low < 0.1  # the slow round cancels out of the ratio
+    # The medians' own intervals carry the 1.3x round: far wider than the ratio's.
+    b = Confirmed(tuple(tuple(base[r]) for r in factor), 1, (0, 1, 2)).p50_ms
+    f = Confirmed(tuple(tuple(fast[r]) for r in factor), 1, (0, 1, 2)).p50_ms
+    assert b.high / f.low - b.low / f.high > 1.0
+
+
+def test_speedup_uses_only_rounds_both_ran_in():
+    base = {0: [0.06] * 5, 1: [0.09] * 5}
+    fast = {1: [0.03] * 5, 2: [0.01] * 5}  # round 0 of the finalist and 2 of the baseline failed
+    assert paired_ratio_bootstrap(base, fast) == Interval(3.0, 3.0, 3.0)
+    c = Confirmed(((0.03,) * 5, (0.01,) * 5), 1, (1, 2))
+    assert c.speedup_over(Confirmed(((0.06,) * 5, (0.09,) * 5), 1, (0, 1))).value == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="no round"):
+        paired_ratio_bootstrap({0: [0.06]}, {1: [0.03]})

@@ -28,6 +28,8 @@ CONFIRMED_COLUMNS = (
     "confirmed_throughput_ci_high",
     "confirmed_rounds",
     "confirmed_speedup_vs_baseline",
+    "confirmed_speedup_ci_low",
+    "confirmed_speedup_ci_high",
 )
 
 
@@ -72,12 +74,53 @@ def hierarchical_bootstrap(
     return Interval(float(point), float(min(lo, point)), float(max(hi, point)))
 
 
+def paired_ratio_bootstrap(
+    numerator: Mapping[int, Sequence[float]],
+    denominator: Mapping[int, Sequence[float]],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Interval:
+    """CI of median(numerator) / median(denominator), e.g. baseline p50 over a finalist's p50
+    = its speedup. Both map round -> per-call times; only rounds both have are used.
+
+    Rounds are resampled *jointly* (a round's two measurements ran back to back), then calls
+    within each measurement. A slow minute of the machine slows both sides of a pair, so
+    the ratio's interval is narrower than the two medians' intervals suggest: this is why
+    configs are compared as ratios measured in the same rounds.
+    """
+    common = sorted(set(numerator) & set(denominator))
+    if not common:
+        raise ValueError("no round with both measurements")
+    num = [np.asarray(numerator[r], dtype=float) for r in common]
+    den = [np.asarray(denominator[r], dtype=float) for r in common]
+    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(len(common), size=len(common))
+        n = np.concatenate([rng.choice(num[i], size=len(num[i])) for i in picked])
+        d = np.concatenate([rng.choice(den[i], size=len(den[i])) for i in picked])
+        stats[b] = np.median(n) / np.median(d)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return Interval(point, float(min(lo, point)), float(max(hi, point)))
+
+
 @dataclass(frozen=True)
 class Confirmed:
     """Confirmed figures of one finalist: per-call times (seconds) of each fresh process."""
 
     rounds: tuple[tuple[float, ...], ...]
     batch_size: int
+    round_ids: tuple[int, ...] = ()  # which interleaved round each measurement ran in
+
+    def by_round(self) -> dict[int, tuple[float, ...]]:
+        return dict(zip(self.round_ids or range(len(self.rounds)), self.rounds, strict=True))
+
+    def speedup_over(self, baseline: Confirmed) -> Interval:
+        """Baseline p50 / this p50, paired by round (paired_ratio_bootstrap)."""
+        return paired_ratio_bootstrap(baseline.by_round(), self.by_round())
 
     @property
     def p50_ms(self) -> Interval:

@@ -204,12 +204,14 @@ def describe(
     if rec is not None:
         conf = rec.get("confirmed_p50_ms", float("nan"))
         speed = rec.get("confirmed_speedup_vs_baseline", rec.get("speedup_vs_baseline"))
+        low, high = rec.get("confirmed_speedup_ci_low"), rec.get("confirmed_speedup_ci_high")
+        speed_ci = f" [{low:.2f}, {high:.2f}]" if low is not None and pd.notna(low) else ""
         lines += [
             f"### Recommended: `{rec['label']}`",
             f"- p50 {rec['latency_p50_ms']:.2f} ms (search), "
             + (f"{conf:.2f} ms confirmed, " if pd.notna(conf) else "")
             + f"{rec['throughput_ips']:.1f} items/s, quality {rec['quality']:.3f}"
-            + (f", **{speed:.2f}x** the baseline's p50" if pd.notna(speed) else ""),
+            + (f", **{speed:.2f}x**{speed_ci} the baseline's p50" if pd.notna(speed) else ""),
             f"- why: {reason}",
         ]
         if "tuner.registered_model" in tags:
@@ -284,15 +286,21 @@ def confirm_finalists(
             df[col] = float("nan")
     confirmed: dict[Any, Confirmed] = {}
     for k, i in enumerate(rows):
-        runs = [r["times_s"] for r in results.get(k, []) if r.get("times_s")]
+        runs = [r for r in results.get(k, []) if r.get("times_s")]
         if runs:
-            confirmed[i] = Confirmed(tuple(tuple(r) for r in runs), int(df.loc[i, "batch_size"]))
+            confirmed[i] = Confirmed(
+                tuple(tuple(r["times_s"]) for r in runs),
+                int(df.loc[i, "batch_size"]),
+                tuple(int(r.get("round", n)) for n, r in enumerate(runs)),
+            )
             for col, v in confirmed[i].columns().items():
                 df.loc[i, col] = v
     if len(base) and base[0] in confirmed:
-        b = df.loc[base[0], "confirmed_p50_ms"]
         for i in confirmed:
-            df.loc[i, "confirmed_speedup_vs_baseline"] = b / df.loc[i, "confirmed_p50_ms"]
+            speedup = confirmed[i].speedup_over(confirmed[base[0]])
+            df.loc[i, "confirmed_speedup_vs_baseline"] = speedup.value
+            df.loc[i, "confirmed_speedup_ci_low"] = speedup.low
+            df.loc[i, "confirmed_speedup_ci_high"] = speedup.high
     candidates = [i for i in picks if i in confirmed]
     if not candidates:
         return Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept")
@@ -326,9 +334,10 @@ def _print_summary(
                 r["confirmed_throughput_ips"], r["confirmed_throughput_ci_low"], r["confirmed_throughput_ci_high"]
             )
             speed = r.get("confirmed_speedup_vs_baseline")
+            ci = (r.get("confirmed_speedup_ci_low", speed), r.get("confirmed_speedup_ci_high", speed))
             say(
                 f"  {r['label']:<38} p50 {_fmt_interval(p50, 'ms'):<28} {_fmt_interval(thr, 'items/s'):<32}"
-                + ("" if pd.isna(speed) else f" {speed:.2f}x")
+                + ("" if pd.isna(speed) else f" {speed:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]")
                 + f" (search p50 {r['latency_p50_ms']:.1f} ms)"
             )
     failed = df[~df["status"].eq("ok")]
@@ -344,11 +353,13 @@ def _print_summary(
         say(f"RECOMMENDED: {rec['label']}  ({reason})")
         if pd.notna(rec.get("confirmed_p50_ms", float("nan"))):
             cs = rec.get("confirmed_speedup_vs_baseline")
+            low, high = rec.get("confirmed_speedup_ci_low", cs), rec.get("confirmed_speedup_ci_high", cs)
+            cs_ci = f"[{low:.2f}, {high:.2f}]"
             say(
                 f"  confirmed p50 {rec['confirmed_p50_ms']:.1f} ms "
                 f"[{rec['confirmed_p50_ci_low_ms']:.1f}, {rec['confirmed_p50_ci_high_ms']:.1f}], "
                 f"{rec['confirmed_throughput_ips']:.1f} items/s"
-                + ("" if pd.isna(cs) else f", {cs:.2f}x the confirmed baseline")
+                + ("" if pd.isna(cs) else f", {cs:.2f}x {cs_ci} the confirmed baseline (paired by round)")
             )
         say(
             f"  p50 {rec['latency_p50_ms']:.1f} ms, p90 {rec['latency_p90_ms']:.1f} ms, "

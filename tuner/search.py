@@ -441,7 +441,7 @@ def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmF
                 if "times_s" not in res:
                     say(f"  confirm {n}/{len(schedule)} {variants[i].label}: failed ({str(res.get('error'))[:100]})")
                     continue
-                out[i].append(res)
+                out[i].append({**res, "round": r})
                 p50 = float(np.median(res["times_s"])) * 1e3
                 say(f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms")
         finally:
