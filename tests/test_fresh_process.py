@@ -4,6 +4,8 @@ as a result, with the status, error and traceback the search records."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -64,3 +66,10 @@ def test_a_hang_is_killed_at_the_time_limit(tmp_path):
 def test_memory_past_the_cap_is_killed(tmp_path):
     out = fresh_process(_allocate, (), tmp_path, 60, 1500)
     assert out["status"] == "oom" and "passed the 1500 MB cap" in out["error"]
+
+
+def test_a_niced_parent_does_not_slow_the_measured_process():
+    # Ray runs its workers at nice 15; the trial process goes back to 0 where it may (root).
+    code = "from tuner.guard import normal_priority; print(normal_priority())"
+    out = subprocess.run(["nice", "-n", "10", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == (0 if os.geteuid() == 0 else 10)

@@ -68,6 +68,9 @@ def quiet_env() -> None:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        # Ray starts workers at nice 15, below its own daemons and the driver; a trial's
+        # timing must not queue behind them (read by the raylet that ray.init starts).
+        "RAY_worker_niceness": "0",
     }.items():
         os.environ.setdefault(k, v)
 

@@ -48,7 +48,7 @@ METRICS = (
     "latency_window_spread", "achieved_gflops", "ceiling_fraction",
     "build_s", "measure_s", "warmup_s", "warmup_iters", "peak_rss_mb", "peak_device_mb", "model_size_mb",
     "load_start", "load_end", "busy_cores_start", "busy_cores_end", "trial_wall_s", "process_wall_s",
-    "mlflow_s",
+    "mlflow_s", "nice",
 )  # fmt: skip
 INPUT_POOL = 4  # distinct batches cycled during timing (never one cached tensor)
 
