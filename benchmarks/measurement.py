@@ -40,7 +40,7 @@ def tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def repeatability(model: str, repeats: int, config: Path | None, work: Path) -> None:
+def repeatability(model: str, repeats: int, config: Path | None, work: Path, space: Path | None = None) -> None:
     if config is None:
         import os
 
@@ -48,7 +48,9 @@ def repeatability(model: str, repeats: int, config: Path | None, work: Path) -> 
         config.write_text(yaml.safe_dump({"variant": {**BASELINE, "threads": len(os.sched_getaffinity(0))}}))
     rows = []
     for i in range(repeats):
-        r = tuner("measure", model, "--config", str(config), "--json", cwd=work)
+        r = tuner(
+            "measure", model, "--config", str(config), "--json", *(["--space", str(space)] if space else []), cwd=work
+        )
         if r.returncode != 0:
             sys.exit(f"measure failed:\n{r.stderr[-2000:]}")
         fig = json.loads(r.stdout.strip().splitlines()[-1])
@@ -186,6 +188,7 @@ def main() -> None:
     p.add_argument("--sections", default="repeatability,ratio,ranking,overhead")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--config", type=Path, help="variant YAML for repeatability (default: the baseline)")
+    p.add_argument("--space", type=Path, help="space file whose timing settings repeatability uses")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ratio repeat")
     p.add_argument("--searches", type=int, default=3)
     p.add_argument("--trials", type=int, default=12)
@@ -196,7 +199,7 @@ def main() -> None:
     sections = set(a.sections.split(","))
     print(f"benchmark outputs in {work}")
     if "repeatability" in sections:
-        repeatability(a.model, a.repeats, a.config.resolve() if a.config else None, work)
+        repeatability(a.model, a.repeats, a.config.resolve() if a.config else None, work, a.space)
     if "ratio" in sections:
         ratio(a.model, a.repeats, a.rounds)
     if sections & {"ranking", "overhead"}:
