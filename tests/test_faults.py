@@ -188,3 +188,31 @@ def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
     for p in parents:
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
         assert len(kids) == 2
+
+
+def test_a_signal_after_the_trials_closes_the_parent_run_and_resume_finishes(tmp_path):
+    # SIGTERM while the finalists are confirmed (outside the trial phase): the parent run is
+    # closed as interrupted, not left RUNNING, and --resume finishes without re-running trials.
+    space = write_space(tmp_path / "space.yaml", search={"trials": 2}, confirm={"finalists": 1, "rounds": 3})
+    cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
+           "--output", "out"]  # fmt: skip
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and "confirming" not in (tmp_path / "first.log").read_text():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    first = (tmp_path / "first.log").read_text()
+    assert "interrupted by SIGTERM" in first and f"--resume {tmp_path / 'out'}" in first
+    assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "interrupted"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, children = runs(uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
+    assert len(children) == 2
+
+    r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming: 2 finished trial(s) kept" in r.stdout and "RECOMMENDED" in r.stdout
+    parent, children = runs(uri)
+    assert parent.info.status == "FINISHED" and len(children) == 2

@@ -239,8 +239,69 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     req.output.mkdir(parents=True, exist_ok=True)
     check_inputs(req.model, req.weights, req.data)
     check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
-    with store_lock(req.tracking_uri):
-        return _run_search(req)
+    _Terminated.seen = False
+    with store_lock(req.tracking_uri), _sigterm_as_interrupt():
+        try:
+            return _run_search(req)
+        except KeyboardInterrupt as e:
+            _close_interrupted(req, "SIGTERM" if isinstance(e, _Terminated) or _Terminated.seen else "SIGINT")
+            raise
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trial phase (inside it, _Interrupt stops Tune cleanly). `seen`,
+    because code in between (ray.get) may re-raise it as a plain KeyboardInterrupt."""
+
+    seen = False
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _Terminated.seen = True
+    raise _Terminated
+
+
+def _catch_sigterm() -> None:
+    """Install the SIGTERM handler below; again after `ray.init`, which installs its own
+    (`sys.exit`). Signal handlers can only be set in the main thread."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the search the way Ctrl-C does, so that the parent run is closed and the
+    state saved, instead of the process ending with the signal's default action."""
+    import threading
+
+    old = signal.getsignal(signal.SIGTERM)
+    _catch_sigterm()
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
+def _close_interrupted(req: SearchRequest, name: str) -> None:
+    """A signal outside the trial phase (reference, nightly check, confirmation, outputs):
+    close the parent run as interrupted, as the trial phase does. Nothing to do before the
+    parent run exists, or when the trial phase has already closed it."""
+    path = req.output / STATE
+    if not path.exists():
+        return
+    st = json.loads(path.read_text())
+    if st.get("status") != "running" or not st.get("parent_run_id"):
+        return
+    parent_id = str(st["parent_run_id"])
+    hint = f"python -m tuner search {req.model} --resume {req.output}"
+    tracker = Tracker(req.tracking_uri, req.experiment)
+    tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
+    tracker.finish(parent_id, "KILLED")
+    save_state(req, parent_id, "interrupted", float(st["elapsed_s"]) + time.time() - path.stat().st_mtime)
+    say(f"interrupted by {name}: finished trial(s) kept in {req.output}")
+    say(f"resume with: {hint}")
 
 
 def _run_search(req: SearchRequest) -> SearchOutcome:
@@ -275,6 +336,7 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
     from tuner.searcher import DedupOptunaSearch
 
     ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    _catch_sigterm()  # ray.init replaced it with sys.exit
     try:
         cores = _cores_per_trial()
         choices = sp.feasible_choices(
