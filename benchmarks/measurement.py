@@ -74,17 +74,18 @@ def repeatability(model: str, repeats: int, config: Path | None, work: Path, spa
 
 
 def ratio(model: str, repeats: int, rounds: int) -> None:
-    """The confirmation protocol (search.ray_confirm) on [INT8, BASELINE], `repeats` times."""
+    """The confirmation protocol (confirm_ray.ray_confirm) on [INT8, BASELINE], `repeats` times."""
     import os
 
     import numpy as np
     import ray
 
+    from tuner.confirm_ray import ray_confirm
     from tuner.hardware import detect
     from tuner.measure.ceiling import for_hardware
     from tuner.models import ModelSpec, resolve_weights
     from tuner.reference import reference_for
-    from tuner.search import quiet_env, ray_confirm
+    from tuner.search import quiet_env
     from tuner.space import SearchSpace, resolve_space_file
     from tuner.trial import TrialSettings
     from tuner.variant import Variant

@@ -19,22 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 import yaml
 
-from tuner.confirm import interleaved
+from tuner.confirm_ray import ray_confirm
 from tuner.errors import ConfigError
 from tuner.finalize import ConfirmFn, SearchOutcome, finalize, say
-from tuner.guard import classify, default_memory_mb, default_timeout_s, fresh_process
+from tuner.guard import classify, default_memory_mb, default_timeout_s
 from tuner.hardware import detect
 from tuner.measure.ceiling import cache_path
 from tuner.measure.ceiling import for_hardware as ceiling_for
@@ -42,9 +40,9 @@ from tuner.models import ModelSpec, check_inputs, resolve_weights
 from tuner.recorder import TrialRecorder
 from tuner.reference import Reference, reference_for
 from tuner.space import SearchSpace, config_key, initial_points, space_function
-from tuner.tracking import Tracker, check_reachable
-from tuner.trial import OBJECTIVES, PENALTY, TrialSettings, run_trial, time_variant
-from tuner.variant import Variant
+from tuner.stopping import Interrupt, SigtermAsInterrupt, Stopped, catch_sigterm
+from tuner.tracking import Tracker, check_reachable, store_lock
+from tuner.trial import OBJECTIVES, PENALTY, TrialSettings, run_trial
 
 
 def quiet_env() -> None:
@@ -143,67 +141,6 @@ def load_request(output: Path) -> SearchRequest:
     )
 
 
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """One search at a time per sqlite store: sqlite takes one writer, and two searches on
-    one machine would also disturb each other's timings. Servers need no lock."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".tuner.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(
-            f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
-            "use an MLflow server (README: Viewing results) and give each search its own machine."
-        )
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-class _Interrupt:
-    """SIGINT/SIGTERM during the trials: stop Tune cleanly (a Stopper's `stop_all`), keep every
-    finished trial; a second signal stops at once. Tune's own SIGINT handler is turned off
-    (TUNE_DISABLE_SIGINT_HANDLER) because it would swallow the signal."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-
-    def __enter__(self) -> _Interrupt:
-        self._old = {sig: signal.signal(sig, self._on) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def _on(self, signum: int, frame: object) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        say(f"\n{self.signal}: stopping the search; finished trials are kept (send it again to stop at once)")
-
-    def stopper(self) -> Any:
-        from ray.tune.stopper import Stopper
-
-        outer = self
-
-        class _Stop(Stopper):
-            def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-                return False
-
-            def stop_all(self) -> bool:
-                return outer.signal is not None
-
-        return _Stop()
-
-
 def _as_callback(recorder: TrialRecorder) -> Any:
     from ray.tune import Callback
 
@@ -239,55 +176,18 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     req.output.mkdir(parents=True, exist_ok=True)
     check_inputs(req.model, req.weights, req.data)
     check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
-    _Terminated.seen = False
-    with store_lock(req.tracking_uri), _sigterm_as_interrupt():
+    with store_lock(req.tracking_uri), SigtermAsInterrupt() as signals:
         try:
             return _run_search(req)
         except KeyboardInterrupt as e:
-            _close_interrupted(req, "SIGTERM" if isinstance(e, _Terminated) or _Terminated.seen else "SIGINT")
+            _close_interrupted(req, signals.name(e))
             raise
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM outside the trial phase (inside it, _Interrupt stops Tune cleanly). `seen`,
-    because code in between (ray.get) may re-raise it as a plain KeyboardInterrupt."""
-
-    seen = False
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    _Terminated.seen = True
-    raise _Terminated
-
-
-def _catch_sigterm() -> None:
-    """Install the SIGTERM handler below; again after `ray.init`, which installs its own
-    (`sys.exit`). Signal handlers can only be set in the main thread."""
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the search the way Ctrl-C does, so that the parent run is closed and the
-    state saved, instead of the process ending with the signal's default action."""
-    import threading
-
-    old = signal.getsignal(signal.SIGTERM)
-    _catch_sigterm()
-    try:
-        yield
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
-
-
 def _close_interrupted(req: SearchRequest, name: str) -> None:
-    """A signal outside the trial phase (reference, nightly check, confirmation, outputs):
-    close the parent run as interrupted, as the trial phase does. Nothing to do before the
-    parent run exists, or when the trial phase has already closed it."""
+    """Whatever phase a signal stopped (reference, nightly check, trials, confirmation,
+    outputs): close the parent run as interrupted and save the state for `--resume`.
+    Nothing to do before the parent run exists."""
     path = req.output / STATE
     if not path.exists():
         return
@@ -300,7 +200,9 @@ def _close_interrupted(req: SearchRequest, name: str) -> None:
     tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
     tracker.finish(parent_id, "KILLED")
     save_state(req, parent_id, "interrupted", float(st["elapsed_s"]) + time.time() - path.stat().st_mtime)
-    say(f"interrupted by {name}: finished trial(s) kept in {req.output}")
+    table = req.output / "trials.csv"
+    kept = len(pd.read_csv(table)) if table.exists() else 0
+    say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
     say(f"resume with: {hint}")
 
 
@@ -336,7 +238,7 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
     from tuner.searcher import DedupOptunaSearch
 
     ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-    _catch_sigterm()  # ray.init replaced it with sys.exit
+    catch_sigterm()  # ray.init replaced it with sys.exit
     try:
         cores = _cores_per_trial()
         choices = sp.feasible_choices(
@@ -436,7 +338,7 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
             req.before_search(confirm, ref, choices)
         for key, objectives in recorder.known_objectives().items():
             searcher.remember(key, objectives)  # a resumed search never re-measures a config
-        interrupt = _Interrupt()
+        interrupt = Interrupt()
         if remaining > 0 and (budget_left_s is None or budget_left_s > 0):
             tuner = tune.Tuner(
                 trainable,
@@ -459,13 +361,8 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
             with interrupt:
                 tuner.fit()
         if interrupt.signal is not None:
-            hint = f"python -m tuner search {req.model} --resume {req.output}"
-            tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
-            tracker.finish(parent_id, "KILLED")
-            save_state(req, parent_id, "interrupted", time.time() - started)
-            say(f"interrupted by {interrupt.signal}: {len(recorder.rows)} finished trial(s) kept in {req.output}")
-            say(f"resume with: {hint}")
-            raise KeyboardInterrupt
+            save_state(req, parent_id, "running", time.time() - started)  # the budget spent so far
+            raise Stopped(interrupt.signal)  # run_search closes the parent run
         if searcher.redraws:
             say(f"sampler: {searcher.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
         tracker.log(parent_id, metrics={"sampler_redraws": float(searcher.redraws)})
@@ -474,43 +371,3 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
         return outcome
     finally:
         ray.shutdown()
-
-
-def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmFn:
-    """Confirmation measurements, run one after another in A B C A B C order, all CPUs of a
-    node each. One Ray actor per confirmation run; each measurement is a fresh process forked
-    from it (guard.fresh_process), with the trials' time and memory limits."""
-    import ray
-
-    ref_handle = ray.put(ref)
-
-    @ray.remote
-    class _Confirmer:
-        def time(self, variant: dict[str, Any], ref: Reference, settings: TrialSettings) -> dict[str, Any]:
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as folder:
-                args = (Variant.from_dict(variant), ref, settings)
-                return fresh_process(time_variant, args, folder, settings.timeout_s, settings.memory_mb)
-
-    def run(variants: list[Variant], rounds: int) -> dict[int, list[dict[str, Any]]]:
-        out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
-        schedule = interleaved(variants, rounds)
-        actor = _Confirmer.options(num_cpus=cores).remote()  # type: ignore[attr-defined]
-        try:
-            for n, (r, i) in enumerate(schedule, 1):
-                try:
-                    res = ray.get(actor.time.remote(variants[i].to_dict(), ref_handle, settings))
-                except ray.exceptions.RayError as e:
-                    res = {"error": str(e).strip().splitlines()[-1]}
-                if "times_s" not in res:
-                    say(f"  confirm {n}/{len(schedule)} {variants[i].label}: failed ({str(res.get('error'))[:100]})")
-                    continue
-                out[i].append({**res, "round": r})
-                p50 = float(np.median(res["times_s"])) * 1e3
-                say(f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms")
-        finally:
-            ray.kill(actor)  # frees the node's CPUs for Tune (the nightly check runs before the search)
-        return out
-
-    return run

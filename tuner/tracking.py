@@ -6,6 +6,7 @@ never initialised by several processes, and a cluster's workers need no access t
 
 Child runs are written with `MlflowClient.create_run(tags={"mlflow.parentRunId": ...})` +
 `log_batch` + `set_terminated` (fast, and never changes the active run of the process).
+`store_lock` lets one search at a time use a sqlite store.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -199,3 +201,28 @@ class Tracker:
         return list(
             self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000)
         )
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """One search at a time per sqlite store: sqlite takes one writer, and two searches on
+    one machine would also disturb each other's timings. Servers need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".tuner.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
+            "use an MLflow server (README: Viewing results) and give each search its own machine.",
+            flush=True,
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
