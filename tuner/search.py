@@ -177,19 +177,20 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     check_inputs(req.model, req.weights, req.data)
     check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
     with store_lock(req.tracking_uri), SigtermAsInterrupt() as signals:
+        began = time.time()
         try:
             return _run_search(req)
         except KeyboardInterrupt as e:
-            _close_interrupted(req, signals.name(e))
+            _close_interrupted(req, signals.name(e), began)
             raise
 
 
-def _close_interrupted(req: SearchRequest, name: str) -> None:
+def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
     """Whatever phase a signal stopped (reference, nightly check, trials, confirmation,
     outputs): close the parent run as interrupted and save the state for `--resume`.
-    Nothing to do before the parent run exists."""
+    Nothing to do before this search has written its state (an older search's is left alone)."""
     path = req.output / STATE
-    if not path.exists():
+    if not path.exists() or path.stat().st_mtime < began:
         return
     st = json.loads(path.read_text())
     if st.get("status") != "running" or not st.get("parent_run_id"):
