@@ -27,3 +27,9 @@ class VariantUnsupported(TunerError):
 
 class TrackingError(TunerError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message` (at most 500 characters): a failed trial's `error`."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:500]}" if lines else type(e).__name__

@@ -41,6 +41,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import one_line
+
 MARKER = "tuner-fault.json"
 FAULT_LOG = "fault.log"
 POLL_S = 0.05
@@ -95,8 +97,7 @@ def _child(conn: Connection, folder: str, target: Callable[..., dict[str, Any]],
         try:
             out = target(*args)
         except Exception as e:
-            lines = str(e).strip().splitlines() or [""]
-            out = {"status": "failed", "error": f"{type(e).__name__}: {lines[0][:500]}".rstrip(": ")}
+            out = {"status": "failed", "error": one_line(e)}
             out["traceback"] = traceback.format_exc()
         faulthandler.disable()
     conn.send({**out, "nice": nice})

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from tuner.build import BuiltVariant, build
-from tuner.errors import VariantUnsupported
+from tuner.errors import VariantUnsupported, one_line
 from tuner.guard import fresh_process, inject, slowed
 from tuner.hardware import detect
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
@@ -168,11 +168,10 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
     except EXPECTED_ERRORS as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
         return {
             **result,
             "status": "failed",
-            "error": f"{type(e).__name__}: {first_line}",
+            "error": one_line(e),
             "traceback": traceback.format_exc(),
             **PENALTY,
         }
