@@ -80,17 +80,19 @@ def ratio(model: str, repeats: int, rounds: int) -> None:
     import numpy as np
     import ray
 
-    from tuner.confirm_ray import ray_confirm
-    from tuner.hardware import detect
+    from tuner.config.space import SearchSpace, resolve_space_file
+    from tuner.core.env import measurement_env, quiet_logs, service_env
+    from tuner.core.variant import Variant
+    from tuner.inputs.hardware import detect
+    from tuner.inputs.models import ModelSpec, resolve_weights
+    from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware
-    from tuner.models import ModelSpec, resolve_weights
-    from tuner.reference import reference_for
-    from tuner.search import quiet_env
-    from tuner.space import SearchSpace, resolve_space_file
-    from tuner.trial import TrialSettings
-    from tuner.variant import Variant
+    from tuner.search.confirm_ray import ray_confirm
+    from tuner.trial.evaluate import TrialSettings
 
-    quiet_env()
+    service_env()
+    measurement_env()
+    quiet_logs()
     cores = len(os.sched_getaffinity(0))
     space = SearchSpace.load(resolve_space_file(model, None))
     ref = reference_for(resolve_weights(ModelSpec(model, "auto", 0)), space.eval, None)

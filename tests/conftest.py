@@ -57,8 +57,8 @@ def tracking_uri(tmp_path: Path) -> str:
 @pytest.fixture
 def small_reference():
     """fp32 reference for the tiny CNN on synthetic data (computed in this process)."""
-    from tuner.models import ModelSpec
-    from tuner.reference import prepare_reference
+    from tuner.inputs.models import ModelSpec
+    from tuner.inputs.reference import prepare_reference
 
     return prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4)
 

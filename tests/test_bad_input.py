@@ -1,7 +1,7 @@
 """Every bad input of README "Errors" ends with one clear message that names the file, key or
 flag and what is allowed, exit code 2, no traceback, and nothing written to MLflow.
 
-The CLI runs in this process (`tuner.cli.main`), with a real sqlite store; only the
+The CLI runs in this process (`tuner.cli.main.main`), with a real sqlite store; only the
 threads check starts Ray (it asks Ray how many cores a trial can have)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuner.cli import EXIT_USAGE, main
+from tuner.cli.main import EXIT_USAGE, main
 
 from conftest import write_space
 
@@ -127,7 +127,7 @@ def test_conflicting_flags(tmp_path, capsys):
 
 
 def test_report_conflicting_run_and_experiment(tmp_path, capsys):
-    from tuner.tracking import Tracker
+    from tuner.tracking.store import Tracker
 
     uri = f"sqlite:///{tmp_path / 'report.db'}"
     tracker = Tracker(uri, "tuner/a")

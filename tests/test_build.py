@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tuner.build import build
-from tuner.errors import VariantUnsupported
+from tuner.core.errors import VariantUnsupported
+from tuner.core.variant import Variant
 from tuner.measure.accuracy import fidelity
-from tuner.variant import Variant
 
 from tiny_models import SmallCNN, Untraceable
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuner.confirm import Confirmed, Interval, choose, hierarchical_bootstrap, interleaved, paired_ratio_bootstrap
+from tuner.decide.confirm import (
+    Confirmed,
+    Interval,
+    choose,
+    hierarchical_bootstrap,
+    interleaved,
+    paired_ratio_bootstrap,
+)
 
 
 def test_interleaved_order_is_a_b_c_a_b_c():

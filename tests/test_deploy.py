@@ -68,7 +68,7 @@ def test_kubernetes_cronjob():
 
 @pytest.mark.parametrize("job", sorted((ROOT / "search_spaces" / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_job_files_are_valid(job):
-    from tuner.nightly import load_job
+    from tuner.nightly.job import load_job
 
     loaded = load_job(job)
     for m in loaded.models:

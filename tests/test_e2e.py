@@ -14,7 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tuner.select import Limits, feasible_mask, pareto_mask
+from tuner.config.space import Constraints
+from tuner.decide.pareto import feasible_mask, pareto_mask
 
 from conftest import tuner, write_space
 from tiny_models import train_small_cnn
@@ -64,7 +65,7 @@ def test_outputs(search):
 
     # The recommended row is non-dominated and meets the constraints (recomputed here).
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
-    limits = Limits(max_accuracy_drop=0.01)
+    limits = Constraints(max_accuracy_drop=0.01)
     feas = feasible_mask(trials, limits)
     front = pareto_mask(trials, feas)
     (idx,) = trials.index[trials["recommended"]]

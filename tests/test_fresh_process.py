@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from tuner.guard import FAULT_LOG, MARKER, fresh_process
+from tuner.trial.process import FAULT_LOG, MARKER, fresh_process
 
 
 def _ok(x: int) -> dict[str, Any]:
@@ -70,6 +70,6 @@ def test_memory_past_the_cap_is_killed(tmp_path):
 
 def test_a_niced_parent_does_not_slow_the_measured_process():
     # Ray runs its workers at nice 15; the trial process goes back to 0 where it may (root).
-    code = "from tuner.guard import normal_priority; print(normal_priority())"
+    code = "from tuner.trial.process import normal_priority; print(normal_priority())"
     out = subprocess.run(["nice", "-n", "10", sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == (0 if os.geteuid() == 0 else 10)

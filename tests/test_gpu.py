@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from tuner.build import build
-from tuner.hardware import detect
+from tuner.config.space import TimingConfig
+from tuner.core.variant import Variant
+from tuner.inputs.hardware import detect
+from tuner.inputs.models import ModelSpec
+from tuner.inputs.reference import prepare_reference
 from tuner.measure.accuracy import fidelity
-from tuner.measure.latency import TimingConfig
-from tuner.models import ModelSpec
-from tuner.reference import prepare_reference
-from tuner.trial import TrialSettings, evaluate
-from tuner.variant import Variant
+from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING
 from tiny_models import SmallCNN
@@ -56,10 +56,10 @@ def test_gpu_hardware_profile_offers_fp16_and_not_int8():
         prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4),
         TrialSettings(TimingConfig(**FAST_TIMING)),
     )
-    assert out["status"] == "infeasible"
+    assert out.status == "infeasible"
 
 
 def test_gpu_trial_reports_device_memory(small_reference):
     out = evaluate(Variant(precision="fp16", batch_size=4), small_reference, TrialSettings(TimingConfig(**FAST_TIMING)))  # type: ignore[arg-type]
-    assert out["status"] == "ok", out["error"]
-    assert out["peak_device_mb"] > 0 and out["cosine_similarity"] > 0.99
+    assert out.status == "ok", out.error
+    assert out.peak_device_mb > 0 and out.cosine_similarity > 0.99

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from tuner.measure.latency import TimingConfig, measure_latency
+from tuner.config.space import TimingConfig
+from tuner.measure.latency import measure_latency
 
 
 class FakeClock:

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from tuner.errors import ConfigError
-from tuner.measure.latency import TimingConfig
-from tuner.models import ModelSpec, check_inputs, class_index, load_eval_data, load_model, resolve_weights
-from tuner.reference import prepare_reference
-from tuner.trial import TrialSettings, evaluate
-from tuner.variant import Variant
+from tuner.config.space import TimingConfig
+from tuner.core.errors import ConfigError
+from tuner.core.variant import Variant
+from tuner.inputs.models import ModelSpec, check_inputs, class_index, load_eval_data, load_model, resolve_weights
+from tuner.inputs.reference import prepare_reference
+from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING
 from tiny_models import SmallCNN, train_small_cnn, write_images, write_labeled_folder
@@ -39,13 +39,13 @@ def test_torchvision_architectures_on_a_labeled_folder(tmp_path, name):
     assert bool(ref.bn_stats) == degenerate
     assert float(ref.logits.abs().max()) > 1e-3
     out = evaluate(Variant(quantization="dynamic_int8", threads=1), ref, SETTINGS)  # type: ignore[arg-type]
-    assert out["status"] == "ok", out.get("error")
-    assert 0.0 <= out["top1"] <= 1.0 and 0.0 <= out["top5"] <= 1.0 and out["latency_p50_ms"] > 0
+    assert out.status == "ok", out.error
+    assert 0.0 <= out.top1 <= 1.0 and 0.0 <= out.top5 <= 1.0 and out.latency_p50_ms > 0
 
 
 def test_vit_keeps_its_fixed_input_size():
     loaded = load_model(ModelSpec("vit_b_16", "random"))
-    from tuner.models import input_shape
+    from tuner.inputs.models import input_shape
 
     assert input_shape(loaded.module, 32) == (3, 224, 224)
 
@@ -94,11 +94,11 @@ def test_quantized_and_bf16_drops_are_measured_on_real_labels(trained, variant):
     spec = resolve_weights(ModelSpec("tiny_models:small_cnn", str(trained / "small_cnn.pt")))
     ref = prepare_reference(spec, input_size=32, n_eval=16, n_calib=8, data_dir=trained / "val")
     out = evaluate(Variant(threads=1, **variant), ref, SETTINGS)
-    assert out["status"] == "ok", out.get("error")
-    assert out["quality"] == out["top1"]  # with labels, quality is top-1 accuracy
-    assert out["accuracy_drop"] == pytest.approx((ref.baseline_quality - out["top1"]) / ref.baseline_quality)
-    assert out["accuracy_drop"] <= 0.2, out  # separable classes: the variant keeps most of top-1
-    print(f"{variant}: top1 {out['top1']:.3f} vs fp32 {ref.baseline_quality:.3f}, drop {out['accuracy_drop']:.3f}")
+    assert out.status == "ok", out.error
+    assert out.quality == out.top1  # with labels, quality is top-1 accuracy
+    assert out.accuracy_drop == pytest.approx((ref.baseline_quality - out.top1) / ref.baseline_quality)
+    assert out.accuracy_drop <= 0.2, out  # separable classes: the variant keeps most of top-1
+    print(f"{variant}: top1 {out.top1:.3f} vs fp32 {ref.baseline_quality:.3f}, drop {out.accuracy_drop:.3f}")
 
 
 def test_unlabeled_folder_measures_fidelity_only(tmp_path, capsys):
@@ -181,7 +181,7 @@ def test_weights_file_never_unpickles_code(tmp_path, capsys):
 
 def test_pretrained_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
-    monkeypatch.setattr("tuner.models._pretrained_available", lambda w: False)  # as offline: no download
+    monkeypatch.setattr("tuner.inputs.models._pretrained_available", lambda w: False)  # as offline: no download
     with pytest.raises(ConfigError) as e:
         resolve_weights(ModelSpec("resnet18", "pretrained"))
     msg = str(e.value)

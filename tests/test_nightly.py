@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tuner.nightly import EXIT_LOCKED, EXIT_REGRESSION
+from tuner.nightly.job import EXIT_LOCKED, EXIT_REGRESSION
 
 from conftest import FAST_TIMING, tuner, tuner_env
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tuner.regression import decide_champion, judge
+from tuner.nightly.regression import decide_champion, judge
 
 ACCEPTED = {"p50_ms": 10.0, "p50_ms_low": 9.8, "p50_ms_high": 10.2, "throughput_ips": 100.0,
             "throughput_ips_low": 98.0, "throughput_ips_high": 102.0, "quality": 0.80,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tuner.report import compare, render
+from tuner.outputs.compare import compare, render
 
 
 def trials(rows):

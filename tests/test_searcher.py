@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optuna
 
-from tuner.searcher import DedupOptunaSearch
-from tuner.space import SearchSpace, config_key, initial_points, space_function
-from tuner.trial import PENALTY
+from tuner.config.space import SearchSpace
+from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES
+from tuner.core.variant import config_key
+from tuner.search.sampling import DedupOptunaSearch, initial_points, space_function
 
 SMALL = SearchSpace.model_validate(
     {
@@ -20,7 +21,7 @@ SMALL = SearchSpace.model_validate(
         }
     }  # fmt: skip
 ).feasible_choices(cores=1, device="cpu", fp16_native=False, bf16_native=True)
-METRICS = ["objective_latency_ms", "objective_throughput", "objective_quality"]
+METRICS = list(SAMPLER_OBJECTIVES)
 
 
 def make(choices=SMALL, seed=0):
@@ -28,7 +29,7 @@ def make(choices=SMALL, seed=0):
         key=config_key,
         space=space_function(choices),
         metric=METRICS,
-        mode=["min", "max", "max"],
+        mode=list(SAMPLER_OBJECTIVES.values()),
         points_to_evaluate=initial_points(choices, 4),
         penalty=PENALTY,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=2),
@@ -40,7 +41,7 @@ def run(searcher, n):
     for t in range(n):
         config = searcher.suggest(f"t{t}")
         labels.append(config_key(config))
-        result = {"objective_latency_ms": 10.0 + t, "objective_throughput": 5.0, "objective_quality": 1.0}
+        result = dict(zip(METRICS, (10.0 + t, 5.0, 1.0), strict=True))
         searcher.on_trial_complete(f"t{t}", result=result)
     return labels
 

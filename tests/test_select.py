@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tuner.select import Limits, feasible_mask, pareto_mask, recommend
+from tuner.config.space import Constraints
+from tuner.decide.pareto import feasible_mask, pareto_mask, recommend
 
 
 def row(label, p90, thr, quality, status="ok", drop=0.0, batch=1, compile="eager", precision="fp32",
@@ -29,7 +30,7 @@ def test_dominated_rows_are_not_on_the_front():
         row("slow", 60, 15, 1.0),  # dominated by everything
         row("tput", 40, 300, 0.999, batch=16),  # slower but more throughput: on the front
     )
-    front = pareto_mask(df, feasible_mask(df, Limits(max_accuracy_drop=0.01)))
+    front = pareto_mask(df, feasible_mask(df, Constraints(max_accuracy_drop=0.01)))
     assert front.tolist() == [False, True, False, True]
 
 
@@ -47,7 +48,7 @@ def test_infeasible_and_failed_rows_are_excluded():
         row("inaccurate", float("nan"), float("nan"), float("nan"), status="inaccurate"),
         row("good", 20, 50, 1.0),
     )
-    limits = Limits(max_accuracy_drop=0.01)
+    limits = Constraints(max_accuracy_drop=0.01)
     feas = feasible_mask(df, limits)
     assert feas.tolist() == [True, False, False, False, True]
     assert pareto_mask(df, feas).tolist() == [False, False, False, False, True]
@@ -56,8 +57,8 @@ def test_infeasible_and_failed_rows_are_excluded():
 
 def test_objective_throughput_picks_the_highest_throughput():
     df = table(row("base", 50, 20, 1.0, baseline=True), row("lat", 10, 100, 1.0), row("thr", 80, 400, 1.0, batch=32))
-    assert df.loc[recommend(df, "throughput", Limits()).index, "label"] == "thr"
-    assert df.loc[recommend(df, "latency", Limits()).index, "label"] == "lat"
+    assert df.loc[recommend(df, "throughput", Constraints()).index, "label"] == "thr"
+    assert df.loc[recommend(df, "latency", Constraints()).index, "label"] == "lat"
 
 
 def test_latency_and_memory_limits():
@@ -66,7 +67,7 @@ def test_latency_and_memory_limits():
         row("fast-but-fat", 10, 100, 1.0, rss=5000),
         row("ok", 30, 40, 1.0, rss=500),
     )
-    rec = recommend(df, "latency", Limits(max_memory_mb=1000, max_latency_ms=40))
+    rec = recommend(df, "latency", Constraints(max_memory_mb=1000, max_latency_ms=40))
     assert df.loc[rec.index, "label"] == "ok"
 
 
@@ -76,19 +77,19 @@ def test_exact_tie_goes_to_the_simpler_config():
         row("eager-fp32", 10, 100, 1.0),
         row("eager-bf16", 10, 100, 1.0, precision="bf16"),
     )
-    assert df.loc[recommend(df, "latency", Limits()).index, "label"] == "eager-fp32"
+    assert df.loc[recommend(df, "latency", Constraints()).index, "label"] == "eager-fp32"
 
 
 def test_falls_back_to_the_baseline_when_nothing_meets_the_limits():
     df = table(row("base", 50, 20, 1.0, baseline=True), row("fast", 10, 100, 1.0))
-    rec = recommend(df, "latency", Limits(max_latency_ms=1))
+    rec = recommend(df, "latency", Constraints(max_latency_ms=1))
     assert df.loc[rec.index, "label"] == "base"
     assert "baseline" in rec.reason
 
 
 def test_nothing_ok_means_no_recommendation():
     df = table(row("base", float("nan"), float("nan"), float("nan"), status="failed", baseline=True))
-    assert recommend(df, "latency", Limits()).index is None
+    assert recommend(df, "latency", Constraints()).index is None
 
 
 def test_recommendation_is_on_the_front():
@@ -98,7 +99,7 @@ def test_recommendation_is_on_the_front():
         row("b", 12, 95, 1.0),  # same p90 as a, better elsewhere: dominates a
         row("c", 30, 200, 1.0, batch=8),
     )
-    limits = Limits()
+    limits = Constraints()
     front = pareto_mask(df, feasible_mask(df, limits))
     rec = recommend(df, "latency", limits)
     assert front[rec.index], "the recommended row must be non-dominated"
@@ -107,4 +108,4 @@ def test_recommendation_is_on_the_front():
 
 def test_unknown_objective_is_an_error():
     with pytest.raises(ValueError, match="objective"):
-        recommend(table(row("base", 1, 1, 1.0)), "memory", Limits())
+        recommend(table(row("base", 1, 1, 1.0)), "memory", Constraints())

@@ -7,17 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.errors import SpaceError
-from tuner.space import (
-    SPACES_DIR,
-    SearchSpace,
-    baseline_point,
-    define_by_run,
-    initial_points,
-    resolve_space_file,
-    variant_from_config,
-)
-from tuner.variant import Quantization, infeasible_reason
+from tuner.config.space import SPACES_DIR, SearchSpace, resolve_space_file
+from tuner.core.errors import SpaceError
+from tuner.core.variant import Quantization, infeasible_reason, variant_from_config
+from tuner.search.sampling import baseline_point, define_by_run, initial_points
 
 CPU = {"cores": 2, "device": "cpu", "fp16_native": False, "bf16_native": True}
 

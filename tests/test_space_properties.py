@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuner.errors import SpaceError
-from tuner.space import SearchSpace
+from tuner.config.space import SearchSpace
+from tuner.core.errors import SpaceError
 
 SECTIONS = ["dimensions", "search", "constraints", "eval", "timing", "confirm"]
 KEYS = [*SECTIONS, "precision", "quantization", "batch_size", "threads", "compile", "layout", "trials",

@@ -11,17 +11,18 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tuner.confirm import interleaved
-from tuner.errors import TrackingError
-from tuner.finalize import finalize
-from tuner.hardware import detect
-from tuner.measure.latency import TimingConfig
-from tuner.recorder import TrialRecorder
-from tuner.search import SearchRequest
-from tuner.space import SearchSpace
-from tuner.tracking import Tracker
-from tuner.trial import TrialSettings, evaluate, time_variant
-from tuner.variant import Variant
+from tuner.config.request import SearchRequest
+from tuner.config.space import SearchSpace, TimingConfig
+from tuner.core.errors import TrackingError
+from tuner.core.schema import TrialResult
+from tuner.core.variant import Variant
+from tuner.decide.confirm import interleaved
+from tuner.inputs.hardware import detect
+from tuner.search.finalize import finalize
+from tuner.tracking.recorder import TrialRecorder
+from tuner.tracking.store import Tracker
+from tuner.trial.evaluate import TrialSettings, evaluate, time_variant
+from tuner.trial.process import classify
 
 from conftest import FAST_TIMING
 
@@ -45,8 +46,8 @@ def in_process_confirm(ref):
 
 @pytest.fixture(scope="module")
 def small_ref():
-    from tuner.models import ModelSpec
-    from tuner.reference import prepare_reference
+    from tuner.inputs.models import ModelSpec
+    from tuner.inputs.reference import prepare_reference
 
     return prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4)
 
@@ -72,7 +73,8 @@ def _logged_search(tmp_path, tracking_uri, small_reference):
     rec.record("t1", fast.to_dict(), evaluate(fast, small_reference, SETTINGS))
     rec.record("t1", fast.to_dict(), evaluate(fast, small_reference, SETTINGS))  # delivered twice
     broken = Variant(precision="bf16", threads=1)  # type: ignore[arg-type]
-    rec.record("t2", broken.to_dict(), None, "Traceback (most recent call last):\nValueError: boom\n")
+    died = classify(None, "Traceback (most recent call last):\nValueError: boom\n")  # as Tune reports a crash
+    rec.record("t2", broken.to_dict(), TrialResult.from_report(died))
     req = SearchRequest("tiny_models:small_cnn", SearchSpace(), tmp_path / "s.yaml", "random", None,
                         tracking_uri, "tuner/test", out)  # fmt: skip
     outcome = finalize(
@@ -155,8 +157,8 @@ def test_recommended_model_is_registered_and_reproduces_the_variant(logged_searc
     import mlflow.pyfunc
 
     from tuner.build import build
-    from tuner.export import registered_name
-    from tuner.select import variant_of
+    from tuner.decide.pareto import variant_of
+    from tuner.tracking.store import registered_name
 
     client, tracker, parent, outcome, out, ref = logged_search
     name = registered_name("tiny_models:small_cnn")

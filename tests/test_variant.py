@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.errors import ConfigError
-from tuner.variant import CompileMode, Precision, Variant, baseline, infeasible_reason
+from tuner.core.errors import ConfigError
+from tuner.core.variant import CompileMode, Precision, Variant, baseline, infeasible_reason
 
 
 def test_round_trip_and_label():

@@ -17,7 +17,7 @@ from torch import nn
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import QUANTIZERS
-from tuner.variant import Layout, Variant
+from tuner.core.variant import Layout, Variant
 
 
 @dataclass

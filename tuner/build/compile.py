@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tuner.errors import VariantUnsupported
-from tuner.variant import CompileMode
+from tuner.core.errors import VariantUnsupported
+from tuner.core.variant import CompileMode
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tuner.variant import Precision
+from tuner.core.variant import Precision
 
 DTYPES: dict[Precision, torch.dtype] = {
     Precision.FP32: torch.float32,

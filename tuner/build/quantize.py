@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tuner.errors import VariantUnsupported
-from tuner.variant import Quantization
+from tuner.core.errors import VariantUnsupported
+from tuner.core.variant import Quantization
 
 
 def _none(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> nn.Module:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tuner.hardware import Hardware
+from tuner.inputs.hardware import Hardware
 from tuner.measure.interference import sample_load
 
 SIZE = 1024

@@ -30,22 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class TimingConfig(BaseModel):
-    """The protocol's knobs; the `timing:` section of a space file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    warmup_min_iters: int = Field(default=3, ge=1)
-    warmup_max_s: float = Field(default=20.0, gt=0)
-    window_s: float = Field(default=0.2, gt=0)
-    min_iters: int = Field(default=10, ge=1)
-    min_time_s: float = Field(default=1.5, ge=0)
-    max_time_s: float = Field(default=8.0, gt=0)
-    stable_windows: int = Field(default=3, ge=2)
-    tolerance: float = Field(default=0.05, gt=0)
+from tuner.config.space import TimingConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""Command line: `python -m tuner search|measure|report|nightly`. Parsing and dispatch only;
+each command's handler is a module of this package (`cli/search.py`, ...), and the work is
+elsewhere. `--help` and `report` never import torch (tests/test_layers.py holds that).
+
+Exit codes: 0 done (a recommendation was made), 1 the search ran but nothing finished ok,
+2 bad input (the message names the file, key or flag and what is allowed), 3 (nightly) a
+regression was found, 75 (nightly) another nightly run holds the lock, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tuner.core.errors import TunerError
+
+EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuner",
+        description="Automated inference tuning for PyTorch models.",
+        epilog="exit codes: 0 ok, 1 no result, 2 bad input, 3 nightly regression, 75 nightly locked, 130 interrupted",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search the variants of a model and recommend one")
+    s.add_argument("model", help="torchvision model name (resnet50, ...) or module.path:factory")
+    s.add_argument("--space", help="search-space YAML (default: search_spaces/<model>.yaml, else default.yaml)")
+    s.add_argument("--trials", type=int, help="number of trials, baseline included (space default: 24)")
+    s.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop starting trials after this long")
+    s.add_argument("--objective", choices=["latency", "throughput"], help="what the recommendation optimises")
+    s.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION", help="relative drop allowed (0.01 = 1%%)")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="p90 latency limit")
+    _add_model_args(s)
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    s.add_argument("--experiment", help="MLflow experiment (default: tuner/<model>)")
+    s.add_argument("--output", type=Path, help="output folder (default: ./tuner-results/<model>-<timestamp>)")
+    s.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
+    s.add_argument(
+        "--resume",
+        type=Path,
+        metavar="OUTPUT_DIR",
+        help="continue an interrupted search from its output folder (every setting as it was)",
+    )
+
+    m = sub.add_parser("measure", help="build and measure one variant, outside Ray, with the same protocol")
+    m.add_argument("model")
+    m.add_argument("--config", required=True, type=Path, help="variant YAML, e.g. <output>/recommended.yaml")
+    m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
+    _add_model_args(m)
+    m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+
+    n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
+    n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")
+    n.add_argument("--resume", action="store_true", help="continue the job's last interrupted run")
+
+    r = sub.add_parser("report", help="print the trial table and Pareto front of a logged search")
+    r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
+    r.add_argument("--run-id", metavar="PARENT_RUN_ID", help="the search's parent run (default: the latest)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    r.add_argument(
+        "--format",
+        choices=["table", "markdown", "csv", "json"],
+        default="table",
+        help="table (default, for the terminal), markdown, csv or json (all trials, or the comparison)",
+    )
+    r.add_argument(
+        "--baseline-run-id",
+        metavar="PARENT_RUN_ID",
+        help="compare with this earlier search: per config, the change in latency, throughput and quality",
+    )
+    r.add_argument(
+        "--sync",
+        type=Path,
+        metavar="OUTPUT_DIR",
+        help="upload the trials a search kept in OUTPUT_DIR while the MLflow store was unreachable",
+    )
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="image folder: class sub-folders (labeled) or flat (unlabeled)")
+    p.add_argument("--weights", help="auto (default), pretrained, random, or a state-dict PATH")
+    p.add_argument("--eval-samples", type=int, metavar="N", help="eval-set size (space default: 32)")
+    p.add_argument("--seed", type=int, help="seed for data, random init and sampler (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            from tuner.cli import search
+
+            return search.run(args)
+        if args.command == "measure":
+            from tuner.cli import measure
+
+            return measure.run(args)
+        if args.command == "nightly":
+            from tuner.nightly.job import run_job
+
+            return run_job(args.job, resume=args.resume)
+        from tuner.cli import report
+
+        return report.run(args)
+    except TunerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,49 @@
+"""Nightly job files (`python -m tuner nightly JOBFILE.yaml`; README "Nightly jobs"):
+which models to tune, where results go, and the regression settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
+from tuner.core.errors import ConfigError
+
+
+class ModelJob(Strict):
+    model: str
+    space: str | None = None  # a space file, relative to the job file (default: as for `search`)
+    overrides: dict[str, Any] = {}  # space sections to override, e.g. {eval: {input_size: 64}}
+    trials: int | None = Field(default=None, ge=1)
+    time_budget_minutes: float | None = Field(default=None, gt=0)
+    constraints: dict[str, Any] = {}  # e.g. {max_accuracy_drop: 0.01, max_latency_ms: 50}
+    objective: Literal["latency", "throughput"] | None = None
+    data: str | None = None  # relative to the job file
+    weights: str = "auto"
+    seed: int = 0
+
+
+class RegressionSettings(Strict):
+    threshold: float = Field(default=0.10, gt=0)  # relative change that counts, at least
+    warm_start: bool = True
+
+
+class Job(Strict):
+    # Where results go: relative to the working directory, like `search`. Paths to inputs
+    # (space files, data, weights) are relative to the job file.
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db
+    experiment_prefix: str = "tuner"  # each model logs to <prefix>/<model>, beside `search`'s runs
+    output: str = "nightly-results"  # one folder per run inside
+    time_budget_minutes: float | None = Field(default=None, gt=0)  # the whole job
+    regression: RegressionSettings = RegressionSettings()
+    models: list[ModelJob] = Field(min_length=1)
+
+
+def load_job(path: Path) -> Job:
+    raw = read_yaml_mapping(path, "job file", ConfigError)
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(path, e, Job, "job file")) from None

@@ -1,0 +1,91 @@
+"""A search request and its state file.
+
+`SearchRequest` is everything one search needs, built by the CLI (or a nightly job) from
+flags and files. `search.json` in the output folder keeps the request, the parent run and
+how far the search got; `--resume` and `report --sync` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tuner.config.space import SearchSpace
+from tuner.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tuner.decide.finalists import ConfirmFn
+    from tuner.inputs.reference import Reference
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    model: str
+    space: SearchSpace
+    space_file: Path
+    weights: str
+    data: str | None
+    tracking_uri: str
+    experiment: str
+    output: Path
+    seed: int = 0
+    address: str | None = None
+    resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
+    # Nightly jobs (nightly.py): extra parent-run tags, configs (labels) the confirmation must
+    # include, and a hook that runs with Ray up and the reference ready, before any trial.
+    tags: tuple[tuple[str, str], ...] = ()
+    also_confirm: tuple[str, ...] = ()
+    before_search: Callable[[ConfirmFn, Reference, dict[str, Any]], None] | None = None
+
+
+SEARCH_STATE = "search.json"  # in the output folder: what `--resume` and `report --sync` need
+
+
+def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float) -> None:
+    """The request, the parent run and how far the search got; rewritten at each stage."""
+    (req.output / "space.yaml").write_text(yaml.safe_dump(req.space.model_dump(mode="json"), sort_keys=False))
+    state = {
+        "model": req.model,
+        "space_file": str(req.space_file),
+        "weights": req.weights,
+        "data": req.data,
+        "tracking_uri": req.tracking_uri,
+        "experiment": req.experiment,
+        "seed": req.seed,
+        "address": req.address,
+        "parent_run_id": parent_id,
+        "status": status,  # running | interrupted | finished
+        "elapsed_s": elapsed_s,
+    }
+    (req.output / SEARCH_STATE).write_text(json.dumps(state, indent=2))
+
+
+def load_state(output: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((output / SEARCH_STATE).read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume {output}: not a search output folder ({output / SEARCH_STATE}: {e})") from None
+
+
+def load_request(output: Path) -> SearchRequest:
+    """The request of the search in `output`, to resume it: every setting as it was."""
+    output = output.resolve()
+    st = load_state(output)
+    return SearchRequest(
+        model=st["model"],
+        space=SearchSpace.load(output / "space.yaml"),
+        space_file=Path(st["space_file"]),
+        weights=st["weights"],
+        data=st["data"],
+        tracking_uri=st["tracking_uri"],
+        experiment=st["experiment"],
+        output=output,
+        seed=st["seed"],
+        address=st["address"],
+        resume=True,
+    )

@@ -1,0 +1,233 @@
+"""Search-space files: YAML -> validated `SearchSpace` -> Optuna define-by-run function.
+
+A space file (`search_spaces/<model>.yaml`, or `--space FILE`) has five sections;
+every key is optional and has the default shown by `search_spaces/default.yaml`:
+
+    dimensions:  the choices of each Variant field (threads: `auto` = 1..cores per trial)
+    search:      trials, time budget, objective, sampler
+    constraints: max accuracy drop, max latency, max memory
+    eval:        eval-set size, calibration-set size, input resolution, screen threshold
+    timing:      the latency protocol's knobs (measure/latency.py)
+
+Validation is done by pydantic with `extra="forbid"`, so a typo is an error that names
+the file and the key. Validation has no side effects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
+from tuner.core.errors import SpaceError
+from tuner.core.variant import (
+    BASELINE_FIELDS,
+    CompileMode,
+    Layout,
+    Precision,
+    Quantization,
+    Variant,
+    infeasible_reason,
+)
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+class Dimensions(Strict):
+    precision: list[Precision] = Field(default=[Precision.FP32, Precision.BF16, Precision.FP16], min_length=1)
+    quantization: list[Quantization] = Field(default=list(Quantization), min_length=1)
+    batch_size: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1)
+    threads: Literal["auto"] | list[int] = "auto"
+    compile: list[CompileMode] = Field(default=list(CompileMode), min_length=1)
+    layout: list[Layout] = Field(default=list(Layout), min_length=1)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError(f"every batch size must be >= 1, got {v}")
+        return sorted(set(v))
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: Literal["auto"] | list[int]) -> Literal["auto"] | list[int]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must list at least one thread count, or be `auto`")
+            if any(t < 1 for t in v):
+                raise ValueError(f"every thread count must be >= 1, got {v}")
+            return sorted(set(v))
+        return v
+
+
+class TimingConfig(Strict):
+    """The protocol's knobs; the `timing:` section of a space file."""
+
+    warmup_min_iters: int = Field(default=3, ge=1)
+    warmup_max_s: float = Field(default=20.0, gt=0)
+    window_s: float = Field(default=0.2, gt=0)
+    min_iters: int = Field(default=10, ge=1)
+    min_time_s: float = Field(default=1.5, ge=0)
+    max_time_s: float = Field(default=8.0, gt=0)
+    stable_windows: int = Field(default=3, ge=2)
+    tolerance: float = Field(default=0.05, gt=0)
+    # The interference guard samples other CPU use this long right before and right after
+    # timing (measure/interference.py); tests shorten it.
+    load_sample_s: float = Field(default=0.5, gt=0)
+
+
+class SearchSettings(Strict):
+    trials: int = Field(default=24, ge=1)
+    time_budget_minutes: float | None = Field(default=12.0, gt=0)
+    objective: Literal["latency", "throughput"] = "latency"
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    # Configs to run right after the baseline (partial: missing fields take the baseline's
+    # values), e.g. `[{quantization: static_int8, compile: torchscript}]`.
+    enqueue: list[dict[str, Any]] = []
+
+
+class TrialLimits(Strict):
+    """What one trial may use before it is stopped (trial/process.py). None: the defaults below."""
+
+    trial_timeout_s: float | None = Field(default=None, gt=0)  # default: 5x the budget's share per trial, >= 120 s
+    trial_memory_mb: float | None = Field(default=None, gt=0)  # default: 80% of the memory free at the start
+
+
+class FaultRule(Strict):
+    """Test-only (`inject_faults:`): make a trial whose config matches `when` misbehave for real."""
+
+    when: dict[str, Any] = {}  # variant fields that must all match; {} matches every trial
+    action: Literal["raise", "abort", "hang", "allocate", "slow"]
+    allocate_mb: int = Field(default=0, ge=0)  # `allocate`: how much to touch, 64 MB at a time
+    delay_ms: float = Field(default=0, ge=0)  # `slow`: added to every call of the model
+
+
+class Constraints(Strict):
+    max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+
+
+class EvalSettings(Strict):
+    samples: int = Field(default=32, ge=1)
+    calibration_samples: int = Field(default=16, ge=1)
+    input_size: int = Field(default=224, ge=8)
+    screen_min_cosine: float = Field(default=0.9, ge=-1, le=1)
+
+
+class ConfirmSettings(Strict):
+    """Finalist confirmation (confirm.py): re-measure the best Pareto configs interleaved."""
+
+    finalists: int = Field(default=3, ge=0)  # 0 turns confirmation off
+    rounds: int = Field(default=3, ge=1)
+    include_baseline: bool = True  # confirmed speedups need a confirmed baseline
+
+
+class SearchSpace(Strict):
+    dimensions: Dimensions = Dimensions()
+    search: SearchSettings = SearchSettings()
+    constraints: Constraints = Constraints()
+    eval: EvalSettings = EvalSettings()
+    timing: TimingConfig = TimingConfig()
+    confirm: ConfirmSettings = ConfirmSettings()
+    limits: TrialLimits = TrialLimits()
+    inject_faults: list[FaultRule] = []  # test-only; README "Faults"
+
+    # ---- loading -----------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        raw = read_yaml_mapping(path, "space file", SpaceError)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise SpaceError(format_errors(path, e, SearchSpace, "search space")) from None
+
+    def with_overrides(self, source: str = "command-line flags", **sections: Any) -> SearchSpace:
+        """Apply overrides, e.g. `with_overrides(search={"trials": 5})` (None values are
+        ignored; a list section such as `inject_faults` is replaced); re-validated. Errors
+        name `source` (the CLI flags by default, or a job file)."""
+        data = self.model_dump(mode="json")
+        for section, values in sections.items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section].update({k: v for k, v in values.items() if v is not None})
+            else:
+                data[section] = values
+        try:
+            return SearchSpace.model_validate(data)
+        except ValidationError as e:
+            flags = FLAGS if source == "command-line flags" else None
+            raise SpaceError(format_errors(source, e, SearchSpace, "search space", flags)) from None
+
+    # ---- feasibility ---------------------------------------------------------------
+    def feasible_choices(
+        self, *, cores: int, device: str, fp16_native: bool, bf16_native: bool, source: str = "space"
+    ) -> dict[str, list[Any]]:
+        """The dimension choices this hardware can run, as plain strings/ints.
+
+        Returns the keys of `define_by_run`: precision, quantization, batch_size,
+        threads, compile, compile_int8, layout. Raises SpaceError when nothing is left.
+        """
+        d = self.dimensions
+        threads = list(range(1, cores + 1)) if d.threads == "auto" else list(d.threads)
+        too_many = [t for t in threads if t > cores]
+        if too_many:
+            raise SpaceError(
+                f"{source}: `dimensions.threads` lists {too_many}, but a trial can have at most "
+                f"{cores} core(s) here; use values 1..{cores} or `auto`"
+            )
+
+        def ok(**fields: Any) -> bool:
+            v = Variant(**{**BASELINE_FIELDS, **fields})
+            return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) is None
+
+        precision = [p.value for p in d.precision if ok(precision=p)]
+        compile_fp = [c.value for c in d.compile]
+        compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c)]
+        quantization = [
+            q.value
+            for q in d.quantization
+            if (q is Quantization.NONE and precision)
+            or (q is not Quantization.NONE and compile_int8 and ok(quantization=q))
+        ]
+        if not quantization and not precision:
+            raise SpaceError(
+                f"{source}: no feasible precision/quantization is left on this hardware "
+                f"(device={device}, fp16_native={fp16_native}, bf16_native={bf16_native})"
+            )
+        choices: dict[str, list[Any]] = {
+            "quantization": quantization,
+            "precision": precision,
+            "compile": compile_fp,
+            "compile_int8": compile_int8,
+            "batch_size": list(d.batch_size),
+            "threads": threads,
+            "layout": [x.value for x in d.layout],
+        }
+        # Trial 0 is always the baseline (fp32, eager, batch 1), so its values are always
+        # part of the space, whatever the file lists.
+        for key, value in {**BASELINE_FIELDS, "batch_size": 1}.items():
+            if value not in choices[key]:
+                choices[key].insert(0, value)
+        return choices
+
+
+def resolve_space_file(model: str, space: str | Path | None) -> Path:
+    """`--space FILE`, else `search_spaces/<model>.yaml`, else `search_spaces/default.yaml`."""
+    if space is not None:
+        return Path(space)
+    own = SPACES_DIR / f"{model.replace(':', '_').replace('/', '_')}.yaml"
+    return own if own.exists() else SPACES_DIR / "default.yaml"
+
+
+# Space keys that CLI flags override, for error messages that name the flag the user typed.
+FLAGS = {
+    "search.trials": "--trials",
+    "search.time_budget_minutes": "--time-budget",
+    "search.objective": "--objective",
+    "constraints.max_accuracy_drop": "--max-accuracy-drop",
+    "constraints.max_latency_ms": "--max-latency-ms",
+    "eval.samples": "--eval-samples",
+}

@@ -1,0 +1,236 @@
+"""The trial result and its schema: what one trial measured, in one typed place.
+
+`TrialResult` is what `trial.evaluate` returns and what the driver records. Every figure is
+one field declared with `metric(...)`, which says its unit, what it means, whether it goes to
+MLflow, and how the terminal shows it. Everything else is derived from these declarations:
+
+* `METRICS`: the figures, in trials.csv column order (also the child runs' MLflow metrics,
+  less those declared `mlflow=False`);
+* `OBJECTIVES` and `PENALTY`: what the sampler and the Pareto front optimise;
+* `COLUMNS`: the whole trials.csv header; `SHOWN`: the terminal/report table;
+* `trial_tags` / `row_from_run`: a trial's child-run tags, and the row read back from them.
+
+Adding a figure is one line here, plus the code that measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from tuner.core.variant import Variant
+
+Direction = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    doc: str
+    mlflow: bool = True  # logged as a child-run metric
+    objective: Direction | None = None  # optimised by the sampler and the Pareto front
+    shown: str = ""  # the terminal/report column heading; "" = not shown
+    fmt: str = "{:.1f}"  # how the terminal shows it (`{:%}` style for fractions)
+
+
+def metric(unit: str, doc: str, **kw: Any) -> Any:
+    """Declare one figure of `TrialResult` (None until measured)."""
+    return field(default=None, metadata={"metric": (unit, doc, kw)})
+
+
+# Statuses: ok; infeasible (known not to work here, nothing built); failed (raised, or the
+# process crashed); inaccurate (first batch far from fp32, not timed); timeout and oom (the
+# trial's watchdog killed it). Every status but ok carries its `error` text.
+STATUSES = ("ok", "infeasible", "failed", "inaccurate", "timeout", "oom")
+FAILED = ("failed", "timeout", "oom")  # statuses whose child run is marked FAILED in MLflow
+
+
+@dataclass
+class TrialResult:
+    status: str = "ok"
+    error: str = ""
+    traceback: str = field(default="", repr=False)  # kept as an artifact, never a column
+    stable: bool = False  # the timed windows agreed (measure/latency.py)
+    interference: bool = False  # other CPU use while timing (measure/interference.py)
+    remeasured: bool = False  # timed again because the box was busy
+    busy_processes: str = ""  # who was busy, if anyone
+
+    # ---- figures, in trials.csv column order ------------------------------------------
+    latency_p50_ms: float | None = metric("ms", "median call latency", shown="p50 ms")
+    latency_p90_ms: float | None = metric("ms", "90th percentile call latency", objective="min", shown="p90 ms")
+    latency_p99_ms: float | None = metric("ms", "99th percentile call latency")
+    latency_mean_ms: float | None = metric("ms", "mean call latency (with the median, never alone)")
+    latency_std_ms: float | None = metric("ms", "standard deviation of the call latency")
+    latency_iqr_ms: float | None = metric("ms", "interquartile range of the call latency")
+    latency_n: float | None = metric("calls", "timed calls")
+    throughput_ips: float | None = metric("items/s", "items per second of timed wall time", objective="max",
+                                          shown="items/s")  # fmt: skip
+    top1_agreement: float | None = metric("fraction", "top-1 equal to the fp32 reference's")
+    cosine_similarity: float | None = metric("", "mean cosine of the logits against fp32")
+    max_abs_error: float | None = metric("", "largest absolute logit error against fp32")
+    top1: float | None = metric("fraction", "top-1 accuracy on labels (labeled data only)")
+    top5: float | None = metric("fraction", "top-5 accuracy on labels (labeled data only)")
+    quality: float | None = metric("fraction", "top1 with labels, else top1_agreement", objective="max",
+                                   shown="quality", fmt="{:.3f}")  # fmt: skip
+    accuracy_drop: float | None = metric("fraction", "relative quality drop against the baseline", shown="drop",
+                                         fmt="{:.2%}")  # fmt: skip
+    speedup_vs_baseline: float | None = metric("x", "baseline p50 / this p50 (search time)", shown="speedup",
+                                               fmt="{:.2f}x")  # fmt: skip
+    latency_window_spread: float | None = metric("fraction", "spread of the last timed windows' medians")
+    achieved_gflops: float | None = metric("GFLOP/s", "model FLOPs x items/s")
+    ceiling_fraction: float | None = metric("fraction", "achieved / the hardware ceiling", shown="ceiling",
+                                            fmt="{:.0%}")  # fmt: skip
+    ceiling_gflops: float | None = metric("GFLOP/s", "the ceiling this trial was compared against")
+    build_s: float | None = metric("s", "build: precision, quantize, layout, compile", shown="build s")
+    measure_s: float | None = metric("s", "timing and accuracy pass")
+    warmup_s: float | None = metric("s", "warm-up before timing")
+    warmup_iters: float | None = metric("calls", "warm-up calls")
+    peak_rss_mb: float | None = metric("MB", "peak resident memory of the trial's process")
+    peak_device_mb: float | None = metric("MB", "peak accelerator memory (CUDA only)")
+    model_size_mb: float | None = metric("MB", "parameters and buffers of the built model")
+    load_start: float | None = metric("", "1-minute load average when the trial started")
+    load_end: float | None = metric("", "1-minute load average when it ended")
+    busy_cores_start: float | None = metric("cores", "other processes' CPU use right before timing")
+    busy_cores_end: float | None = metric("cores", "other processes' CPU use right after timing")
+    trial_wall_s: float | None = metric("s", "the trial's wall time in its Ray actor")
+    process_wall_s: float | None = metric("s", "start to record in the driver, overhead included")
+    mlflow_s: float | None = metric("s", "writing the child run", mlflow=False)
+    nice: float | None = metric("", "the niceness the trial's process ran at")
+
+    # ---- conversions -------------------------------------------------------------------
+    @classmethod
+    def of(cls, measured: dict[str, Any], **fields: Any) -> TrialResult:
+        """From what the measuring functions returned, keyed by field name. An unknown key
+        is a TypeError: a figure must be declared above before it can be reported."""
+        return cls(**measured, **fields)
+
+    @classmethod
+    def from_report(cls, result: dict[str, Any]) -> TrialResult:
+        """From a dict that Ray Tune (or a fresh process) passed on: our fields only; Ray
+        adds keys of its own (`time_this_iter_s`, `config`, ...)."""
+        return cls(**{k: v for k, v in result.items() if k in _FIELD_NAMES})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def report(self) -> dict[str, Any]:
+        """What `tune.report` gets: every field, plus the sampler's objectives."""
+        return {**self.to_dict(), **self.objectives()}
+
+    def figures(self) -> dict[str, float]:
+        """The figures that were measured (None and NaN left out)."""
+        out = {}
+        for name in METRICS:
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                out[name] = float(v)
+        return out
+
+    def objectives(self) -> dict[str, float]:
+        """The sampler's objectives: the real figures for ok, penalties otherwise (a FAIL
+        would make TPE re-propose the same broken config)."""
+        if self.status != "ok":
+            return dict(PENALTY)
+        return objectives_of(self.to_dict())
+
+
+SCHEMA: tuple[Metric, ...] = tuple(
+    Metric(f.name, f.metadata["metric"][0], f.metadata["metric"][1], **f.metadata["metric"][2])
+    for f in fields(TrialResult)
+    if "metric" in f.metadata
+)
+_FIELD_NAMES = {f.name for f in fields(TrialResult)}
+METRICS: tuple[str, ...] = tuple(m.name for m in SCHEMA)
+MLFLOW_METRICS: tuple[str, ...] = tuple(m.name for m in SCHEMA if m.mlflow)
+# The Pareto front's axes: figure -> direction. Ray/Optuna see them as `objective_<figure>`.
+OBJECTIVES: dict[str, Direction] = {m.name: m.objective for m in SCHEMA if m.objective}
+SAMPLER_OBJECTIVES: dict[str, Direction] = {f"objective_{k}": d for k, d in OBJECTIVES.items()}
+PENALTY: dict[str, float] = {k: (1e7 if d == "min" else 0.0) for k, d in SAMPLER_OBJECTIVES.items()}
+
+
+def objectives_of(figures: dict[str, Any]) -> dict[str, float]:
+    """The sampler's objectives from an ok trial's figures (a TrialResult's, or a trials.csv row)."""
+    return {f"objective_{k}": float(figures[k]) for k in OBJECTIVES}
+
+
+# Confirmation (decide/confirm.py): finalists re-measured in fresh processes, interleaved.
+CONFIRMED_COLUMNS = (
+    "confirmed_p50_ms",
+    "confirmed_p50_ci_low_ms",
+    "confirmed_p50_ci_high_ms",
+    "confirmed_p90_ms",
+    "confirmed_throughput_ips",
+    "confirmed_throughput_ci_low",
+    "confirmed_throughput_ci_high",
+    "confirmed_rounds",
+    "confirmed_speedup_vs_baseline",
+    "confirmed_speedup_ci_low",
+    "confirmed_speedup_ci_high",
+)
+
+# ---- trials.csv ----------------------------------------------------------------------
+VARIANT_COLUMNS: tuple[str, ...] = tuple(Variant.__dataclass_fields__)
+LEAD_COLUMNS = ("trial", "trial_id", "is_baseline", "label")
+STATUS_COLUMNS = ("status", "stable", "interference", "remeasured")
+SELECTION_COLUMNS = ("feasible", "pareto", "recommended")  # recomputed at the end of a search
+TAIL_COLUMNS = (*CONFIRMED_COLUMNS, *STATUS_COLUMNS, *SELECTION_COLUMNS, "error", "mlflow_run_id", "finished_at")
+COLUMNS = (*LEAD_COLUMNS, *VARIANT_COLUMNS, *METRICS, *TAIL_COLUMNS)
+
+# The terminal/report table: heading and format per column.
+SHOWN: dict[str, tuple[str, str]] = {
+    "label": ("config", "{}"),
+    "status": ("status", "{}"),
+    **{m.name: (m.shown, m.fmt) for m in SCHEMA if m.shown},
+}
+
+# ---- child-run tags --------------------------------------------------------------------
+# trials.csv column -> the child-run tag that carries it; `report` reads rows back from them.
+TAGS = {
+    "trial_id": "ray.trial_id",
+    "status": "tuner.status",
+    "stable": "tuner.stable",
+    "pareto": "tuner.pareto",
+    "recommended": "tuner.recommended",
+    "is_baseline": "tuner.baseline",
+    "trial": "tuner.trial_index",
+    "error": "tuner.error",
+}
+FLAGS = ("stable", "pareto", "recommended", "is_baseline")  # tagged "true"/"false"
+
+
+def _flag(v: Any) -> str:
+    return str(bool(v) and not (isinstance(v, float) and math.isnan(v))).lower()
+
+
+def trial_tags(row: Any) -> dict[str, str]:
+    """A trial's `tuner.*` tags from its trials.csv row (a dict or a pandas row), for the
+    recorder and `report --sync` alike, so a synced trial filters like any other."""
+    tags = {}
+    for col, tag in TAGS.items():
+        v = row.get(col)
+        if col in FLAGS:
+            tags[tag] = _flag(v)
+        elif col == "error":
+            if isinstance(v, str) and v:
+                tags[tag] = v[:5000]
+        else:
+            tags[tag] = str(v)
+    return tags
+
+
+def row_from_run(
+    params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], run_id: str
+) -> dict[str, Any]:
+    """A trials.csv row read back from a child run (the inverse of what the recorder logs)."""
+    row: dict[str, Any] = {**params, **metrics, "label": tags.get("mlflow.runName", ""), "mlflow_run_id": run_id}
+    for col, tag in TAGS.items():
+        v = tags.get(tag)
+        if col in FLAGS:
+            row[col] = v == "true"
+        elif col == "trial":
+            row[col] = int(v) if v is not None else -1
+        else:
+            row[col] = v or ""
+    return row

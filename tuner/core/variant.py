@@ -1,0 +1,153 @@
+"""`Variant`: the frozen description of one inference variant, and its feasibility rules.
+
+A Variant is what Optuna samples, what a trial builds, what `recommended.yaml` holds and
+what `python -m tuner measure` reads back. It is plain data: building it lives in `build/`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from tuner.core.errors import ConfigError
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Quantization(str, enum.Enum):
+    NONE = "none"
+    DYNAMIC_INT8 = "dynamic_int8"  # torch.ao quantize_dynamic: nn.Linear weights int8
+    STATIC_INT8 = "static_int8"  # FX graph mode, calibrated, x86 backend
+
+
+class CompileMode(str, enum.Enum):
+    EAGER = "eager"
+    TORCHSCRIPT = "torchscript"  # trace + freeze + optimize_for_inference
+    INDUCTOR = "inductor"  # torch.compile, inductor freezing on CPU
+    INDUCTOR_MAX_AUTOTUNE = "inductor_max_autotune"
+
+
+class Layout(str, enum.Enum):
+    CONTIGUOUS = "contiguous"
+    CHANNELS_LAST = "channels_last"
+
+
+# Short names for run names and progress lines ("int8-static bs8 t2 torchscript cl").
+_SHORT = {
+    Quantization.DYNAMIC_INT8: "int8-dynamic",
+    Quantization.STATIC_INT8: "int8-static",
+    CompileMode.INDUCTOR_MAX_AUTOTUNE: "inductor-ma",
+    Layout.CONTIGUOUS: "nchw",
+    Layout.CHANNELS_LAST: "cl",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the search space. Field order is the column order of trials.csv."""
+
+    precision: Precision = Precision.FP32
+    quantization: Quantization = Quantization.NONE
+    batch_size: int = 1
+    threads: int = 1
+    compile: CompileMode = CompileMode.EAGER
+    layout: Layout = Layout.CONTIGUOUS
+
+    def __post_init__(self) -> None:
+        for f, enum_type in (
+            ("precision", Precision),
+            ("quantization", Quantization),
+            ("compile", CompileMode),
+            ("layout", Layout),
+        ):
+            value = getattr(self, f)
+            try:
+                object.__setattr__(self, f, enum_type(value))
+            except ValueError:
+                allowed = ", ".join(e.value for e in enum_type)
+                raise ConfigError(f"`{f}` must be one of {allowed}; got {value!r}") from None
+        for f in ("batch_size", "threads"):
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{f}` must be an integer >= 1; got {value!r}")
+        if self.quantization is not Quantization.NONE and self.precision is not Precision.FP32:
+            raise ConfigError(
+                f"`precision` must be fp32 when `quantization` is {self.quantization.value} "
+                f"(int8 variants keep fp32 activations); got {self.precision.value}"
+            )
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any]) -> Variant:
+        """Build from a flat mapping (Tune config, YAML); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"unknown variant key(s) {unknown}; allowed: {sorted(names)}")
+        return cls(**{k: params[k] for k in names if k in params})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain str/int values, safe for YAML, CSV and MLflow params."""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, used as MLflow run name and in progress lines."""
+        kind = _SHORT.get(self.quantization, self.precision.value)
+        comp = _SHORT.get(self.compile, self.compile.value)
+        return f"{kind} bs{self.batch_size} t{self.threads} {comp} {_SHORT[self.layout]}"
+
+    @property
+    def complexity(self) -> tuple[int, int, int, int]:
+        """Sort key for "prefer the simpler config" tie-breaks (DESIGN.md §3):
+        eager over compiled, fp32 over bf16 over int8, smaller batch."""
+        compile_rank = list(CompileMode).index(self.compile)
+        precision_rank = {Precision.FP32: 0, Precision.BF16: 1, Precision.FP16: 2}[self.precision]
+        quant_rank = 0 if self.quantization is Quantization.NONE else 3
+        return (compile_rank, max(precision_rank, quant_rank), self.batch_size, self.threads)
+
+
+BASELINE_FIELDS = {"precision": "fp32", "quantization": "none", "compile": "eager", "layout": "contiguous"}
+
+
+def baseline(threads: int) -> Variant:
+    """Trial 0: fp32, eager, batch 1, all cores (DESIGN.md §1)."""
+    return Variant(batch_size=1, threads=threads)
+
+
+def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
+    """Why this variant is known not to work (or not to make sense) here, else None.
+
+    These rules keep known failures out of the sampled space (`space.py` never offers
+    them) and mark a hand-written variant `infeasible` without building it.
+    """
+    if v.precision is Precision.FP16 and not fp16_native:
+        return "fp16 is not native on this hardware (no avx512_fp16/amx_fp16 and no CUDA)"
+    if v.precision is Precision.BF16 and not bf16_native:
+        return "bf16 is not native on this hardware (no avx512_bf16/amx_bf16 and no CUDA)"
+    if v.quantization is not Quantization.NONE and device != "cpu":
+        return "torch.ao int8 kernels (fbgemm/x86) run on the CPU only"
+    if v.quantization is not Quantization.NONE and v.compile in (
+        CompileMode.INDUCTOR,
+        CompileMode.INDUCTOR_MAX_AUTOTUNE,
+    ):
+        return "torch.ao int8 models do not lower through inductor (use eager or torchscript)"
+    return None
+
+
+def variant_from_config(config: dict[str, Any]) -> Variant:
+    """Tune config (sampled params + constants) -> Variant."""
+    params = {k: v for k, v in config.items() if k in Variant.__dataclass_fields__}
+    if "compile_int8" in config:
+        params["compile"] = config["compile_int8"]
+    return Variant.from_dict(params)
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """Identity of a sampled config (the variant's label); module-level so it pickles."""
+    return variant_from_config(config).label

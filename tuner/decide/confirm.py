@@ -1,0 +1,152 @@
+"""Finalist confirmation (DESIGN.md §3): re-measure the Pareto candidates interleaved,
+A B C A B C ..., each measurement in a fresh process, and give each median a confidence
+interval, so the recommendation does not rest on one lucky measurement.
+
+Why: the search measures each config once, and picking the minimum of many noisy figures
+is biased low (the winner's curse); on a shared box the process-to-process spread of one
+config's p50 is several percent. Interleaving spreads slow drifts of the machine over all
+candidates alike instead of penalising whoever ran during a busy minute.
+
+The statistics here are pure numpy (no Ray, no MLflow); decide/finalists.py applies them,
+with a function that measures one variant in a fresh process (search/confirm_ray.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def interleaved(candidates: Sequence[object], rounds: int) -> list[tuple[int, int]]:
+    """(round, candidate index) in A B C A B C order."""
+    return [(r, i) for r in range(rounds) for i in range(len(candidates))]
+
+
+def hierarchical_bootstrap(
+    rounds: Sequence[Sequence[float]],
+    statistic: Callable[[np.ndarray], float],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Interval:
+    """CI of `statistic` over per-call samples grouped by process (round).
+
+    Resamples processes with replacement, then calls within each chosen process: the
+    process-to-process spread, which dominates on a CPU box, widens the interval as it should.
+    """
+    groups = [np.asarray(g, dtype=float) for g in rounds if len(g)]
+    if not groups:
+        raise ValueError("no samples")
+    point = statistic(np.concatenate(groups))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(len(groups), size=len(groups))
+        stats[b] = statistic(np.concatenate([rng.choice(groups[i], size=len(groups[i])) for i in picked]))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return Interval(float(point), float(min(lo, point)), float(max(hi, point)))
+
+
+def paired_ratio_bootstrap(
+    numerator: Mapping[int, Sequence[float]],
+    denominator: Mapping[int, Sequence[float]],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Interval:
+    """CI of median(numerator) / median(denominator), e.g. baseline p50 over a finalist's p50
+    = its speedup. Both map round -> per-call times; only rounds both have are used.
+
+    Rounds are resampled *jointly* (a round's two measurements ran back to back), then calls
+    within each measurement. A slow minute of the machine slows both sides of a pair, so
+    the ratio's interval is narrower than the two medians' intervals suggest: this is why
+    configs are compared as ratios measured in the same rounds.
+    """
+    common = sorted(set(numerator) & set(denominator))
+    if not common:
+        raise ValueError("no round with both measurements")
+    num = [np.asarray(numerator[r], dtype=float) for r in common]
+    den = [np.asarray(denominator[r], dtype=float) for r in common]
+    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(len(common), size=len(common))
+        n = np.concatenate([rng.choice(num[i], size=len(num[i])) for i in picked])
+        d = np.concatenate([rng.choice(den[i], size=len(den[i])) for i in picked])
+        stats[b] = np.median(n) / np.median(d)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return Interval(point, float(min(lo, point)), float(max(hi, point)))
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """Confirmed figures of one finalist: per-call times (seconds) of each fresh process."""
+
+    rounds: tuple[tuple[float, ...], ...]
+    batch_size: int
+    round_ids: tuple[int, ...] = ()  # which interleaved round each measurement ran in
+
+    def by_round(self) -> dict[int, tuple[float, ...]]:
+        return dict(zip(self.round_ids or range(len(self.rounds)), self.rounds, strict=True))
+
+    def speedup_over(self, baseline: Confirmed) -> Interval:
+        """Baseline p50 / this p50, paired by round (paired_ratio_bootstrap)."""
+        return paired_ratio_bootstrap(baseline.by_round(), self.by_round())
+
+    @property
+    def p50_ms(self) -> Interval:
+        iv = hierarchical_bootstrap(self.rounds, lambda t: float(np.median(t)))
+        return Interval(iv.value * 1e3, iv.low * 1e3, iv.high * 1e3)
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(np.concatenate([np.asarray(r) for r in self.rounds]), 90)) * 1e3
+
+    @property
+    def throughput_ips(self) -> Interval:
+        return hierarchical_bootstrap(self.rounds, lambda t: self.batch_size / float(np.mean(t)))
+
+    def columns(self) -> dict[str, float]:
+        p50, thr = self.p50_ms, self.throughput_ips
+        return {
+            "confirmed_p50_ms": p50.value,
+            "confirmed_p50_ci_low_ms": p50.low,
+            "confirmed_p50_ci_high_ms": p50.high,
+            "confirmed_p90_ms": self.p90_ms,
+            "confirmed_throughput_ips": thr.value,
+            "confirmed_throughput_ci_low": thr.low,
+            "confirmed_throughput_ci_high": thr.high,
+            "confirmed_rounds": float(len(self.rounds)),
+        }
+
+
+def choose(
+    intervals: Mapping[int, Interval], complexity: Mapping[int, tuple[int, ...]], lower_is_better: bool
+) -> tuple[int, str]:
+    """The best finalist by its confirmed figure; but if its lead over others is not
+    significant (intervals overlap), the simplest of those tied with it.
+    Returns (key, reason)."""
+    sign = 1 if lower_is_better else -1
+    best = min(intervals, key=lambda k: sign * intervals[k].value)
+    tied = [k for k in intervals if k == best or intervals[k].overlaps(intervals[best])]
+    simplest = min(tied, key=lambda k: (complexity[k], sign * intervals[k].value))
+    if simplest == best:
+        n = len(tied) - 1
+        why = "its lead is significant" if n == 0 else f"also the simplest of {n + 1} tied finalists"
+        return best, f"best confirmed figure ({why})"
+    return simplest, "the best finalist's lead was not significant (intervals overlap): chose the simpler config"

@@ -1,0 +1,160 @@
+"""`python -m tuner nightly JOBFILE.yaml`: unattended tuning with a history (README "Nightly jobs").
+
+For each model of the job, one search (search/run.py; the model's part is nightly/model.py),
+plus:
+
+1. **History.** The previous nightly search of the same model on the same hardware
+   (`hw.fingerprint`) is read from MLflow: its champion (the accepted config, with the
+   figures it was accepted on) and its Pareto front.
+2. **Regression check, before any trial.** With Ray up and the reference ready (the
+   search's `before_search` hook), the champion is re-measured with the confirmation
+   protocol (fresh processes, `confirm.rounds` rounds, bootstrap interval) and compared
+   with its accepted figures. A change is a regression when it is worse by more than
+   max(the job's relative threshold, the relative half-width of either interval).
+   Quality is compared on the champion's trial in this search (it is enqueued).
+3. **Warm start.** The champion and the previous Pareto configs are enqueued right after
+   the baseline (`search.enqueue`), so the sampler starts from the known front.
+4. **Champion.** The new recommendation becomes the champion when the old one no longer
+   meets the constraints, or when the new one is significantly better (their confirmed
+   intervals, measured in the same interleaved rounds, do not overlap); otherwise the old
+   champion stays, with the figures it was accepted on (so slow drift still shows).
+   Recorded as parent-run tags/metrics, and as the registry alias `champion`.
+5. **Reports:** the terminal, `nightly-report.md` / `nightly-report.json` in the run's
+   folder, and tags on each parent run (`tuner.regression`, `tuner.warm_start_from`, ...).
+
+Unattended: a machine-wide lock (a second run exits with EXIT_LOCKED), `--resume` after an
+interrupt (each model's search resumes from its output folder), the job's total time
+budget, and a log file per run (`nightly.log`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from tuner.config.job import Job, load_job
+from tuner.core.console import safe_name, say
+from tuner.core.env import measurement_env, quiet_logs, service_env
+from tuner.core.errors import ConfigError, TunerError
+from tuner.nightly.report import write_report
+
+EXIT_REGRESSION = 3  # a regression was found (cron/CI alert on this)
+EXIT_LOCKED = 75  # another nightly run holds the lock (EX_TEMPFAIL: try again later)
+NIGHTLY_STATE = "nightly-state.json"
+
+
+class _Tee:
+    """stdout and the run's log file at once; anything else (encoding, fileno, isatty) is the
+    terminal's, for the libraries that ask."""
+
+    def __init__(self, *streams: IO[str]):
+        self.streams = streams
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.streams[0], name)
+
+    def write(self, s: str) -> int:
+        for st in self.streams:
+            st.write(s)
+            st.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            st.flush()
+
+
+def lock_path() -> Path:
+    """Machine-wide: two nightly runs must not measure on one machine at the same time."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuner"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / "nightly.lock"
+
+
+def run_job(path: Path, resume: bool = False) -> int:
+    from filelock import FileLock, Timeout
+
+    service_env()
+    measurement_env()
+    quiet_logs()
+    path = path.resolve()
+    job = load_job(path)
+    base = path.parent
+    lock = FileLock(str(lock_path()))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"error: another nightly run holds the lock {lock_path()} (one nightly run per machine, so that "
+            "their measurements do not disturb each other). Try again when it has finished.",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
+    try:
+        return _run_locked(job, path, base, resume)
+    finally:
+        lock.release()
+
+
+def _run_locked(job: Job, path: Path, base: Path, resume: bool) -> int:
+    from tuner.nightly.model import run_model
+
+    root = Path(job.output).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    run_dir = _last_unfinished(root) if resume else None
+    if resume and run_dir is None:
+        raise ConfigError(f"--resume: no interrupted nightly run under {root}")
+    run_dir = run_dir or root / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / NIGHTLY_STATE
+    state: dict[str, Any] = (
+        json.loads(state_file.read_text()) if state_file.exists() else {"job": str(path), "started": time.time()}
+    )
+    state["status"] = "running"
+    state_file.write_text(json.dumps(state, indent=2))
+    deadline = state["started"] + job.time_budget_minutes * 60 if job.time_budget_minutes else None
+    results: list[dict[str, Any]] = []
+    with open(run_dir / "nightly.log", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+        say(f"nightly: {path} -> {run_dir} (log: {run_dir / 'nightly.log'})")
+        try:
+            for mj in job.models:
+                safe = safe_name(mj.model)
+                done = run_dir / safe / "nightly-model.json"
+                if done.exists():
+                    results.append(json.loads(done.read_text()))
+                    say(f"\n== {mj.model}: already done in this run")
+                    continue
+                try:
+                    res = run_model(job, mj, base, run_dir / safe, deadline, resume)
+                except KeyboardInterrupt:
+                    state["status"] = "interrupted"
+                    state_file.write_text(json.dumps(state, indent=2))
+                    say(f"nightly interrupted; resume with: python -m tuner nightly {path} --resume")
+                    raise
+                except TunerError as e:
+                    res = {"model": mj.model, "status": f"error: {e}"}
+                    say(f"\n== {mj.model}: error: {e}")
+                (run_dir / safe).mkdir(exist_ok=True)
+                done.write_text(json.dumps(res, indent=2, default=str))
+                results.append(res)
+        finally:
+            if results:
+                write_report(results, run_dir)
+    state["status"] = "finished"
+    state_file.write_text(json.dumps(state, indent=2))
+    if any(r.get("regression") for r in results):
+        return EXIT_REGRESSION
+    return 0 if all(r.get("recommended") for r in results) else 1
+
+
+def _last_unfinished(root: Path) -> Path | None:
+    runs = sorted(p for p in root.iterdir() if (p / NIGHTLY_STATE).exists())
+    for p in reversed(runs):
+        if json.loads((p / NIGHTLY_STATE).read_text()).get("status") != "finished":
+            return p
+    return None

@@ -1,0 +1,256 @@
+"""One model of a nightly job (README "Nightly jobs"):
+
+run_model
+  _History.read     the previous nightly search on this hardware: champion, accepted
+                    figures, Pareto front (tracking/history.py)
+  _request          a new search request warm-started from that front, or the
+                    interrupted one resumed
+  before_search     the regression check: the champion re-measured with the
+                    confirmation protocol, with Ray up and the reference ready
+  run_search        the search itself (search/run.py)
+  _judge            regression verdict and champion decision (nightly/regression.py),
+                    recorded on the parent run and as the registry alias `champion`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner.config.job import Job, ModelJob
+from tuner.config.request import SEARCH_STATE, SearchRequest, load_request, load_state
+from tuner.config.space import SearchSpace, resolve_space_file
+from tuner.core.console import say
+from tuner.core.variant import Variant
+from tuner.decide.confirm import Confirmed
+from tuner.decide.pareto import variant_of
+from tuner.inputs.hardware import detect
+from tuner.nightly.regression import confirmed_figures, decide_champion, figures_of, judge, verdict_line
+from tuner.nightly.report import print_verdict
+from tuner.tracking.history import previous_front, previous_run, promote
+from tuner.tracking.store import Tracker, check_reachable, default_tracking_uri
+
+AS_GIVEN = ("auto", "pretrained", "random")  # weights values that are not paths
+
+
+def _path(base: Path, p: str) -> str:
+    return str((base / p).resolve())
+
+
+def tracking_uri(job: Job) -> str:
+    uri = job.tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"  # absolute, for --resume
+    return uri
+
+
+@dataclass
+class _History:
+    """What the previous nightly search of this model on this hardware left."""
+
+    prev: Any | None = None  # its parent run
+    champion: Variant | None = None
+    accepted: dict[str, float] = field(default_factory=dict)  # the champion's figures when accepted
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # warm start: champion + front
+
+    @classmethod
+    def read(cls, tracker: Tracker, warm_start: bool) -> _History:
+        prev = previous_run(tracker, detect().fingerprint)
+        if prev is None:
+            return cls()
+        champion = Variant.from_dict(json.loads(prev.data.tags["tuner.champion_variant"]))
+        accepted = {k.removeprefix("champion_"): v for k, v in prev.data.metrics.items() if k.startswith("champion_")}
+        enqueue: list[dict[str, Any]] = []
+        if warm_start:
+            for v in [champion.to_dict(), *previous_front(tracker, prev)]:
+                if v not in enqueue:
+                    enqueue.append(v)
+        return cls(prev, champion, accepted, enqueue)
+
+
+def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | None, resume: bool) -> dict[str, Any]:
+    """One model's nightly search; returns its part of the report."""
+    uri = tracking_uri(job)
+    experiment = f"{job.experiment_prefix}/{mj.model}"
+    result: dict[str, Any] = {"model": mj.model, "experiment": experiment, "output": str(out)}
+    check_reachable(uri)
+    tracker = Tracker(uri, experiment)
+    hist = _History.read(tracker, job.regression.warm_start)
+    result["previous_search"] = hist.prev.info.run_id if hist.prev else None
+    result["champion_before"] = hist.champion.label if hist.champion else None
+
+    budget_left = (deadline - time.time()) / 60 if deadline else None
+    if budget_left is not None and budget_left < 0.5:
+        say(f"\n== {mj.model}: not run, the job's time budget is used up")
+        return {**result, "status": "not run (job time budget used up)"}
+    req = _request(mj, base, out, uri, experiment, hist, budget_left, resume)
+    _say_warm_start(hist)
+    result["warm_start_from"] = hist.prev.info.run_id if hist.prev and hist.enqueue else None
+    result["warm_start_configs"] = len(hist.enqueue)
+
+    from tuner.search.run import run_search
+
+    check: dict[str, Any] = {}
+    outcome = run_search(_with_history(req, hist, _regression_hook(req, hist, check)))
+    champ = _judge(result, req, hist, check, outcome.table, outcome.recommended, job.regression.threshold)
+    _record(tracker, outcome.parent_run_id, mj.model, result, champ)
+    print_verdict(result, result["regression_check"])
+    return result
+
+
+def _request(
+    mj: ModelJob,
+    base: Path,
+    out: Path,
+    uri: str,
+    experiment: str,
+    hist: _History,
+    budget_left: float | None,
+    resume: bool,
+) -> SearchRequest:
+    if resume and (out / SEARCH_STATE).exists() and load_state(out)["status"] != "finished":
+        say(f"\n== {mj.model}: resuming the interrupted search in {out}")
+        return load_request(out)
+    space_file = Path(_path(base, mj.space)) if mj.space else resolve_space_file(mj.model, None)
+    space = SearchSpace.load(space_file).with_overrides(f"{base / 'job'}: models[{mj.model}].overrides", **mj.overrides)
+    minutes = [m for m in (mj.time_budget_minutes, budget_left, space.search.time_budget_minutes) if m]
+    space = space.with_overrides(
+        f"job file: models[{mj.model}]",
+        search={
+            "trials": mj.trials,
+            "objective": mj.objective,
+            "time_budget_minutes": min(minutes) if minutes else None,
+            "enqueue": [*space.search.enqueue, *hist.enqueue],
+        },
+        constraints=mj.constraints,
+    )
+    return SearchRequest(
+        model=mj.model,
+        space=space,
+        space_file=space_file.resolve(),
+        weights=_path(base, mj.weights) if mj.weights not in AS_GIVEN else mj.weights,
+        data=_path(base, mj.data) if mj.data else None,
+        tracking_uri=uri,
+        experiment=experiment,
+        output=out,
+        seed=mj.seed,
+    )
+
+
+def _say_warm_start(hist: _History) -> None:
+    if hist.prev is None:
+        say("warm start: none (no earlier nightly search of this model on this hardware)")
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hist.prev.info.start_time / 1000))
+    say(
+        f"warm start: {len(hist.enqueue)} config(s) (the champion and the Pareto front) from search "
+        f"{hist.prev.info.run_id} of {when}"
+    )
+
+
+def _regression_hook(req: SearchRequest, hist: _History, check: dict[str, Any]) -> Any:
+    """The search's `before_search` hook: re-measure the champion, before any trial, with the
+    confirmation protocol; its figures go into `check["now"]`."""
+
+    def before_search(confirm_fn: Any, ref: Any, choices: dict[str, list[Any]]) -> None:
+        champion = hist.champion
+        if champion is None:
+            return
+        rounds = req.space.confirm.rounds
+        say(f"regression check: re-measuring the champion {champion.label} ({rounds} fresh process(es)) ...")
+        res = confirm_fn([champion], rounds).get(0, [])
+        runs = [r["times_s"] for r in res if r.get("times_s")]
+        if runs:
+            check["now"] = figures_of(Confirmed(tuple(tuple(r) for r in runs), champion.batch_size), None)
+
+    return before_search
+
+
+def _with_history(req: SearchRequest, hist: _History, hook: Any) -> SearchRequest:
+    tags: tuple[tuple[str, str], ...] = (("tuner.nightly", "true"),)
+    if hist.prev is not None:
+        tags += (("tuner.previous_search", hist.prev.info.run_id),)
+    also = (hist.champion.label,) if hist.champion else ()
+    return dataclasses.replace(req, before_search=hook, tags=tags, also_confirm=also)
+
+
+def _row(df: pd.DataFrame, label: str) -> pd.Series | None:
+    rows = df[df["label"].eq(label) & df["status"].eq("ok")]
+    return rows.iloc[0] if len(rows) else None
+
+
+@dataclass(frozen=True)
+class _Champion:
+    """Who is champion after this night, with the figures it stands on."""
+
+    variant: dict[str, Any]
+    figures: dict[str, float]
+    new: bool  # this search's recommendation became champion: move the registry alias
+
+
+def _judge(
+    result: dict[str, Any],
+    req: SearchRequest,
+    hist: _History,
+    check: dict[str, Any],
+    df: pd.DataFrame,
+    new_row: pd.Series | None,
+    threshold: float,
+) -> _Champion:
+    """The regression verdict on the champion, and who is champion now (also into `result`)."""
+    champion = hist.champion
+    champ_row = _row(df, champion.label) if champion else None
+    now = dict(check.get("now", {}))
+    if champ_row is not None and pd.notna(champ_row.get("quality")):
+        now["quality"] = float(champ_row["quality"])
+    verdict = None
+    if champion and hist.accepted and now:
+        verdict = judge({**hist.accepted, "max_accuracy_drop": req.space.constraints.max_accuracy_drop}, now, threshold)
+    result["regression_check"] = verdict
+    result["regression"] = bool(verdict and verdict["regression"])
+    result["improvement"] = bool(verdict and verdict["improvement"])
+    result["recommended"] = new_row["label"] if new_row is not None else None
+
+    new_champ, why = decide_champion(
+        champion.label if champion else None, champ_row, new_row, req.space.search.objective
+    )
+    if new_champ and new_row is not None:
+        label, variant = str(new_row["label"]), variant_of(new_row).to_dict()
+        figures = confirmed_figures(new_row) or {
+            "p50_ms": float(new_row["latency_p50_ms"]),
+            "throughput_ips": float(new_row["throughput_ips"]),
+            "quality": float(new_row["quality"]),
+        }
+    elif champion is not None:
+        label, variant, figures = champion.label, champion.to_dict(), hist.accepted
+    else:
+        label, variant, figures = "", {}, {}
+    result.update(
+        champion=label or None, champion_changed=bool(new_champ and champion is not None), champion_reason=why
+    )
+    return _Champion(variant, figures, bool(new_champ))
+
+
+def _record(tracker: Tracker, parent_id: str, model: str, result: dict[str, Any], champ: _Champion) -> None:
+    """The verdict and the champion as parent-run tags and metrics; the registry alias."""
+    tags = {
+        "tuner.regression": str(result["regression"]).lower(),
+        "tuner.improvement": str(result["improvement"]).lower(),
+        "tuner.warm_start_from": result["warm_start_from"] or "",
+        "tuner.champion_changed": str(result["champion_changed"]).lower(),
+        "tuner.champion_reason": result["champion_reason"],
+    }
+    if result["champion"]:
+        tags.update({"tuner.champion_config": result["champion"], "tuner.champion_variant": json.dumps(champ.variant)})
+    if result["regression_check"]:
+        tags["tuner.regression_detail"] = verdict_line(result["regression_check"])
+    metrics = {f"champion_{k}": float(v) for k, v in champ.figures.items() if k != "max_accuracy_drop"}
+    tracker.log(parent_id, metrics=metrics, tags=tags)
+    if champ.new:
+        promote(tracker, parent_id, model)

@@ -1,0 +1,109 @@
+"""The nightly job's judgements, kept free of I/O so they are unit-tested on their own:
+is a champion's change a regression (`judge`), and does a new recommendation replace the
+champion (`decide_champion`)? Figures are dicts: `p50_ms`, `p50_ms_low`, `p50_ms_high`,
+`throughput_ips` (+ `_low`/`_high`), `quality`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from tuner.decide.confirm import Confirmed
+
+
+def _half_width(value: float, low: float, high: float) -> float:
+    return max(value - low, high - value) / value if value > 0 else 0.0
+
+
+def judge(accepted: dict[str, float], now: dict[str, float], threshold: float) -> dict[str, Any]:
+    """Compare the champion's figures now with the ones it was accepted on. Latency up, or
+    throughput or quality down, by more than the noise band is a regression; the other way
+    an improvement. The band: max(threshold, either interval's relative half-width)."""
+    checks: dict[str, Any] = {}
+    for metric, worse_if_higher in (("p50_ms", True), ("throughput_ips", False)):
+        old, new = accepted.get(metric), now.get(metric)
+        if not old or not new:
+            continue
+        band = max(
+            threshold,
+            _half_width(old, accepted.get(f"{metric}_low", old), accepted.get(f"{metric}_high", old)),
+            _half_width(new, now.get(f"{metric}_low", new), now.get(f"{metric}_high", new)),
+        )
+        change = new / old - 1
+        worse = change > band if worse_if_higher else change < -band
+        better = change < -band if worse_if_higher else change > band
+        checks[metric] = {"accepted": old, "now": new, "change": change, "band": band,
+                          "verdict": "regression" if worse else "improvement" if better else "same"}  # fmt: skip
+    if accepted.get("quality") is not None and now.get("quality") is not None:
+        old_q, new_q = accepted["quality"], now["quality"]
+        change = new_q - old_q
+        band = max(accepted.get("max_accuracy_drop", 0.01) * old_q, 1e-9)
+        verdict = "regression" if change < -band else "improvement" if change > band else "same"
+        checks["quality"] = {"accepted": old_q, "now": new_q, "change": change, "band": band, "verdict": verdict}
+    return {
+        "regression": any(c["verdict"] == "regression" for c in checks.values()),
+        "improvement": any(c["verdict"] == "improvement" for c in checks.values()),
+        "checks": checks,
+    }
+
+
+def figures_of(conf: Confirmed | None, row: pd.Series | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if conf is not None:
+        p50, thr = conf.p50_ms, conf.throughput_ips
+        out.update(p50_ms=p50.value, p50_ms_low=p50.low, p50_ms_high=p50.high,
+                   throughput_ips=thr.value, throughput_ips_low=thr.low, throughput_ips_high=thr.high)  # fmt: skip
+    if row is not None and pd.notna(row.get("quality")):
+        out["quality"] = float(row["quality"])
+    return out
+
+
+def confirmed_figures(row: pd.Series) -> dict[str, float]:
+    if pd.isna(row.get("confirmed_p50_ms", float("nan"))):
+        return {}
+    return {
+        "p50_ms": float(row["confirmed_p50_ms"]),
+        "p50_ms_low": float(row["confirmed_p50_ci_low_ms"]),
+        "p50_ms_high": float(row["confirmed_p50_ci_high_ms"]),
+        "throughput_ips": float(row["confirmed_throughput_ips"]),
+        "throughput_ips_low": float(row["confirmed_throughput_ci_low"]),
+        "throughput_ips_high": float(row["confirmed_throughput_ci_high"]),
+        "quality": float(row["quality"]),
+    }
+
+
+def decide_champion(
+    champion: str | None, champ_row: pd.Series | None, new_row: pd.Series | None, objective: str
+) -> tuple[bool, str]:
+    """(does the new recommendation become the champion?, why). The old champion stays
+    unless it no longer meets the constraints in tonight's search, or the new one is
+    significantly better: their confirmed intervals (same interleaved rounds) do not overlap."""
+    if champion is None:
+        return new_row is not None, "first nightly search of this model on this hardware"
+    if new_row is None:
+        return False, "no recommendation this time"
+    if champ_row is None or not bool(champ_row.get("feasible", False)):
+        return True, "the old champion no longer meets the constraints"
+    if new_row["label"] == champion:
+        return False, "the search recommends the champion again"
+    a, b = confirmed_figures(new_row), confirmed_figures(champ_row)
+    if not (a and b):
+        better = False
+    elif objective == "latency":
+        better = a["p50_ms_high"] < b["p50_ms_low"]
+    else:
+        better = a["throughput_ips_low"] > b["throughput_ips_high"]
+    if better:
+        return True, "the new recommendation is significantly better (confirmed intervals do not overlap)"
+    return False, "the new recommendation is not significantly better than the champion"
+
+
+def verdict_line(verdict: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{m} {c['verdict']}: {c['accepted']:.4g} -> {c['now']:.4g} ({c['change']:+.1%}, band {c['band']:.1%})"
+        if m != "quality"
+        else f"quality {c['verdict']}: {c['accepted']:.3f} -> {c['now']:.3f}"
+        for m, c in verdict["checks"].items()
+    )

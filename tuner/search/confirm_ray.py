@@ -1,0 +1,57 @@
+"""Confirmation measurements on Ray (the `ConfirmFn` that `decide.finalists.confirm_finalists` calls):
+one Ray actor holding all CPUs of a node, one fresh forked process per measurement
+(trial/process.py), in the interleaved A B C A B C order of `confirm.interleaved`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tuner.core.console import say
+from tuner.core.variant import Variant
+from tuner.decide.confirm import interleaved
+from tuner.decide.finalists import ConfirmFn
+from tuner.inputs.reference import Reference
+from tuner.trial.evaluate import TrialSettings, time_variant
+from tuner.trial.process import fresh_process
+
+
+def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmFn:
+    """Confirmation measurements, run one after another in A B C A B C order, all CPUs of a
+    node each. One Ray actor per confirmation run; each measurement is a fresh process forked
+    from it (trial/process.py), with the trials' time and memory limits."""
+    import ray
+
+    ref_handle = ray.put(ref)
+
+    @ray.remote
+    class _Confirmer:
+        def time(self, variant: dict[str, Any], ref: Reference, settings: TrialSettings) -> dict[str, Any]:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as folder:
+                args = (Variant.from_dict(variant), ref, settings)
+                return fresh_process(time_variant, args, folder, settings.timeout_s, settings.memory_mb)
+
+    def run(variants: list[Variant], rounds: int) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
+        schedule = interleaved(variants, rounds)
+        actor = _Confirmer.options(num_cpus=cores).remote()  # type: ignore[attr-defined]
+        try:
+            for n, (r, i) in enumerate(schedule, 1):
+                try:
+                    res = ray.get(actor.time.remote(variants[i].to_dict(), ref_handle, settings))
+                except ray.exceptions.RayError as e:
+                    res = {"error": str(e).strip().splitlines()[-1]}
+                if "times_s" not in res:
+                    say(f"  confirm {n}/{len(schedule)} {variants[i].label}: failed ({str(res.get('error'))[:100]})")
+                    continue
+                out[i].append({**res, "round": r})
+                p50 = float(np.median(res["times_s"])) * 1e3
+                say(f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms")
+        finally:
+            ray.kill(actor)  # frees the node's CPUs for Tune (the nightly check runs before the search)
+        return out
+
+    return run

@@ -1,0 +1,156 @@
+"""After the trials: selection, finalist confirmation, tags on the child runs, output files,
+the registered model, the parent run's summary and the terminal report.
+
+    finalize
+      select      feasible rows, Pareto front, recommendation (decide/pareto.py)
+      confirm     finalists re-measured interleaved (decide/finalists.py)
+      _tag_children, tables, recommended.yaml, plots, model (tracking/export.py)
+      _close      parent-run metrics, tags, description and artifacts; terminal summary
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tuner.config.request import SearchRequest
+from tuner.core.console import say
+from tuner.core.schema import CONFIRMED_COLUMNS
+from tuner.decide.finalists import ConfirmFn, confirm_finalists
+from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
+from tuner.inputs.hardware import detect
+from tuner.inputs.reference import Reference
+from tuner.outputs import tables
+from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
+from tuner.tracking.recorder import TrialRecorder, close_parent
+from tuner.tracking.store import Tracker
+
+
+@dataclass
+class SearchOutcome:
+    table: pd.DataFrame
+    parent_run_id: str
+    output: Path
+    recommended: pd.Series | None
+    reason: str
+
+
+def finalize(
+    recorder: TrialRecorder,
+    tracker: Tracker,
+    parent_id: str,
+    req: SearchRequest,
+    ref: Reference,
+    started: float,
+    confirm_fn: ConfirmFn | None = None,
+    export: bool = True,
+) -> SearchOutcome:
+    """Selection, tags on the child runs, output files and plots, the recommended model
+    (logged and registered), parent-run summary and description."""
+    sp = req.space
+    df = recorder.table()
+    if df.empty:
+        tracker.log(parent_id, tags={"tuner.status": "empty"})
+        tracker.finish(parent_id, "FAILED")
+        say("no trial finished (time budget too small?)")
+        return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
+
+    df["feasible"] = feasible_mask(df, sp.constraints)
+    df["pareto"] = pareto_mask(df, df["feasible"])
+    rec = recommend(df, sp.search.objective, sp.constraints)
+    if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
+        rec = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm)
+    df["recommended"] = df.index == rec.index
+    _tag_children(df, tracker)
+    tables.write_tables(df, req.output)
+
+    recommended = df.loc[rec.index] if rec.index is not None else None
+    parent_tags = {"tuner.recommendation_reason": rec.reason}
+    if failures_tag(df):
+        parent_tags["tuner.failures"] = failures_tag(df)
+    if recommended is not None:
+        _write_recommended(recommended, rec, req, ref, parent_id)
+    plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
+    if recommended is not None and export:
+        from tuner.tracking.export import register_recommended
+
+        parent_tags.update(register_recommended(recommended, ref, req.tracking_uri, parent_id, req.model, tracker))
+    wall = time.time() - started
+    facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
+                        sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip
+    parent_tags["mlflow.note.content"] = describe(df, recommended, rec.reason, facts, wall, parent_tags)
+    tracker.log_artifacts(parent_id, req.output, [*tables.TABLES, *plots])  # plots only if drawn this time
+    close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=_summary_metrics(df, recommended, wall))
+    print_summary(df, recommended, rec.reason, facts, parent_id, wall)
+    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+
+
+def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
+    """Confirmed figures, and the Pareto and recommended flags, on the trials' child runs."""
+    confirmed = df[df["confirmed_rounds"].notna()] if "confirmed_rounds" in df else df.iloc[:0]
+    for _, row in confirmed[confirmed["mlflow_run_id"].astype(bool)].iterrows():
+        metrics = {k: row[k] for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k])}
+        tracker.log(row["mlflow_run_id"], metrics=metrics, tags={"tuner.confirmed": "true"})
+    for _, row in df.iterrows():
+        if (row["pareto"] or row["recommended"]) and row["mlflow_run_id"]:
+            flags = {"tuner.pareto": str(bool(row["pareto"])).lower(),
+                     "tuner.recommended": str(bool(row["recommended"])).lower()}  # fmt: skip
+            tracker.log(row["mlflow_run_id"], tags=flags)
+
+
+def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: float) -> dict[str, float]:
+    summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
+    if "confirm_s" in df.attrs:
+        summary["confirm_s"] = df.attrs["confirm_s"]
+    summary.update({f"n_{k}": float(v) for k, v in df["status"].value_counts().to_dict().items()})
+    ok = df[df["status"].eq("ok")]
+    if len(ok):
+        summary["best_latency_p50_ms"] = float(ok["latency_p50_ms"].min())
+        summary["best_throughput_ips"] = float(ok["throughput_ips"].max())
+    if recommended is not None:
+        summary["recommended_latency_p50_ms"] = float(recommended["latency_p50_ms"])
+        summary["recommended_throughput_ips"] = float(recommended["throughput_ips"])
+        if pd.notna(recommended.get("speedup_vs_baseline")):
+            summary["speedup_vs_baseline"] = float(recommended["speedup_vs_baseline"])
+        for col in ("ceiling_fraction", *CONFIRMED_COLUMNS):
+            if pd.notna(recommended.get(col, float("nan"))):
+                summary[f"recommended_{col}"] = float(recommended[col])
+    return summary
+
+
+def _write_recommended(
+    recommended: pd.Series, rec: Recommendation, req: SearchRequest, ref: Reference, parent_id: str
+) -> None:
+    tables.write_recommended(
+        recommended,
+        req.output,
+        {
+            "model": req.model,
+            "weights": ref.spec.weights,
+            "weights_label": ref.weights_label,
+            "data": ref.data_label,
+            "space_file": str(req.space_file),
+            "reason": rec.reason,
+            "hardware": detect().fingerprint,
+            "mlflow": {
+                "tracking_uri": req.tracking_uri,
+                "experiment": req.experiment,
+                "parent_run_id": parent_id,
+                "run_id": str(recommended["mlflow_run_id"]),
+            },
+        },
+    )
+
+
+def plots_for(df: pd.DataFrame, out: Path, title: str) -> list[str]:
+    """pareto.html + pareto.png; a plotting failure must not cost the search its results."""
+    from tuner.outputs.plots import write_plots
+
+    try:
+        return write_plots(df, out, title)
+    except Exception as e:  # plotly/matplotlib raise many kinds; the tables are written already
+        say(f"warning: the Pareto plots could not be drawn: {e}")
+        return []

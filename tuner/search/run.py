@@ -1,0 +1,240 @@
+"""One search, top to bottom (DESIGN.md §1):
+
+    run_search(request)
+      _prepare      inputs checked before anything is written to MLflow; the fp32 eager
+                    reference (shared with trials through Ray's object store), the
+                    hardware and its ceiling
+      _open         Ray, the feasible choices for the cores a trial gets, the MLflow parent
+                    run (or the resumed one), the recorder
+      _trials       Ray Tune + OptunaSearch, one trial at a time (search/tune.py); the
+                    recorder writes a child run, a progress line and trials.csv per trial
+      finalize      selection, confirmation, outputs, the registered model (search/finalize.py)
+
+A signal in any phase closes the parent run as interrupted and keeps the state for
+`--resume` (`_close_interrupted`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
+from tuner.core.console import say
+from tuner.core.env import measurement_env, quiet_logs, service_env
+from tuner.core.variant import config_key
+from tuner.inputs.hardware import Hardware, detect
+from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
+from tuner.inputs.reference import Reference, reference_for
+from tuner.measure.ceiling import cache_path
+from tuner.measure.ceiling import for_hardware as ceiling_for
+from tuner.search import tune as tune_wiring
+from tuner.search.confirm_ray import ray_confirm
+from tuner.search.finalize import SearchOutcome, finalize
+from tuner.search.sampling import initial_points
+from tuner.search.stopping import Interrupt, SigtermAsInterrupt, Stopped, catch_sigterm
+from tuner.tracking.recorder import TrialRecorder
+from tuner.tracking.store import Tracker, check_reachable, store_lock
+from tuner.trial.evaluate import TrialSettings
+from tuner.trial.process import default_memory_mb, default_timeout_s
+
+
+def run_search(req: SearchRequest) -> SearchOutcome:
+    service_env()
+    measurement_env()
+    quiet_logs()
+    req.output.mkdir(parents=True, exist_ok=True)
+    check_inputs(req.model, req.weights, req.data)
+    check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
+    with store_lock(req.tracking_uri), SigtermAsInterrupt() as signals:
+        began = time.time()
+        try:
+            return _run_search(req)
+        except KeyboardInterrupt as e:
+            _close_interrupted(req, signals.name(e), began)
+            raise
+
+
+def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
+    """Whatever phase a signal stopped (reference, nightly check, trials, confirmation,
+    outputs): close the parent run as interrupted and save the state for `--resume`.
+    Nothing to do before this search has written its state (an older search's is left alone)."""
+    path = req.output / SEARCH_STATE
+    if not path.exists() or path.stat().st_mtime < began:
+        return
+    st = json.loads(path.read_text())
+    if st.get("status") != "running" or not st.get("parent_run_id"):
+        return
+    parent_id = str(st["parent_run_id"])
+    hint = f"python -m tuner search {req.model} --resume {req.output}"
+    tracker = Tracker(req.tracking_uri, req.experiment)
+    tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
+    tracker.finish(parent_id, "KILLED")
+    save_state(req, parent_id, "interrupted", float(st["elapsed_s"]) + time.time() - path.stat().st_mtime)
+    table = req.output / "trials.csv"
+    kept = len(pd.read_csv(table)) if table.exists() else 0
+    say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
+    say(f"resume with: {hint}")
+
+
+@dataclass
+class _Prepared:
+    started: float  # wall-clock start, moved back by the time an interrupted run already spent
+    previous: dict[str, Any] | None  # the saved state of the search being resumed
+    ref: Reference
+    hw: Hardware
+    ceiling: dict[str, float]
+
+
+def _run_search(req: SearchRequest) -> SearchOutcome:
+    prep = _prepare(req)
+    import ray
+
+    ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    catch_sigterm()  # ray.init replaced it with sys.exit
+    try:
+        cores = tune_wiring.cores_per_trial()
+        choices = req.space.feasible_choices(
+            cores=cores,
+            device=prep.hw.device,
+            fp16_native=prep.hw.fp16_native,
+            bf16_native=prep.hw.bf16_native,
+            source=str(req.space_file),
+        )
+        tracker, parent_id, recorder = _open(req, prep, cores)
+        settings = _trial_settings(req, prep.ceiling)
+        confirm = ray_confirm(prep.ref, settings, cores)  # one copy of the reference in Ray's store
+        if req.before_search is not None:
+            req.before_search(confirm, prep.ref, choices)
+        redraws = _trials(req, prep, choices, cores, settings, recorder, parent_id)
+        tracker.log(parent_id, metrics={"sampler_redraws": float(redraws)})
+        outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm)
+        save_state(req, parent_id, "finished", time.time() - prep.started)
+        return outcome
+    finally:
+        ray.shutdown()
+
+
+def _prepare(req: SearchRequest) -> _Prepared:
+    """The reference, the hardware and its ceiling; printed as the search's header."""
+    started = time.time()
+    previous = load_state(req.output) if req.resume else None
+    if previous is not None:
+        started -= float(previous["elapsed_s"])  # the time budget counts the earlier part too
+    spec = resolve_weights(ModelSpec(req.model, req.weights, req.seed))
+    say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
+    say("preparing the fp32 eager reference ...")
+    ref = reference_for(spec, req.space.eval, req.data)
+    hw = detect()
+    ceiling = ceiling_for(hw)
+    say(f"  weights: {ref.weights_label}")
+    say(f"  data:    {ref.data_label}")
+    say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")
+    rates = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceiling.items())
+    say(f"  ceiling: {rates} (cache {cache_path(hw.fingerprint)})")
+    return _Prepared(started, previous, ref, hw, ceiling)
+
+
+def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str, TrialRecorder]:
+    """The MLflow parent run (new, or the resumed search's) and the trial recorder."""
+    sp, ref = req.space, prep.ref
+    tracker = Tracker(req.tracking_uri, req.experiment)
+    params = {
+        "model": req.model,
+        "space_file": str(req.space_file),
+        "trials": sp.search.trials,
+        "time_budget_minutes": sp.search.time_budget_minutes,
+        "objective": sp.search.objective,
+        "sampler": sp.search.sampler,
+        "seed": req.seed,
+        **{f"constraint.{k}": v for k, v in sp.constraints.model_dump().items()},
+        **{f"eval.{k}": v for k, v in sp.eval.model_dump().items()},
+        "cores_per_trial": cores,
+        "flops_per_item": ref.flops_per_item,
+        **{f"ceiling_gflops.{k}": v for k, v in prep.ceiling.items()},
+        "output": str(req.output),
+    }
+    tags = {
+        "tuner.model": req.model,
+        "tuner.weights": ref.weights_label,
+        "tuner.data": ref.data_label,
+        "tuner.output": str(req.output),
+        **prep.hw.tags(),
+        **dict(req.tags),
+    }
+    if prep.previous is not None:
+        parent_id = str(prep.previous["parent_run_id"])
+        tracker.reopen(parent_id)
+    else:
+        parent_id = tracker.start_parent(f"search {req.model}", params, tags)
+    save_state(req, parent_id, "running", time.time() - prep.started)
+    say(f"  mlflow:  {req.tracking_uri}  experiment '{req.experiment}'  parent run {parent_id}")
+    recorder = TrialRecorder(tracker, parent_id, req.output, ref, prep.hw, sp.search.trials)
+    if prep.previous is not None:
+        recorder.load_finished()
+        say(f"resuming: {len(recorder.rows)} finished trial(s) kept from {req.output / 'trials.csv'}")
+    return tracker, parent_id, recorder
+
+
+def _trial_settings(req: SearchRequest, ceiling: dict[str, float]) -> TrialSettings:
+    sp = req.space
+    settings = TrialSettings(
+        sp.timing,
+        sp.eval.screen_min_cosine,
+        ceiling,
+        timeout_s=sp.limits.trial_timeout_s or default_timeout_s(sp.search.time_budget_minutes, sp.search.trials),
+        memory_mb=sp.limits.trial_memory_mb or default_memory_mb(),
+        faults=tuple(sp.inject_faults),
+    )
+    say(
+        f"  limits:  {settings.timeout_s:.0f} s and {settings.memory_mb:.0f} MB resident per trial"
+        + (f"; {len(sp.inject_faults)} injected fault rule(s) (test-only)" if sp.inject_faults else "")
+    )
+    return settings
+
+
+def _trials(
+    req: SearchRequest,
+    prep: _Prepared,
+    choices: dict[str, list[Any]],
+    cores: int,
+    settings: TrialSettings,
+    recorder: TrialRecorder,
+    parent_id: str,
+) -> int:
+    """The remaining trials of the budget; returns how many repeated proposals the sampler
+    answered from earlier trials. Raises `Stopped` when a signal stopped them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE `group`
+    sp = req.space
+    remaining = sp.search.trials - len(recorder.rows)
+    budget = sp.search.time_budget_minutes
+    budget_left_s = budget * 60 - (time.time() - prep.started) if budget else None
+    say(
+        f"searching: {remaining} of {sp.search.trials} trials, time budget {budget} min"
+        + (f" ({budget_left_s / 60:.1f} left)" if prep.previous is not None and budget_left_s is not None else "")
+        + f", one at a time on {cores} core(s)"
+    )
+    known = recorder.known_keys()
+    points = [p for p in initial_points(choices, sp.search.trials, sp.search.enqueue) if config_key(p) not in known]
+    search_alg = tune_wiring.searcher(choices, points, sp.search.sampler, sp.search.trials, req.seed, req.output)
+    for key, objectives in recorder.known_objectives().items():
+        search_alg.remember(key, objectives)  # a resumed search never re-measures a config
+    interrupt = Interrupt()
+    if remaining > 0 and (budget_left_s is None or budget_left_s > 0):
+        tune_wiring.fit(prep.ref, settings, cores, search_alg, remaining, budget_left_s, req.output, recorder,
+                        interrupt)  # fmt: skip
+    if interrupt.signal is not None:
+        save_state(req, parent_id, "running", time.time() - prep.started)  # the budget spent so far
+        raise Stopped(interrupt.signal)  # run_search closes the parent run
+    if search_alg.redraws:
+        say(f"sampler: {search_alg.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
+    return int(search_alg.redraws)

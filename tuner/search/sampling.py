@@ -1,0 +1,149 @@
+"""Sampling: the Optuna define-by-run space built from the feasible choices, the first
+points (baseline, enqueued configs, probes), and Ray Tune's OptunaSearch taught not to
+measure a config twice.
+
+TPE on a small categorical space keeps re-proposing configs it has already seen (in a
+24-trial resnet50 search, about a quarter of the trials were repeats). A repeat costs a
+whole trial and tells the sampler nothing new. `DedupOptunaSearch` answers a repeat from
+the first measurement instead: it tells Optuna the known result for the new Optuna trial
+(so the sampler's model is exactly as if it had been re-measured) and asks again, up to
+`max_redraws` times; after that it lets the repeat through (the space is exhausted).
+
+A trial that errored (raised, crashed, timed out, ran out of memory) is told to Optuna as
+a completed trial with the `penalty` figures, not as FAIL: TPE ignores failed trials and
+would keep proposing the same broken config; a penalty steers it away.
+
+It relies on two attributes of `OptunaSearch` in ray 2.60 (`_ot_trials`,
+`_completed_trials`); ray is pinned in pyproject.toml and the test suite covers this path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.core.variant import BASELINE_FIELDS, Precision, Quantization, config_key
+
+
+class DedupOptunaSearch(OptunaSearch):
+    def __init__(
+        self,
+        *args: Any,
+        key: Callable[[dict[str, Any]], str],
+        penalty: dict[str, float],
+        max_redraws: int = 50,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self._penalty = penalty
+        self._key = key
+        self._max_redraws = max_redraws
+        self._known: dict[str, dict[str, Any]] = {}  # config key -> the result it got
+        self._pending: dict[str, str] = {}  # Tune trial id -> config key
+        self.redraws = 0
+
+    def remember(self, key: str, result: dict[str, float]) -> None:
+        """A config measured before (a resumed search): answer repeats of it from `result`."""
+        self._known[key] = {m: result[m] for m in self.metric}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for attempt in range(self._max_redraws + 1):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config  # None (wait) or Searcher.FINISHED
+            k = self._key(config)
+            if k not in self._known or attempt == self._max_redraws:
+                self._pending[trial_id] = k  # new, or the space looks exhausted: measure it
+                return config
+            # Seen before: give Optuna the known result for this Optuna trial, then ask again.
+            super().on_trial_complete(trial_id, result=self._known[k])
+            self._completed_trials.discard(trial_id)
+            self._ot_trials.pop(trial_id, None)
+            self.redraws += 1
+        raise AssertionError("unreachable")
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        k = self._pending.pop(trial_id, None)
+        if error or not result or not all(m in result for m in self.metric):
+            result, error = dict(self._penalty), False
+        if k is not None:
+            self._known[k] = {m: result[m] for m in self.metric}
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] | None:
+    """Optuna define-by-run space (module-level so that Ray can pickle it with `partial`).
+
+    Conditional: int8 variants keep fp32 activations and sample their compile mode from
+    `compile_int8` (a different Optuna parameter, since a categorical parameter's choices
+    may not change between trials). The returned dict holds the constants Ray adds to
+    the trial config.
+    """
+    quant = trial.suggest_categorical("quantization", choices["quantization"])
+    const: dict[str, Any] = {}
+    if quant == Quantization.NONE.value:
+        trial.suggest_categorical("precision", choices["precision"])
+        trial.suggest_categorical("compile", choices["compile"])
+    else:
+        const["precision"] = Precision.FP32.value
+        trial.suggest_categorical("compile_int8", choices["compile_int8"])
+    trial.suggest_categorical("batch_size", choices["batch_size"])
+    trial.suggest_categorical("threads", choices["threads"])
+    trial.suggest_categorical("layout", choices["layout"])
+    return const
+
+
+def space_function(choices: dict[str, list[Any]]) -> functools.partial[dict[str, Any] | None]:
+    return functools.partial(define_by_run, choices=choices)
+
+
+def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
+    """Trial 0 as an Optuna point: fp32, eager, batch 1, the most threads the space offers
+    (all cores of a trial with `threads: auto`)."""
+    return {**BASELINE_FIELDS, "batch_size": 1, "threads": max(choices["threads"])}
+
+
+# Families that often win on CPUs, tried right after the baseline so that a small budget
+# still sees each kind of speedup once (Optuna's enqueue_trial; TPE takes over after them).
+PROBES: tuple[dict[str, Any], ...] = (
+    {"quantization": "static_int8", "compile_int8": "torchscript", "layout": "contiguous"},
+    {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
+    {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
+    {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
+)
+
+
+def initial_points(
+    choices: dict[str, list[Any]], trials: int, enqueue: list[dict[str, Any]] | tuple[()] = ()
+) -> list[dict[str, Any]]:
+    """The baseline, then the space's `search.enqueue` configs, then up to a quarter of the
+    budget of PROBES that this space and this hardware allow (batch 1, all threads), so the
+    sampler starts from diverse known-good points."""
+    base = baseline_point(choices)
+    points = [base]
+    seen = {config_key(base)}
+    for i, extra in enumerate(enqueue):
+        point = {**base, **extra}
+        if point.get("quantization", "none") != "none":
+            point.setdefault("compile_int8", point.pop("compile", "eager"))
+            point.pop("precision", None)
+        outside = {k: v for k, v in point.items() if k not in choices or v not in choices[k]}
+        if outside:  # e.g. a warm-start config from a space that has changed since
+            print(f"note: `search.enqueue[{i}]` {extra} is not in this space on this hardware ({outside}): skipped")
+            continue
+        if config_key(point) not in seen:
+            seen.add(config_key(point))
+            points.append(point)
+    for probe in PROBES:
+        if len(points) > trials // 4:
+            break
+        point = {**base, **probe}
+        if point["quantization"] != "none":
+            point.pop("compile")
+            point.pop("precision")
+        if all(v in choices[k] for k, v in point.items()):
+            points.append(point)
+    return points

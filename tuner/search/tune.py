@@ -1,0 +1,158 @@
+"""Ray Tune wiring: the trainable, the callback that records each finished trial in the
+driver, the sampler, and the `Tuner` itself. Ray does all scheduling; nothing here decides
+where or when a trial runs beyond what Tune is asked for (one trial at a time, all cores of
+a node each).
+
+The Tune actor is reused from trial to trial (`reuse_actors=True`); each trial runs in a
+fresh process forked from that actor's forkserver (trial/process.py), so a trial costs
+about 50 ms of process start instead of the 3 s a new actor costs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES, TrialResult
+from tuner.core.variant import Variant, config_key, variant_from_config
+from tuner.inputs.reference import Reference
+from tuner.trial.evaluate import TrialSettings, evaluate
+from tuner.trial.faults import inject
+from tuner.trial.process import classify, fresh_process
+
+if TYPE_CHECKING:
+    from tuner.search.sampling import DedupOptunaSearch
+    from tuner.search.stopping import Interrupt
+    from tuner.tracking.recorder import TrialRecorder
+
+
+def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSettings) -> None:
+    """The Ray Tune function trainable (wrapped with `tune.with_parameters`): one trial in a
+    fresh process, which also turns crashes, hangs and memory blow-ups into results."""
+    from ray import tune
+
+    started = time.perf_counter()
+    variant = variant_from_config(config)
+    out = fresh_process(
+        _trial_body,
+        (variant, reference, settings),
+        tune.get_context().get_trial_dir(),
+        settings.timeout_s,
+        settings.memory_mb,
+    )
+    result = TrialResult.from_report(out)  # the process raised or died: a result all the same
+    result.trial_wall_s = time.perf_counter() - started
+    tune.report(result.report())
+
+
+def _trial_body(variant: Variant, reference: Reference, settings: TrialSettings) -> dict[str, Any]:
+    """What a trial's fresh process runs."""
+    inject(list(settings.faults), variant.to_dict())
+    return evaluate(variant, reference, settings).to_dict()
+
+
+def as_callback(recorder: TrialRecorder) -> Any:
+    """The recorder as a Tune callback (the recorder itself stays free of Ray types)."""
+    from ray.tune import Callback
+
+    class _Cb(Callback):
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            recorder.start(trial.trial_id)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            if trial.last_result and "status" in trial.last_result:
+                recorder.record(trial.trial_id, trial.config, TrialResult.from_report(trial.last_result))
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            # The trial raised, or its process died (crash, or the watchdog's timeout/oom kill).
+            err = ""
+            if trial.error_file and Path(trial.error_file).exists():
+                err = Path(trial.error_file).read_text()
+            died = classify(trial.local_path, err or "trial errored")
+            recorder.record(trial.trial_id, trial.config, TrialResult.from_report(died))
+
+    return _Cb()
+
+
+def cores_per_trial() -> int:
+    """All CPUs of the smallest alive node: one measured trial per node at a time, and never
+    a request Ray cannot satisfy (Ray hangs silently on those)."""
+    import ray
+
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(min(cpus))) if cpus else 1
+
+
+def searcher(
+    choices: dict[str, list[Any]],
+    points: list[dict[str, Any]],
+    sampler_name: str,
+    trials: int,
+    seed: int,
+    output: Path,
+) -> DedupOptunaSearch:
+    """OptunaSearch over the define-by-run space, multi-objective, persisted in the output
+    folder (`optuna.db`) so that `--resume` continues the same study."""
+    import optuna
+
+    from tuner.search.sampling import DedupOptunaSearch, space_function
+
+    sampler = (
+        optuna.samplers.NSGAIISampler(seed=seed)
+        if sampler_name == "nsga2"
+        # multivariate + group: TPE's mode for conditional (define-by-run) spaces; about half
+        # the budget is random start-up so that every compile mode and precision gets seen.
+        else optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(10, max(2, trials // 2)), multivariate=True, group=True
+        )
+    )
+    return DedupOptunaSearch(
+        key=config_key,
+        space=space_function(choices),
+        metric=list(SAMPLER_OBJECTIVES),
+        mode=list(SAMPLER_OBJECTIVES.values()),
+        points_to_evaluate=points,
+        penalty=PENALTY,
+        sampler=sampler,
+        study_name=f"tuner-{output.name}",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{output.resolve() / 'optuna.db'}"),
+    )
+
+
+def fit(
+    ref: Reference,
+    settings: TrialSettings,
+    cores: int,
+    search_alg: DedupOptunaSearch,
+    trials: int,
+    budget_s: float | None,
+    output: Path,
+    recorder: TrialRecorder,
+    interrupt: Interrupt,
+) -> None:
+    """Run `trials` trials, one at a time, each on all `cores` of a node; returns when they
+    are done, the time budget is spent, or `interrupt` stopped Tune."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, reference=ref, settings=settings), {"cpu": cores})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=trials,
+            max_concurrent_trials=1,
+            reuse_actors=True,  # trials still get a fresh process each (trial/process.py)
+            time_budget_s=budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=f"ray-{int(time.time())}",  # a fresh Tune experiment per (resumed) run
+            storage_path=str(output.resolve()),
+            verbose=0,
+            callbacks=[as_callback(recorder)],
+            stop=interrupt.stopper(),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    with interrupt:
+        tuner.fit()

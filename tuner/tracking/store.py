@@ -1,0 +1,273 @@
+"""Everything MLflow (DESIGN.md §5): experiment, parent run per search, child run per trial.
+
+Only the driver talks to MLflow: a Tune callback (`search.py`) logs each child run as its
+trial finishes. Workers never open the store, so a relative or fresh sqlite database is
+never initialised by several processes, and a cluster's workers need no access to it.
+
+Child runs are written with `MlflowClient.create_run(tags={"mlflow.parentRunId": ...})` +
+`log_batch` + `set_terminated` (fast, and never changes the active run of the process).
+`store_lock` lets one search at a time use a sqlite store.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tuner.core.errors import TrackingError, one_line
+
+PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def registered_name(model: str) -> str:
+    """`tuner-<model>`, with characters the registry dislikes in user factory names replaced."""
+    return "tuner-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else an sqlite file in the current directory (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Local stores keep artifacts in ./mlartifacts (absolute); servers decide for themselves."""
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return (Path.cwd().resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def check_reachable(uri: str) -> None:
+    """An HTTP store that does not answer fails in seconds, not after MLflow's minutes of retries."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # MLflow retries a failing sqlite open for minutes; check the obvious cases first.
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if db.is_dir():
+            raise TrackingError(
+                f"--tracking-uri {uri}: {db} is a folder; name a database file, e.g. {db / 'mlflow.db'}"
+            )
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"--tracking-uri {uri}: cannot create {db.parent} ({e.strerror})") from None
+        return
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "localhost", port), timeout=5).close()
+    except OSError as e:
+        raise TrackingError(
+            f"--tracking-uri {uri}: no MLflow server answers at {parsed.hostname}:{port} ({e}). "
+            "Start one (see README) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
+        ) from None
+
+
+# MlflowException error codes of a store that did not answer: a connection that failed
+# or timed out (MLflow wraps those as INTERNAL_ERROR, "API request to ... failed"), or a
+# 5xx. A request the store answered and refused (INVALID_PARAMETER_VALUE, ...) is our bug.
+OUTAGE_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+
+def is_outage(e: BaseException) -> bool:
+    """Whether `e` says the store is unreachable (connection, timeout, 5xx, a locked or
+    vanished sqlite file), as opposed to a bug in what we sent."""
+    if isinstance(e, OSError):  # requests' ConnectionError and Timeout are OSErrors too
+        return True
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import DisconnectionError, OperationalError
+
+    if isinstance(e, MlflowException):
+        return e.error_code in OUTAGE_CODES
+    return isinstance(e, (OperationalError, DisconnectionError))  # sqlite: locked, vanished, unreadable
+
+
+def _tolerant(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Writes during a search never take it down: when the store stops answering, warn once,
+    skip MLflow from then on (each call would otherwise wait for timeouts) and go on. Every
+    result is in the output folder; `python -m tuner report --sync DIR` uploads it later.
+    Only an outage (`is_outage`) counts: any other error is a bug, and is raised."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # narrowed by is_outage: everything else is re-raised
+            if not is_outage(e):
+                raise
+            self.down = True
+            print(
+                f"warning: the MLflow store {self.uri} stopped answering ({one_line(e)}). "
+                "The search goes on and every result is written to the output folder; upload them later "
+                "with `python -m tuner report --sync OUTPUT_DIR`.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+
+    return wrapper
+
+
+def _is_store_error(e: BaseException) -> bool:
+    """An error the store answered with (a deleted experiment of that name, a schema too
+    old or too new): the user's to fix, named in the message."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(e, (MlflowException, SQLAlchemyError))
+
+
+class Tracker:
+    """A thin, typed layer over `MlflowClient` for the tuner's schema."""
+
+    down = False  # set when the store stopped answering mid-search (see `_tolerant`)
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        check_reachable(uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+            else:
+                self.experiment_id = exp.experiment_id
+            if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+                # The MLflow 3 UI opens an experiment of unknown kind on its GenAI pages;
+                # this kind opens the run list, where a search's runs are.
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        except Exception as e:  # narrowed below: a store problem is the user's to fix, anything else is our bug
+            if not (is_outage(e) or _is_store_error(e)):
+                raise
+            raise TrackingError(f"--tracking-uri {uri}: cannot open the MLflow tracking store: {one_line(e)}") from None
+        self.experiment = experiment
+
+    # ---- runs -------------------------------------------------------------------------
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.kind": "search", **tags})
+        self.log(run.info.run_id, params=params)
+        return str(run.info.run_id)
+
+    @_tolerant
+    def reopen(self, run_id: str) -> None:
+        """A resumed search logs into its first parent run again."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "tuner.status", "running")
+
+    @_tolerant
+    def log_child(
+        self,
+        parent_id: str,
+        name: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        failed: bool = False,
+    ) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={PARENT_TAG: parent_id, "tuner.kind": "trial", **tags}
+        )
+        run_id = str(run.info.run_id)
+        self.log(run_id, params=params, metrics=metrics)
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        return run_id
+
+    @_tolerant
+    def log(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), now, 0)
+                for k, v in (metrics or {}).items()
+                if v is not None and not (isinstance(v, float) and math.isnan(v))
+            ],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
+
+    @_tolerant
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @_tolerant
+    def log_artifacts(self, run_id: str, folder: Path, files: list[str]) -> None:
+        for f in files:
+            if (folder / f).exists():
+                self.client.log_artifact(run_id, str(folder / f))
+
+    @_tolerant
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    @_tolerant
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    # ---- reading back (report, history, sync) ----------------------------------------
+    def run(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)
+
+    def search(self, filter_string: str, order_by: list[str] | None = None, max_results: int = 1000) -> list[Any]:
+        """Runs of this experiment that match an MLflow filter string."""
+        return list(
+            self.client.search_runs([self.experiment_id], filter_string, order_by=order_by, max_results=max_results)
+        )
+
+    def latest_parent(self) -> Any:
+        runs = self.search("tags.`tuner.kind` = 'search'", order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def children(self, parent_id: str) -> list[Any]:
+        return list(
+            self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000)
+        )
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """One search at a time per sqlite store: sqlite takes one writer, and two searches on
+    one machine would also disturb each other's timings. Servers need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".tuner.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
+            "use an MLflow server (README: Viewing results) and give each search its own machine.",
+            flush=True,
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

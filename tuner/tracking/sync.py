@@ -1,0 +1,67 @@
+"""`python -m tuner report --sync DIR`: upload what a search wrote to its output folder while
+the MLflow store was unreachable (tracking.py `_tolerant`).
+
+Idempotent: a trial already in MLflow (child run tagged with its `ray.trial_id`) is never
+logged twice; run it as often as you like. The output folder is the source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tuner.config.request import load_state
+from tuner.core.console import say
+from tuner.core.errors import TrackingError
+from tuner.core.schema import FAILED, MLFLOW_METRICS, trial_tags
+from tuner.decide.pareto import variant_of
+from tuner.outputs import tables
+from tuner.tracking.recorder import close_parent
+from tuner.tracking.store import Tracker, check_reachable
+
+
+def sync(output: Path) -> int:
+    """Upload the trials missing from MLflow and the parent's outputs; return how many trials."""
+    output = output.resolve()
+    state = load_state(output)
+    check_reachable(state["tracking_uri"])
+    tracker = Tracker(state["tracking_uri"], state["experiment"])
+    parent_id = str(state["parent_run_id"])
+    parent = tracker.run(parent_id)
+    inherited = {
+        k: v for k, v in parent.data.tags.items() if k.startswith("hw.") or k in ("tuner.weights", "tuner.data")
+    }
+    df = pd.read_csv(output / "trials.csv", keep_default_na=False, na_values=[""])
+    logged = {c.data.tags.get("ray.trial_id"): c.info.run_id for c in tracker.children(parent_id)}
+    uploaded = 0
+    for i, row in df.iterrows():
+        trial_id = str(row["trial_id"])
+        if trial_id in logged:
+            df.at[i, "mlflow_run_id"] = logged[trial_id]
+            continue
+        variant = variant_of(row)
+        tags = {**inherited, **trial_tags(row), "tuner.synced": "true"}  # logged later, from the output folder
+        metrics = {k: float(row[k]) for k in MLFLOW_METRICS if k in row and pd.notna(row[k])}
+        run_id = tracker.log_child(
+            parent_id, variant.label, variant.to_dict(), metrics, tags, failed=row["status"] in FAILED
+        )
+        if tracker.down or not run_id:
+            break
+        tb = output / "tracebacks" / f"{trial_id}.txt"
+        if tb.exists():
+            tracker.log_text(run_id, tb.read_text(), "traceback.txt")
+        df.at[i, "mlflow_run_id"] = run_id
+        uploaded += 1
+        say(f"  uploaded trial {row['trial']} ({row['status']}) {variant.label}")
+    tables.write_tables(df, output)
+    if not tracker.down:
+        tracker.log_artifacts(parent_id, output, list(tables.PARENT_ARTIFACTS))
+        rec = df[df["recommended"].astype(bool)] if "recommended" in df else df.iloc[:0]
+        if state["status"] == "finished":
+            close_parent(tracker, parent_id, rec.iloc[0] if len(rec) else None, tags={"tuner.synced": "true"})
+    if tracker.down:
+        raise TrackingError(
+            f"report --sync {output}: the store {state['tracking_uri']} stopped answering; run it again"
+        )
+    return uploaded

@@ -1,0 +1,181 @@
+"""One trial: Variant -> build -> screen -> time -> accuracy -> metrics.
+
+`evaluate()` is the whole measurement of one variant, shared by the Ray trainable
+(`search/tune.py`, one fresh forked process per trial) and by `python -m tuner measure`.
+It returns a `TrialResult` (core/schema.py) with one of its statuses: `ok`, `infeasible`
+(known not to work here; nothing built), `failed` (the build or a run raised an expected
+error: its text is kept), `inaccurate` (the first batch is far from fp32; not timed). The
+fresh process adds `failed` for any other exception or a crash, `timeout` and `oom`.
+
+`time_variant()` is one confirmation measurement: build and time, no accuracy pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuner.build import BuiltVariant, build
+from tuner.config.space import TimingConfig
+from tuner.core.env import pin_threads
+from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.schema import TrialResult
+from tuner.core.variant import Variant, infeasible_reason
+from tuner.inputs.hardware import detect
+from tuner.inputs.models import weights_digest
+from tuner.inputs.reference import Reference
+from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
+from tuner.measure.ceiling import ceiling_fraction, ceiling_key
+from tuner.measure.interference import sample_load
+from tuner.measure.latency import LatencyResult, measure_latency
+from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
+from tuner.trial.faults import slowed
+
+INPUT_POOL = 4  # distinct batches cycled during timing (never one cached tensor)
+
+# Errors a torch build/run raises for an unsupported combination (dynamo/inductor errors
+# subclass RuntimeError). Anything else is our bug and propagates.
+EXPECTED_ERRORS = (VariantUnsupported, RuntimeError, NotImplementedError)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    timing: TimingConfig
+    screen_min_cosine: float = 0.9
+    ceiling: dict[str, float] = field(default_factory=dict)  # GFLOP/s per precision (measure/ceiling.py)
+    busy_threshold_cores: float = 0.25  # other CPU use above this flags interference
+    timeout_s: float | None = None  # per-trial wall-time limit (trial/process.py)
+    memory_mb: float | None = None  # per-trial resident-memory cap (trial/process.py)
+    faults: tuple[Any, ...] = ()  # test-only fault injection rules (space `inject_faults:`)
+
+
+def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
+    """Set this process's threads, load the model and prove it is the reference's model."""
+    pin_threads(variant.threads)
+    module = ref.load_module()
+    if weights_digest(module) != ref.digest:
+        raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
+    return module
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split into full batches. The last one is padded by wrapping around to the first
+    rows, so that compiled variants never see a new shape; callers trim the outputs."""
+    n = len(x)
+    idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
+    return list(x[idx].split(batch_size))
+
+
+def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[torch.Tensor]:
+    n = len(x)
+    pool = []
+    for k in range(INPUT_POOL):
+        idx = [(k * batch_size + i) % n for i in range(batch_size)]
+        pool.append(built.prepare(x[idx]))
+    return pool
+
+
+def _guarded_timing(
+    fn: Callable[[], object], settings: TrialSettings, sync: Callable[[], None] | None
+) -> tuple[LatencyResult, dict[str, Any]]:
+    """Time `fn` with the interference guard: sample other CPU use right before and right
+    after timing; if the box was busy, time once more (and say whether it was still busy)."""
+    remeasured = False
+    while True:
+        before = sample_load(settings.timing.load_sample_s)
+        lat = measure_latency(fn, settings.timing, sync=sync)
+        after = sample_load(settings.timing.load_sample_s)
+        busy = max(before.busy_cores, after.busy_cores) > settings.busy_threshold_cores
+        if not busy or remeasured:
+            break
+        remeasured = True
+    return lat, {
+        "busy_cores_start": before.busy_cores,
+        "busy_cores_end": after.busy_cores,
+        "busy_processes": " ".join(before.busy_processes + after.busy_processes),
+        "interference": busy,
+        "remeasured": remeasured,
+    }
+
+
+def _ceiling_figures(
+    variant: Variant, flops_per_item: float, throughput_ips: float, ceiling: dict[str, float]
+) -> dict[str, float]:
+    key = ceiling_key(variant.precision.value, variant.quantization.value)
+    if not flops_per_item or key not in ceiling:
+        return {}
+    return {
+        "achieved_gflops": flops_per_item * throughput_ips / 1e9,
+        "ceiling_fraction": ceiling_fraction(flops_per_item, throughput_ips, ceiling[key]),
+        "ceiling_gflops": ceiling[key],
+    }
+
+
+def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> TrialResult:
+    """Build and measure one variant in this process."""
+    hw = detect()
+    load_start = os.getloadavg()[0]
+    reason = infeasible_reason(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
+    if reason:
+        return TrialResult(status="infeasible", error=reason, load_start=load_start)
+
+    model = _load_checked(variant, ref)
+    x = ref.data.inputs
+    build_s = None
+    try:
+        built = slowed(build(model, variant, ref.data.calibration, hw.device), settings.faults, variant)
+        build_s = built.build_s
+        batches = _batches(x, variant.batch_size)
+        with torch.inference_mode():
+            first = built.run(built.prepare(batches[0]))[: min(variant.batch_size, len(x))]
+            screen = fidelity(first, ref.logits[: len(first)])
+            if screen["cosine_similarity"] < settings.screen_min_cosine:
+                msg = f"first batch cosine {screen['cosine_similarity']:.4f} < {settings.screen_min_cosine}"
+                return TrialResult.of(screen, status="inaccurate", error=msg, load_start=load_start, build_s=build_s)
+
+            pool = _timing_pool(x, variant.batch_size, built)
+            cycle = itertools.cycle(pool)
+            measure_start = time.perf_counter()
+            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
+
+            outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
+    except EXPECTED_ERRORS as e:
+        return TrialResult(
+            status="failed", error=one_line(e), traceback=traceback.format_exc(), load_start=load_start, build_s=build_s
+        )
+
+    figures: dict[str, Any] = lat.summary(variant.batch_size)
+    figures["measure_s"] = time.perf_counter() - measure_start
+    figures.update(_ceiling_figures(variant, ref.flops_per_item, figures["throughput_ips"], settings.ceiling))
+    figures.update(fidelity(outs, ref.logits))
+    if ref.data.labels is not None:
+        figures.update(topk_accuracy(outs, ref.data.labels))
+    figures["quality"] = quality(figures, ref.has_labels)
+    figures["accuracy_drop"] = accuracy_drop(figures["quality"], ref.baseline_quality)
+    figures["peak_device_mb"] = peak_device_mb()
+    figures.update(
+        load_start=load_start,
+        build_s=build_s,
+        peak_rss_mb=peak_rss_mb(),
+        model_size_mb=model_size_mb(built.module),
+        load_end=os.getloadavg()[0],
+    )
+    return TrialResult.of({**guard, **figures}, status="ok", stable=lat.stable)
+
+
+def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
+    """Build and time one variant (no accuracy pass): one confirmation measurement.
+    Returns the raw per-call times so the caller can pool processes."""
+    built = build(_load_checked(variant, ref), variant, ref.data.calibration, detect().device)
+    built = slowed(built, settings.faults, variant)
+    cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
+    with torch.inference_mode():
+        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
+    return {"times_s": list(lat.times_s), "stable": lat.stable, **guard}
