@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tuner.core.errors import VariantUnsupported
+from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import CompileMode
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -32,7 +32,7 @@ def _torchscript(model: nn.Module, example: torch.Tensor) -> Runner:
             frozen = torch.jit.freeze(traced.eval())
             return torch.jit.optimize_for_inference(frozen)
         except RuntimeError as e:
-            raise VariantUnsupported(f"TorchScript trace/freeze failed: {str(e).splitlines()[0]}") from e
+            raise VariantUnsupported(f"TorchScript trace/freeze failed: {one_line(e)}") from e
 
 
 def _inductor(mode: str | None) -> Callable[[nn.Module, torch.Tensor], Runner]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tuner.core.errors import VariantUnsupported
+from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import Quantization
 
 
@@ -39,6 +39,7 @@ def _dynamic_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int) 
 def _static_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    from torch.fx.proxy import TraceError
 
     if calibration.device.type != "cpu":
         raise VariantUnsupported("static int8 (x86 backend) runs on the CPU only")
@@ -49,8 +50,11 @@ def _static_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int) -
             prepared = prepare_fx(
                 copy.deepcopy(model), get_default_qconfig_mapping("x86"), example_inputs=(calibration[:1],)
             )
-        except Exception as e:  # FX tracing fails on data-dependent control flow
-            raise VariantUnsupported(f"FX static quantization cannot trace this model: {e}") from e
+        except (TraceError, TypeError, NotImplementedError, RuntimeError) as e:
+            # What symbolic tracing raises on code it cannot follow: data-dependent control flow
+            # (TraceError), Python operations on proxies (TypeError), unsupported ops. Any other
+            # error is a bug and keeps its traceback.
+            raise VariantUnsupported(f"FX static quantization cannot trace this model: {one_line(e)}") from e
         with torch.inference_mode():
             for chunk in calibration.split(max(1, batch_size)):
                 prepared(chunk)

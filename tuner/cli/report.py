@@ -9,7 +9,7 @@ from typing import Any
 
 from tuner.cli.main import EXIT_OK
 from tuner.core.env import quiet_logs, service_env
-from tuner.core.errors import ConfigError
+from tuner.core.errors import ConfigError, one_line
 from tuner.outputs import tables
 from tuner.outputs.compare import comparability, compare, render
 from tuner.tracking.store import Tracker, check_reachable, default_tracking_uri
@@ -61,10 +61,12 @@ def _find_search(uri: str, run_id: str | None, experiment: str | None, flag: str
     from mlflow.tracking import MlflowClient
 
     if run_id:
+        from mlflow.exceptions import MlflowException
+
         try:
             run = MlflowClient(uri).get_run(run_id)
-        except Exception as e:
-            raise ConfigError(f"{flag} {run_id}: not found in {uri}: {str(e).splitlines()[0]}") from None
+        except MlflowException as e:
+            raise ConfigError(f"{flag} {run_id}: not found in {uri}: {one_line(e)}") from None
         exp_name = MlflowClient(uri).get_experiment(run.info.experiment_id).name
         if experiment and experiment != exp_name:
             raise ConfigError(

@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import importlib
 import logging
+import pickle
 import random
 import socket
 import sys
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuner.core.errors import ConfigError
+from tuner.core.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _pretrained_available(weights: Any) -> bool:
     try:
         weights.get_state_dict(progress=False)
         return True
-    except Exception as e:  # network errors come in many types (URLError, OSError, ...)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError/timeouts are OSErrors; a bad hash is a RuntimeError
         log.debug("pretrained download failed: %s", e)
         return False
     finally:
@@ -219,7 +220,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 def _load_state_dict_file(module: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:  # refused code, bad zip, ...
         raise ConfigError(f"--weights {path}: not a loadable state dict (weights_only=True): {e}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -403,8 +404,8 @@ def load_eval_data(
                 tensors.append(transform(im.convert("RGB")))
             labels.append(y)
             used.append(str(f))
-        except Exception as e:  # PIL raises many types for corrupt files
-            skipped.append(f"{f.name} ({str(e).splitlines()[0][:80]})")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's errors for bad files
+            skipped.append(f"{f.name} ({one_line(e)[:80]})")
     if skipped:  # on stderr, not warnings.warn, which filters can hide
         shown = "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         print(f"warning: --data {root}: skipped {len(skipped)} unreadable image(s): {shown}", file=sys.stderr)

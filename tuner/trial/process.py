@@ -91,7 +91,7 @@ def _child(conn: Connection, folder: str, target: Callable[..., dict[str, Any]],
         faulthandler.enable(file=log, all_threads=True)
         try:
             out = target(*args)
-        except Exception as e:
+        except Exception as e:  # any exception of the trial's code is its result, with the traceback kept
             out = {"status": "failed", "error": one_line(e)}
             out["traceback"] = traceback.format_exc()
         faulthandler.disable()
