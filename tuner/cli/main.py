@@ -1,4 +1,4 @@
-"""Command line: `python -m tuner search|measure|report|nightly`. Parsing and dispatch only;
+"""Command line: `python -m tuner search|measure|report|nightly|ceiling`. Parsing and dispatch only;
 each command's handler is a module of this package (`cli/search.py`, ...), and the work is
 elsewhere. `--help` and `report` never import torch (tests/test_layers.py holds that).
 
@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUTPUT_DIR",
         help="upload the trials a search kept in OUTPUT_DIR while the MLflow store was unreachable",
     )
+
+    c = sub.add_parser("ceiling", help="print this machine's ceiling per precision (GFLOP/s, probe, when, load)")
+    c.add_argument("--remeasure", action="store_true", help="measure it again now and update the cache")
     return p
 
 
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             from tuner.nightly.job import run_job
 
             return run_job(args.job, resume=args.resume)
+        if args.command == "ceiling":
+            from tuner.cli import ceiling
+
+            return ceiling.run(args)
         from tuner.cli import report
 
         return report.run(args)

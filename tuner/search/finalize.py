@@ -2,6 +2,7 @@
 the registered model, the parent run's summary and the terminal report.
 
     finalize
+      recheck     a trial above its ceiling: that ceiling re-measured, else the best achieved
       select      feasible rows, Pareto front, recommendation (decide/pareto.py)
       confirm     finalists re-measured interleaved (decide/finalists.py)
       _tag_children, tables, recommended.yaml, plots, model (tracking/export.py)
@@ -11,6 +12,7 @@ the registered model, the parent run's summary and the terminal report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.hardware import detect
 from tuner.inputs.reference import Reference
+from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
 from tuner.outputs import tables
 from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
 from tuner.tracking.recorder import TrialRecorder, close_parent
@@ -58,6 +61,7 @@ def finalize(
         say("no trial finished (time budget too small?)")
         return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
 
+    recheck_ceiling(df, tracker, parent_id, lambda keys: entries_for(recorder.hw, keys, remeasure=True))
     df["feasible"] = feasible_mask(df, sp.constraints)
     df["pareto"] = pareto_mask(df, df["feasible"])
     rec = recommend(df, sp.search.objective, sp.constraints)
@@ -86,6 +90,43 @@ def finalize(
     close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=_summary_metrics(df, recommended, wall))
     print_summary(df, recommended, rec.reason, facts, parent_id, wall)
     return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+
+
+def recheck_ceiling(
+    df: pd.DataFrame, tracker: Tracker, parent_id: str, remeasure: Callable[[list[str]], dict[str, CeilingEntry]]
+) -> list[Refit]:
+    """A trial faster than its ceiling cannot be: re-measure that ceiling now (the cache is
+    updated), and where a trial still beats it, take the best achieved rate. The rows of
+    `df`, the child runs' metrics and the parent's `tuner.ceiling_*` tags say so."""
+    keys = keys_over_one(df)
+    if not keys:
+        return []
+    say(f"ceiling: a trial ran above the {'/'.join(keys)} ceiling; re-measuring it ...")
+    try:
+        entries = remeasure(keys)
+    except Exception as e:  # torch raises many kinds; the best achieved rate still bounds it
+        say(f"warning: the ceiling could not be re-measured: {e}")
+        entries = {}
+    refits = refit_fractions(df, keys, entries)
+    for r in refits:
+        say(_refit_line(r))
+        tags = {f"tuner.ceiling_source.{r.key}": r.source, f"tuner.ceiling_gflops.{r.key}": f"{r.gflops:.1f}"}
+        tracker.log(parent_id, tags=tags)
+        for i in r.rows:
+            if df.at[i, "mlflow_run_id"]:
+                figures = {"ceiling_fraction": df.at[i, "ceiling_fraction"], "ceiling_gflops": r.gflops}
+                tracker.log(str(df.at[i, "mlflow_run_id"]), metrics=figures)
+    return refits
+
+
+def _refit_line(r: Refit) -> str:
+    was = f"was {r.was_gflops:.0f} GFLOP/s, a trial reached {r.was_fraction:.0%}"
+    probe = "could not be re-measured" if r.remeasured is None else f"re-measured {r.remeasured:.0f} GFLOP/s"
+    if r.source.startswith("best achieved"):
+        now = f"{probe}, still below a trial: now the {r.source}, {r.gflops:.0f} GFLOP/s"
+    else:
+        now = f"{probe} ({r.source})"
+    return f"ceiling: {r.key} {now} ({was}); ceiling_fraction recomputed for {len(r.rows)} trial(s)"
 
 
 def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
