@@ -32,8 +32,7 @@ from tuner.core.variant import config_key
 from tuner.inputs.hardware import Hardware, detect
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
-from tuner.measure.ceiling import cache_path
-from tuner.measure.ceiling import for_hardware as ceiling_for
+from tuner.measure.ceiling import cache_path, entries_for
 from tuner.search import tune as tune_wiring
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize
@@ -89,7 +88,8 @@ class _Prepared:
     previous: dict[str, Any] | None  # the saved state of the search being resumed
     ref: Reference
     hw: Hardware
-    ceiling: dict[str, float]
+    ceiling: dict[str, float]  # GFLOP/s per precision
+    ceiling_probes: dict[str, str]  # the probe that measured each
 
 
 def _run_search(req: SearchRequest) -> SearchOutcome:
@@ -132,13 +132,14 @@ def _prepare(req: SearchRequest) -> _Prepared:
     say("preparing the fp32 eager reference ...")
     ref = reference_for(spec, req.space.eval, req.data)
     hw = detect()
-    ceiling = ceiling_for(hw)
+    entries = entries_for(hw)
     say(f"  weights: {ref.weights_label}")
     say(f"  data:    {ref.data_label}")
     say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")
-    rates = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceiling.items())
-    say(f"  ceiling: {rates} (cache {cache_path(hw.fingerprint)})")
-    return _Prepared(started, previous, ref, hw, ceiling)
+    rates = ", ".join(f"{k} {e.gflops:.0f} GFLOP/s" for k, e in entries.items())
+    say(f"  ceiling: {rates} (cache {cache_path(hw.fingerprint)}; `python -m tuner ceiling` for probes and age)")
+    ceiling = {k: e.gflops for k, e in entries.items()}
+    return _Prepared(started, previous, ref, hw, ceiling, {k: e.probe for k, e in entries.items()})
 
 
 def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str, TrialRecorder]:
@@ -166,6 +167,7 @@ def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str
         "tuner.data": ref.data_label,
         "tuner.output": str(req.output),
         **prep.hw.tags(),
+        **{f"tuner.ceiling_source.{k}": v for k, v in prep.ceiling_probes.items()},
         **dict(req.tags),
     }
     if prep.previous is not None:
