@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,31 @@ sys.path.insert(0, str(TESTS))  # tiny_models is importable as `tiny_models:smal
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# No test writes into the user's real ~/.cache (the hardware ceiling measured under test load,
+# the nightly lock): set before any test module imports tuner, so in-process calls
+# (cli.main.main, measure.ceiling.for_hardware, nightly.job.lock_path) resolve under it too.
+# CLI subprocesses get their own folder from `tuner_env`.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="tuner-tests-cache-"))
+os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_cache_home():
+    """The session's cache folder (XDG_CACHE_HOME, set above); removed at the end."""
+    assert os.environ["XDG_CACHE_HOME"] == str(TEST_CACHE)
+    yield TEST_CACHE
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+
+
 # Fast timing knobs for tests: figures are real but short; never asserted against a clock.
+# load_sample_s: the interference guard's load sample before and after each timing (0.5 s by default).
 FAST_TIMING = {
     "warmup_max_s": 1.0,
     "window_s": 0.02,
     "min_iters": 5,
     "min_time_s": 0.1,
     "max_time_s": 0.6,
+    "load_sample_s": 0.05,
 }
 
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tuner.cli.main import EXIT_USAGE, main
 
-from conftest import write_space
+from conftest import TEST_CACHE, write_space
 
 
 @pytest.fixture(autouse=True)
@@ -87,12 +87,22 @@ def test_batch_size_below_one(tmp_path, capsys):
     assert "bad.yaml" in err and "`dimensions.batch_size`" in err and ">= 1" in err
 
 
+@pytest.mark.slow  # starts Ray, prepares the reference and measures the hardware ceiling first
 def test_threads_above_the_cores_ray_can_give(tmp_path, capsys):
+    from tuner.inputs.hardware import detect
+    from tuner.measure.ceiling import cache_path
+
+    # The ceiling goes to the session's cache folder (conftest), never the user's ~/.cache.
+    ours = cache_path(detect().fingerprint)
+    assert ours.is_relative_to(TEST_CACHE)
+    users = Path.home() / ".cache" / ours.relative_to(TEST_CACHE)
+    before = users.stat().st_mtime_ns if users.exists() else None
     cores = os.cpu_count() or 1
     f = write_space(tmp_path / "threads.yaml", dimensions={"threads": [1, cores + 1]})
     err = run_cli(tmp_path, capsys, "search", "tiny_models:small_cnn", "--space", str(f), "--weights", "random")
     assert "threads.yaml" in err and "`dimensions.threads`" in err and f"lists [{cores + 1}]" in err
     assert f"at most {cores} core(s)" in err
+    assert (users.stat().st_mtime_ns if users.exists() else None) == before
 
 
 def test_missing_data_folder(tmp_path, capsys):

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from tuner.trial.process import FAULT_LOG, MARKER, fresh_process
 
 
@@ -63,6 +65,7 @@ def test_a_hang_is_killed_at_the_time_limit(tmp_path):
     assert time.monotonic() - start < 30 and (tmp_path / MARKER).exists()
 
 
+@pytest.mark.slow  # allocates towards 2.5 GB; killed past 1.5 GB
 def test_memory_past_the_cap_is_killed(tmp_path):
     out = fresh_process(_allocate, (), tmp_path, 60, 1500)
     assert out["status"] == "oom" and "passed the 1500 MB cap" in out["error"]

@@ -52,6 +52,7 @@ def test_space_file_lookup(tmp_path):
         ("search: {trials: many}", "search.trials", "integer"),
         ("search: {objective: memory}", "search.objective", "latency"),
         ("timing: {tolerance: -1}", "timing.tolerance", "greater than 0"),
+        ("timing: {load_sample_s: 0}", "timing.load_sample_s", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path, text, key, fragment):

@@ -1,5 +1,9 @@
 """The MLflow schema (DESIGN.md §5), written to a temporary sqlite store by the same
-driver-side recorder and finalizer a search uses; only Ray is left out."""
+driver-side recorder and finalizer a search uses; only Ray is left out.
+
+The whole search's records (`logged_search`: about ten measurements, confirmation, plots,
+the registered model) are slow; one fast test drives store.py and recorder.py with a real
+sqlite store and a single measurement."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from tuner.core.variant import Variant
 from tuner.decide.confirm import interleaved
 from tuner.inputs.hardware import detect
 from tuner.search.finalize import finalize
-from tuner.tracking.recorder import TrialRecorder
+from tuner.tracking.recorder import TrialRecorder, close_parent
 from tuner.tracking.store import Tracker
 from tuner.trial.evaluate import TrialSettings, evaluate, time_variant
 from tuner.trial.process import classify
@@ -83,6 +87,7 @@ def _logged_search(tmp_path, tracking_uri, small_reference):
     return MlflowClient(tracking_uri), tracker, parent, outcome, out, small_reference
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_child_runs_follow_the_schema(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     children = tracker.children(parent)
@@ -106,6 +111,7 @@ def test_child_runs_follow_the_schema(logged_search):
     assert by_trial["t0"].data.tags["tuner.baseline"] == "true"
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     tags = {c.data.tags["ray.trial_id"]: c.data.tags for c in tracker.children(parent)}
@@ -121,6 +127,7 @@ def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
     assert rec["variant"]["batch_size"] in (1, 4)
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_parent_run_summary_and_artifacts(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     run = client.get_run(parent)
@@ -133,6 +140,7 @@ def test_parent_run_summary_and_artifacts(logged_search):
     assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= arts
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_pareto_plots_and_description_for_reviewers(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     arts = {a.path for a in client.list_artifacts(parent)}
@@ -153,6 +161,7 @@ def test_pareto_plots_and_description_for_reviewers(logged_search):
         assert child.data.tags["mlflow.runName"] == Variant.from_dict(params).label
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search):
     import mlflow.pyfunc
 
@@ -179,6 +188,7 @@ def test_recommended_model_is_registered_and_reproduces_the_variant(logged_searc
     assert tuple(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == tuple(ref.shape)
 
 
+@pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_finalists_are_confirmed_with_intervals(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     table = pd.read_csv(out / "trials.csv")
@@ -196,6 +206,54 @@ def test_finalists_are_confirmed_with_intervals(logged_search):
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert rec["confirmed"]["confirmed_p50_ms"] > 0 and rec["figures"]["latency_p50_ms"] > 0
     assert "confirmed over" in rec["reason"]
+
+
+def test_recorder_writes_each_trial_to_the_store_the_table_and_the_terminal(tmp_path, monkeypatch, small_reference,
+                                                                           capsys):  # fmt: skip
+    """store.Tracker + recorder.TrialRecorder on a real sqlite store: one measured trial, one crash."""
+    monkeypatch.chdir(tmp_path)  # the local store's artifacts go to ./mlartifacts
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "tuner/fast")
+    parent = tracker.start_parent("search fast", {"trials": 2}, {"tuner.model": "tiny"})
+    out = tmp_path / "out"
+    out.mkdir()
+    rec = TrialRecorder(tracker, parent, out, small_reference, detect(), total=2)
+    base = Variant(threads=1)
+    rec.start("t0")
+    rec.record("t0", base.to_dict(), evaluate(base, small_reference, SETTINGS))
+    died = TrialResult.from_report(classify(None, "Traceback (most recent call last):\nValueError: boom\n"))
+    rec.record("t0", base.to_dict(), died)  # delivered twice: the first delivery stands
+    other = Variant(batch_size=2, threads=1)
+    rec.record("t1", other.to_dict(), died)
+    close_parent(tracker, parent, rec.table().iloc[0])
+
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial_id"]) == ["t0", "t1"] and list(table["status"]) == ["ok", "failed"]
+    assert list(table["label"]) == [base.label, other.label] and list(table["is_baseline"]) == [True, False]
+    assert table.loc[0, "speedup_vs_baseline"] == 1.0 and table.loc[0, "process_wall_s"] > 0
+    assert (out / "tracebacks" / "t1.txt").read_text().endswith("ValueError: boom\n")
+
+    children = {c.data.tags["ray.trial_id"]: c for c in tracker.children(parent)}
+    assert set(children) == {"t0", "t1"}
+    assert {children[t].info.run_id for t in ("t0", "t1")} == set(table["mlflow_run_id"])
+    ok, failed = children["t0"], children["t1"]
+    assert ok.info.status == "FINISHED" and ok.data.tags["tuner.status"] == "ok"
+    assert ok.data.tags["tuner.baseline"] == "true" and ok.data.tags["hw.fingerprint"] == detect().fingerprint
+    assert ok.data.tags["tuner.weights"] == small_reference.weights_label
+    assert {"latency_p50_ms", "throughput_ips", "build_s", "top1_agreement", "speedup_vs_baseline"} <= set(
+        ok.data.metrics
+    )
+    assert ok.data.metrics["latency_p50_ms"] == pytest.approx(table.loc[0, "latency_p50_ms"])
+    assert ok.data.params == {k: str(v) for k, v in base.to_dict().items()}
+    assert failed.info.status == "FAILED" and failed.data.tags["tuner.error"] == "ValueError: boom"
+    assert "latency_p50_ms" not in failed.data.metrics
+    assert "traceback.txt" in [a.path for a in MlflowClient(uri).list_artifacts(failed.info.run_id)]
+
+    run = tracker.run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["tuner.recommended_run_id"] == ok.info.run_id
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines if ln.startswith("[")] == [["[1/2]", "ok"], ["[2/2]", "failed"]]
+    assert lines[-1].endswith("ValueError: boom")
 
 
 def test_unreachable_store_is_a_tracking_error(tmp_path):

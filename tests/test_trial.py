@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,13 +10,16 @@ import pytest
 from tuner.config.space import TimingConfig
 from tuner.core.schema import METRICS, PENALTY
 from tuner.core.variant import Variant
+from tuner.inputs.hardware import detect
 from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
-from tuner.trial.evaluate import TrialSettings, evaluate
+from tuner.measure.interference import LoadSample
+from tuner.trial.evaluate import TrialSettings, evaluate, time_variant
 
 from conftest import FAST_TIMING
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
+HW = detect()
 
 
 def test_ok_trial_reports_every_metric(small_reference):
@@ -38,13 +42,31 @@ def test_int8_trial_is_close_to_fp32(small_reference):
 
 
 def test_infeasible_trial_is_not_built(small_reference):
-    out = evaluate(Variant(precision="fp16"), small_reference, SETTINGS)  # type: ignore[arg-type]
-    # fp16 is native only with avx512_fp16/amx_fp16 or CUDA; on such hardware it must run.
-    if out.status == "ok":
-        pytest.skip("this machine runs fp16 natively; the infeasible path is not reachable here")
-    assert out.status == "infeasible" and "fp16" in out.error
+    # int8 never lowers through inductor, and int8 runs on CPUs only: infeasible on every host.
+    out = evaluate(Variant(quantization="static_int8", compile="inductor"), small_reference, SETTINGS)  # type: ignore[arg-type]
+    assert out.status == "infeasible" and "int8" in out.error
     assert out.objectives() == PENALTY
-    assert out.latency_p50_ms is None
+    assert out.latency_p50_ms is None and out.build_s is None
+
+
+@pytest.mark.skipif(HW.fp16_native, reason="this host runs fp16 natively (avx512_fp16/amx_fp16 or CUDA)")
+def test_fp16_is_infeasible_where_it_is_not_native(small_reference):
+    out = evaluate(Variant(precision="fp16"), small_reference, SETTINGS)  # type: ignore[arg-type]
+    assert out.status == "infeasible" and "fp16 is not native" in out.error
+    assert out.objectives() == PENALTY and out.latency_p50_ms is None
+
+
+def test_bf16_is_infeasible_on_an_avx2_only_host(small_reference, monkeypatch):
+    """A Zen 3 host (AVX2, no avx512_bf16): bf16 is marked infeasible, not built or timed.
+    Simulated on whatever host runs the test by the capabilities evaluate() reads."""
+    avx2 = dataclasses.replace(HW, isa="avx2,fma", gpu="none")
+    assert not avx2.bf16_native and not avx2.fp16_native
+    monkeypatch.setattr("tuner.trial.evaluate.detect", lambda: avx2)
+    out = evaluate(Variant(precision="bf16", threads=1), small_reference, SETTINGS)  # type: ignore[arg-type]
+    assert out.status == "infeasible" and "bf16 is not native" in out.error
+    assert out.objectives() == PENALTY and out.latency_p50_ms is None
+    # The same host runs fp32 and int8 variants: those are what the suite measures there.
+    assert evaluate(Variant(quantization="dynamic_int8", threads=1), small_reference, SETTINGS).status == "ok"  # type: ignore[arg-type]
 
 
 def test_factory_model_weights_are_labelled_as_the_factory_built_them():
@@ -77,3 +99,40 @@ def test_eval_set_not_a_multiple_of_the_batch(small_reference):
     # 8 eval samples, batch 3: the last batch is padded and trimmed; agreement stays exact.
     out = evaluate(Variant(batch_size=3, threads=1, compile="torchscript"), small_reference, SETTINGS)  # type: ignore[arg-type]
     assert out.status == "ok" and out.top1_agreement == 1.0
+
+
+def test_the_load_sample_length_is_the_timing_config_s(small_reference, monkeypatch):
+    """The interference guard samples the load for `timing.load_sample_s` (0.5 s by default,
+    shortened by the tests) right before and right after each timing, in a trial and in a
+    confirmation measurement alike."""
+    asked = []
+
+    def quiet_box(seconds):
+        asked.append(seconds)
+        return LoadSample(0.0, (), 0.0)  # an idle machine: no re-measurement
+
+    monkeypatch.setattr("tuner.trial.evaluate.sample_load", quiet_box)
+    settings = TrialSettings(TimingConfig(**{**FAST_TIMING, "load_sample_s": 0.0123}))
+    out = evaluate(Variant(threads=1), small_reference, settings)
+    assert out.status == "ok", out.error
+    assert asked == [0.0123, 0.0123] and out.interference is False and out.remeasured is False
+    asked.clear()
+    timed = time_variant(Variant(threads=1), small_reference, settings)
+    assert asked == [0.0123, 0.0123] and len(timed["times_s"]) >= FAST_TIMING["min_iters"]
+    assert TimingConfig().load_sample_s == 0.5  # the default a real search uses
+    assert SETTINGS.timing.load_sample_s == FAST_TIMING["load_sample_s"] == 0.05  # what the tests use
+
+
+def test_a_busy_box_is_timed_once_more_with_the_same_sample_length(small_reference, monkeypatch):
+    asked = []
+
+    def busy_box(seconds):
+        asked.append(seconds)
+        return LoadSample(1.5, ("spinner(1):1.50",), 1.0)  # another process uses 1.5 cores
+
+    monkeypatch.setattr("tuner.trial.evaluate.sample_load", busy_box)
+    settings = TrialSettings(TimingConfig(**{**FAST_TIMING, "load_sample_s": 0.0321}))
+    out = evaluate(Variant(threads=1), small_reference, settings)
+    assert out.status == "ok", out.error
+    assert asked == [0.0321] * 4  # before and after the first timing, then the re-measurement
+    assert out.interference is True and out.remeasured is True and "spinner(1)" in out.busy_processes
