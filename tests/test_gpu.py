@@ -27,13 +27,13 @@ pytestmark = [
 
 # bf16 needs a GPU that runs it natively (compute capability 8.0+: Ampere and later); an older
 # one is skipped with that reason, and the reduced-precision path is still run through fp16.
-BF16_ON_THIS_GPU = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+OLD_GPU = torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False)
 NO_BF16 = "this GPU has no native bf16 (compute capability < 8.0)"
 
 
 def _needs(params: dict[str, str]) -> object:
     if params.get("precision") == "bf16":
-        return pytest.param(params, marks=pytest.mark.skipif(not BF16_ON_THIS_GPU, reason=NO_BF16))
+        return pytest.param(params, marks=pytest.mark.skipif(OLD_GPU, reason=NO_BF16))
     return params
 
 
