@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -23,16 +24,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # the nightly lock): set before any test module imports tuner, so in-process calls
 # (cli.main.main, measure.ceiling.for_hardware, nightly.job.lock_path) resolve under it too.
 # CLI subprocesses get their own folder from `tuner_env`.
+# Removed at exit (atexit: also after --collect-only or a run whose tests were all skipped).
 TEST_CACHE = Path(tempfile.mkdtemp(prefix="tuner-tests-cache-"))
 os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE)
+atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _test_cache_home():
-    """The session's cache folder (XDG_CACHE_HOME, set above); removed at the end."""
+def _test_cache_home() -> Path:
+    """The session's cache folder (XDG_CACHE_HOME, set above)."""
     assert os.environ["XDG_CACHE_HOME"] == str(TEST_CACHE)
-    yield TEST_CACHE
-    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+    return TEST_CACHE
 
 
 # Fast timing knobs for tests: figures are real but short; never asserted against a clock.
