@@ -89,8 +89,8 @@ def test_batch_size_below_one(tmp_path, capsys):
 
 @pytest.mark.slow  # starts Ray, prepares the reference and measures the hardware ceiling first
 def test_threads_above_the_cores_ray_can_give(tmp_path, capsys):
-    from tuner.inputs.hardware import detect
     from tuner.measure.ceiling import cache_path
+    from tuner.measure.hardware import detect
 
     # The ceiling goes to the session's cache folder (conftest), never the user's ~/.cache.
     ours = cache_path(detect().fingerprint)

@@ -14,8 +14,8 @@ import pytest
 
 from tuner.core.errors import ConfigError
 from tuner.core.variant import CompileMode, Precision, Quantization, Variant, infeasible_reason
-from tuner.inputs.hardware import detect
 from tuner.measure import ceiling
+from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
 
 

@@ -14,8 +14,8 @@ from tuner.config.request import SearchRequest
 from tuner.config.space import SearchSpace
 from tuner.core.schema import TrialResult
 from tuner.core.variant import Variant
-from tuner.inputs.hardware import detect
 from tuner.measure.ceiling import CeilingEntry, keys_over_one, refit_fractions
+from tuner.measure.hardware import detect
 from tuner.search import finalize as finalize_mod
 
 CONV = "quantized::conv2d 3x3 256ch 28x28 (x86)"

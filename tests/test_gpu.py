@@ -11,10 +11,10 @@ import torch
 from tuner.build import build
 from tuner.config.space import TimingConfig
 from tuner.core.variant import Variant
-from tuner.inputs.hardware import detect
 from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
 from tuner.measure.accuracy import fidelity
+from tuner.measure.hardware import detect
 from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING

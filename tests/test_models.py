@@ -12,9 +12,10 @@ from torchvision import transforms as T
 from tuner.config.space import TimingConfig
 from tuner.core.errors import ConfigError
 from tuner.core.variant import Variant
-from tuner.inputs.hardware import detect
-from tuner.inputs.models import ModelSpec, check_inputs, class_index, load_eval_data, load_model, resolve_weights
+from tuner.inputs.data import class_index, load_eval_data
+from tuner.inputs.models import ModelSpec, check_inputs, load_model, resolve_weights
 from tuner.inputs.reference import prepare_reference
+from tuner.measure.hardware import detect
 from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING

@@ -21,7 +21,7 @@ from tuner.core.errors import TrackingError
 from tuner.core.schema import TrialResult
 from tuner.core.variant import Variant
 from tuner.decide.confirm import interleaved
-from tuner.inputs.hardware import detect
+from tuner.measure.hardware import detect
 from tuner.search.finalize import finalize
 from tuner.tracking.recorder import TrialRecorder, close_parent
 from tuner.tracking.store import Tracker

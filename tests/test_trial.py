@@ -10,9 +10,9 @@ import pytest
 from tuner.config.space import TimingConfig
 from tuner.core.schema import METRICS, PENALTY
 from tuner.core.variant import Variant
-from tuner.inputs.hardware import detect
 from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
+from tuner.measure.hardware import detect
 from tuner.measure.interference import LoadSample
 from tuner.trial.evaluate import TrialSettings, evaluate, time_variant
 

@@ -75,7 +75,7 @@ def train_small_cnn(root) -> None:
     SmallCNN on train/ for a few seconds and save its state dict to `root/small_cnn.pt`."""
     from pathlib import Path
 
-    from tuner.inputs.models import load_eval_data
+    from tuner.inputs.data import load_eval_data
 
     root = Path(root)
     write_labeled_folder(root / "train", ["0", "1", "2"], per_class=12, seed=100)

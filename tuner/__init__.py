@@ -1,17 +1,19 @@
 """tuner: automated inference tuning for PyTorch models.
 
-The data flow of one search, top to bottom (see DESIGN.md §1):
+One search, as the folders read (README "Layout", DESIGN.md §1), top to bottom:
 
-    space.py     YAML -> SearchSpace -> Optuna define-by-run function
-    variant.py   Variant: the frozen description of one inference variant
-    models.py    model + weights + eval/calibration data
-    build/       precision -> quantize -> layout -> compile
-    measure/     latency protocol, accuracy against the fp32 reference, memory
-    trial.py     the Ray trainable: Variant -> build -> measure -> report
-    tracking.py  MLflow parent/child runs
-    select.py    Pareto front + recommendation (pure pandas)
-    report.py    terminal table, CSV/YAML outputs
-    search.py    wires Ray Tune + OptunaSearch + tracking + select
+    cli/        parse a command, hand it on
+    nightly/    a job of searches with a history, regression check and champion
+    search/     one search: Ray Tune + Optuna, confirmation, outputs
+    tracking/   MLflow: parent and child runs, sync, the registered model, history
+    outputs/    trials.csv and friends, the terminal and MLflow descriptions, plots
+    decide/     Pareto front, recommendation, confirmation statistics (pure pandas)
+    trial/      one variant built and measured in a fresh process
+    inputs/     the model, its weights, the data, the fp32 reference
+    build/      precision -> quantize -> layout -> compile
+    measure/    latency protocol, accuracy, memory, interference, hardware and its ceiling
+    config/     space and job files, the search request
+    core/       the trial result and its schema, Variant, errors, process settings
 """
 
 __version__ = "0.1.0"

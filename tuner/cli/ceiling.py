@@ -10,8 +10,8 @@ from tuner.cli.main import EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.inputs.hardware import detect
     from tuner.measure.ceiling import BUSY_CORES, cache_path, entries_for, read_cache
+    from tuner.measure.hardware import detect
 
     hw = detect()
     cached = {} if args.remeasure else read_cache(hw.fingerprint)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import yaml
 
@@ -13,6 +12,7 @@ from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.cli.search import load_space
 from tuner.core.errors import ConfigError, TunerError
 from tuner.core.variant import Variant
+from tuner.measure.hardware import usable_cores
 
 PRINTED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s", "stable")
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     variant, doc = _read_variant(args)
     space, _ = load_space(args)
     weights = args.weights or doc.get("weights", "auto")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # taskset and cgroup limits count
     if variant.threads > cores:
         raise ConfigError(
             f"--config {args.config}: `variant.threads` is {variant.threads}; this machine has {cores} cores"
@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tuner.core.env import pin_threads
-    from tuner.inputs.hardware import detect
     from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware as ceiling_for
+    from tuner.measure.hardware import detect
     from tuner.trial.evaluate import TrialSettings, evaluate
 
     check_inputs(args.model, weights, args.data)

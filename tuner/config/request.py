@@ -36,7 +36,7 @@ class SearchRequest:
     seed: int = 0
     address: str | None = None
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
-    # Nightly jobs (nightly.py): extra parent-run tags, configs (labels) the confirmation must
+    # Nightly jobs (nightly/model.py): extra parent-run tags, configs (labels) the confirmation must
     # include, and a hook that runs with Ray up and the reference ready, before any trial.
     tags: tuple[tuple[str, str], ...] = ()
     also_confirm: tuple[str, ...] = ()

@@ -118,7 +118,7 @@ class EvalSettings(Strict):
 
 
 class ConfirmSettings(Strict):
-    """Finalist confirmation (confirm.py): re-measure the best Pareto configs interleaved."""
+    """Finalist confirmation (decide/finalists.py): re-measure the best Pareto configs interleaved."""
 
     finalists: int = Field(default=3, ge=0)  # 0 turns confirmation off
     rounds: int = Field(default=3, ge=1)

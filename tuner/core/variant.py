@@ -123,7 +123,7 @@ def baseline(threads: int) -> Variant:
 def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
     """Why this variant is known not to work (or not to make sense) here, else None.
 
-    These rules keep known failures out of the sampled space (`space.py` never offers
+    These rules keep known failures out of the sampled space (`config/space.py` never offers
     them) and mark a hand-written variant `infeasible` without building it.
     """
     if v.precision is Precision.FP16 and not fp16_native:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from tuner.config.space import EvalSettings
-from tuner.inputs.models import EvalData, ModelSpec, input_shape, load_eval_data, load_model, weights_digest
+from tuner.inputs.data import EvalData, load_eval_data
+from tuner.inputs.models import ModelSpec, input_shape, load_model, weights_digest
 from tuner.measure.accuracy import topk_accuracy
 
 # A random-init model whose fp32 outputs are all below this is degenerate (mobilenet_v3,

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from tuner.core.console import say
-from tuner.inputs.hardware import Hardware
+from tuner.measure.hardware import Hardware
 from tuner.measure.interference import sample_load
 
 SIZE = 1024  # matmul / linear probes: SIZE x SIZE x SIZE
@@ -63,7 +63,7 @@ class CeilingEntry:
 
 
 def cache_path(fingerprint: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")  # set but empty: the default
     return root / "tuner" / f"ceiling-{fingerprint}.json"
 
 

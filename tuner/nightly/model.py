@@ -30,7 +30,7 @@ from tuner.core.console import say
 from tuner.core.variant import Variant
 from tuner.decide.confirm import Confirmed
 from tuner.decide.pareto import variant_of
-from tuner.inputs.hardware import detect
+from tuner.measure.hardware import detect
 from tuner.nightly.regression import confirmed_figures, decide_champion, figures_of, judge, verdict_line
 from tuner.nightly.report import print_verdict
 from tuner.tracking.history import previous_front, previous_run, promote

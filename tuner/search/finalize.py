@@ -23,9 +23,9 @@ from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
 from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
-from tuner.inputs.hardware import detect
 from tuner.inputs.reference import Reference
 from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
+from tuner.measure.hardware import detect
 from tuner.outputs import tables
 from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
 from tuner.tracking.recorder import TrialRecorder, close_parent

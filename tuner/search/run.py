@@ -29,10 +29,10 @@ from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_s
 from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.variant import config_key
-from tuner.inputs.hardware import Hardware, detect
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
 from tuner.measure.ceiling import cache_path, entries_for
+from tuner.measure.hardware import Hardware, detect
 from tuner.search import tune as tune_wiring
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize

@@ -7,7 +7,9 @@ TPE on a small categorical space keeps re-proposing configs it has already seen 
 whole trial and tells the sampler nothing new. `DedupOptunaSearch` answers a repeat from
 the first measurement instead: it tells Optuna the known result for the new Optuna trial
 (so the sampler's model is exactly as if it had been re-measured) and asks again, up to
-`max_redraws` times; after that it lets the repeat through (the space is exhausted).
+`max_redraws` times. Each answer reinforces the repeat in TPE's model, so TPE can get stuck
+on it while configs are still untried: at the limit, the first untried point of the space
+(`all_points`) is enqueued instead. Only when none is left does a repeat go through.
 
 A trial that errored (raised, crashed, timed out, ran out of memory) is told to Optuna as
 a completed trial with the `penalty` figures, not as FAIL: TPE ignores failed trials and
@@ -20,6 +22,7 @@ It relies on two attributes of `OptunaSearch` in ray 2.60 (`_ot_trials`,
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +38,16 @@ class DedupOptunaSearch(OptunaSearch):
         key: Callable[[dict[str, Any]], str],
         penalty: dict[str, float],
         max_redraws: int = 50,
+        candidates: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self._penalty = penalty
         self._key = key
         self._max_redraws = max_redraws
+        # Every point of the (finite) space, as Optuna params (`all_points`): when TPE keeps
+        # re-proposing measured configs, the next untried one of these is enqueued instead.
+        self._candidates = candidates or []
         self._known: dict[str, dict[str, Any]] = {}  # config key -> the result it got
         self._pending: dict[str, str] = {}  # Tune trial id -> config key
         self.redraws = 0
@@ -55,15 +62,34 @@ class DedupOptunaSearch(OptunaSearch):
             if not isinstance(config, dict):
                 return config  # None (wait) or Searcher.FINISHED
             k = self._key(config)
-            if k not in self._known or attempt == self._max_redraws:
-                self._pending[trial_id] = k  # new, or the space looks exhausted: measure it
+            if k not in self._known:
+                self._pending[trial_id] = k  # a new config: measure it
                 return config
-            # Seen before: give Optuna the known result for this Optuna trial, then ask again.
-            super().on_trial_complete(trial_id, result=self._known[k])
-            self._completed_trials.discard(trial_id)
-            self._ot_trials.pop(trial_id, None)
-            self.redraws += 1
+            if attempt == self._max_redraws:
+                untried = self._untried()
+                if untried is None:
+                    self._pending[trial_id] = k  # the space is exhausted: measure the repeat again
+                    return config
+                # Each redraw told TPE the repeat's result once more, so it keeps coming back
+                # to it: answer this one too, and ask for an untried config directly.
+                self._answer(trial_id, k)
+                assert self._ot_study is not None  # set up by the first suggest()
+                self._ot_study.enqueue_trial(untried)
+                return self.suggest(trial_id)
+            self._answer(trial_id, k)  # seen before: give Optuna the known result, ask again
         raise AssertionError("unreachable")
+
+    def _answer(self, trial_id: str, key: str) -> None:
+        """Complete this Optuna trial with the result `key` already got; it is not measured."""
+        super().on_trial_complete(trial_id, result=self._known[key])
+        self._completed_trials.discard(trial_id)
+        self._ot_trials.pop(trial_id, None)
+        self.redraws += 1
+
+    def _untried(self) -> dict[str, Any] | None:
+        """The first candidate neither measured nor being measured, if any."""
+        busy = set(self._known) | set(self._pending.values())
+        return next((c for c in self._candidates if self._key(c) not in busy), None)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         k = self._pending.pop(trial_id, None)
@@ -98,6 +124,23 @@ def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] |
 
 def space_function(choices: dict[str, list[Any]]) -> functools.partial[dict[str, Any] | None]:
     return functools.partial(define_by_run, choices=choices)
+
+
+def all_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the define-by-run space, as Optuna params (the same names and
+    conditions as `define_by_run`), in the choices' order."""
+    common = [choices["batch_size"], choices["threads"], choices["layout"]]
+    points = []
+    for quant in choices["quantization"]:
+        if quant == Quantization.NONE.value:
+            heads = [{"quantization": quant, "precision": p, "compile": c}
+                     for p in choices["precision"] for c in choices["compile"]]  # fmt: skip
+        else:
+            heads = [{"quantization": quant, "compile_int8": c} for c in choices["compile_int8"]]
+        for head in heads:
+            for bs, th, lay in itertools.product(*common):
+                points.append({**head, "batch_size": bs, "threads": th, "layout": lay})
+    return points
 
 
 def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def searcher(
     folder (`optuna.db`) so that `--resume` continues the same study."""
     import optuna
 
-    from tuner.search.sampling import DedupOptunaSearch, space_function
+    from tuner.search.sampling import DedupOptunaSearch, all_points, space_function
 
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed)
@@ -114,6 +114,7 @@ def searcher(
         mode=list(SAMPLER_OBJECTIVES.values()),
         points_to_evaluate=points,
         penalty=PENALTY,
+        candidates=all_points(choices),
         sampler=sampler,
         study_name=f"tuner-{output.name}",
         storage=optuna.storages.RDBStorage(f"sqlite:///{output.resolve() / 'optuna.db'}"),

@@ -29,8 +29,8 @@ from tuner.outputs import tables
 from tuner.tracking.store import Tracker
 
 if TYPE_CHECKING:  # the recorder reads their labels only; `report --sync` must not import torch
-    from tuner.inputs.hardware import Hardware
     from tuner.inputs.reference import Reference
+    from tuner.measure.hardware import Hardware
 
 
 def recommendation_tags(rec: Any | None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Everything MLflow (DESIGN.md §5): experiment, parent run per search, child run per trial.
 
-Only the driver talks to MLflow: a Tune callback (`search.py`) logs each child run as its
+Only the driver talks to MLflow: a Tune callback (`search/tune.py`) logs each child run as its
 trial finishes. Workers never open the store, so a relative or fresh sqlite database is
 never initialised by several processes, and a cluster's workers need no access to it.
 

@@ -1,5 +1,5 @@
 """`python -m tuner report --sync DIR`: upload what a search wrote to its output folder while
-the MLflow store was unreachable (tracking.py `_tolerant`).
+the MLflow store was unreachable (tracking/store.py `_tolerant`).
 
 Idempotent: a trial already in MLflow (child run tagged with its `ray.trial_id`) is never
 logged twice; run it as often as you like. The output folder is the source of truth.

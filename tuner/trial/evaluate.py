@@ -28,11 +28,11 @@ from tuner.core.env import pin_threads
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.schema import TrialResult
 from tuner.core.variant import Variant, infeasible_reason
-from tuner.inputs.hardware import detect
 from tuner.inputs.models import weights_digest
 from tuner.inputs.reference import Reference
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
 from tuner.measure.ceiling import ceiling_fraction, ceiling_key
+from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
 from tuner.measure.latency import LatencyResult, measure_latency
 from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
