@@ -166,3 +166,39 @@ def test_job_file_errors_name_the_file_and_key(tmp_path, capsys):
     assert "`models`" in capsys.readouterr().err
     assert main(["nightly", str(tmp_path / "absent.yaml")]) == EXIT_USAGE
     assert "job file not found" in capsys.readouterr().err
+
+
+def _saved_search(tmp_path: Path) -> Path:
+    """An interrupted search's output folder, as `search` leaves it (state and space)."""
+    from tuner.config.request import SearchRequest, save_state
+    from tuner.config.space import SearchSpace
+
+    out = tmp_path / "out"
+    out.mkdir()
+    space = SearchSpace.load(write_space(tmp_path / "space.yaml")).with_overrides(search={"trials": 4})
+    req = SearchRequest("tiny_models:small_cnn", space, (tmp_path / "space.yaml").resolve(), "random", None,
+                        f"sqlite:///{tmp_path / 'mlflow.db'}", "tuner/tiny", out)  # fmt: skip
+    save_state(req, "parent-run-id", "interrupted", 12.0)
+    return out
+
+
+def test_resume_refuses_only_the_flags_that_differ(tmp_path, capsys):
+    out = _saved_search(tmp_path)
+    err = run_cli(tmp_path, capsys, "search", "tiny_models:small_cnn", "--resume", str(out), "--trials", "9",
+                  "--weights", "random", "--experiment", "tuner/other")  # fmt: skip
+    assert "--trials 9 (saved: 4)" in err and "--experiment tuner/other (saved: tuner/tiny)" in err
+    assert "--weights" not in err  # equal to the saved value: accepted
+
+
+def test_resume_accepts_the_command_that_started_the_search(tmp_path):
+    """The first thing a user types: the same command with `--resume DIR` added."""
+    from tuner.cli.main import _parser
+    from tuner.cli.search import _resumed
+
+    out = _saved_search(tmp_path)
+    args = _parser().parse_args(["search", "tiny_models:small_cnn", "--space", str(tmp_path / "space.yaml"),
+                                 "--trials", "4", "--weights", "random", "--tracking-uri",
+                                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "tuner/tiny", "--output",
+                                 str(out), "--seed", "0", "--resume", str(out)])  # fmt: skip
+    req = _resumed(args)
+    assert req.resume and req.output == out.resolve() and req.space.search.trials == 4

@@ -125,12 +125,6 @@ def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
     assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "finished"
 
 
-def test_resume_conflicts_with_new_settings(tmp_path):
-    r = tuner("search", MODEL, "--resume", "out", "--trials", "9", cwd=tmp_path, timeout=120)
-    assert r.returncode == 2 and "--resume out takes every setting from out/search.json" in r.stderr
-    assert "--trials" in r.stderr
-
-
 def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
     space = write_space(tmp_path / "space.yaml", search={"trials": 4}, confirm={"finalists": 1, "rounds": 1})
     server_dir = tmp_path / "server"

@@ -1,4 +1,4 @@
-"""guard.fresh_process, directly (no Ray): every way a trial's process can end comes back
+"""trial.process.fresh_process, directly (no Ray): every way a trial's process can end comes back
 as a result, with the status, error and traceback the search records."""
 
 from __future__ import annotations
@@ -73,6 +73,6 @@ def test_memory_past_the_cap_is_killed(tmp_path):
 
 def test_a_niced_parent_does_not_slow_the_measured_process():
     # Ray runs its workers at nice 15; the trial process goes back to 0 where it may (root).
-    code = "from tuner.trial.process import normal_priority; print(normal_priority())"
+    code = "from tuner.core.env import measurement_priority; print(measurement_priority())"
     out = subprocess.run(["nice", "-n", "10", sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == (0 if os.geteuid() == 0 else 10)

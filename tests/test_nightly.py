@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from tuner.nightly.job import EXIT_LOCKED, EXIT_REGRESSION
 
-from conftest import FAST_TIMING, tuner, tuner_env
+from conftest import FAST_TIMING, TEST_CACHE, tuner, tuner_env
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny_models:small_cnn"
@@ -155,8 +155,8 @@ def test_a_second_run_exits_on_the_lock(tmp_path):
     from filelock import FileLock
 
     job = write_job(tmp_path)
-    cache = tmp_path / ".cache" / "tuner"  # tuner_env sets XDG_CACHE_HOME=<cwd>/.cache
-    cache.mkdir(parents=True)
+    cache = TEST_CACHE / "tuner"  # tuner_env sets XDG_CACHE_HOME to the session's cache folder
+    cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / "nightly.lock")):  # as a nightly run in progress holds it
         r = tuner("nightly", str(job), cwd=tmp_path, timeout=120)
     assert r.returncode == EXIT_LOCKED

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class BuiltVariant:
     memory_format: torch.memory_format
     device: torch.device
     build_s: float
+    # Figures of this runtime's own (e.g. which exporter it used), each declared in
+    # core/schema.py; the trial reports them with the rest.
+    figures: dict[str, float] = field(default_factory=dict)
 
     @property
     def sync(self) -> Callable[[], None] | None:

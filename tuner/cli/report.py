@@ -75,9 +75,9 @@ def _find_search(uri: str, run_id: str | None, experiment: str | None, flag: str
             )
         if run.data.tags.get("tuner.kind") != "search":
             raise ConfigError(f"{flag} {run_id}: not a search's parent run (a trial's child run?)")
-        return run, Tracker(uri, exp_name)
+        return run, Tracker(uri, exp_name, create=False)
     exp_name = experiment or _latest_tuner_experiment(uri)
-    tracker = Tracker(uri, exp_name)
+    tracker = Tracker(uri, exp_name, create=False)
     run = tracker.latest_parent()
     if run is None:
         raise ConfigError(f"experiment `{exp_name}` in {uri} has no tuner search yet")

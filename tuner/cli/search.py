@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
-from tuner.config.request import SearchRequest, load_request
+from tuner.config.request import SearchRequest, load_request, normalise_weights
 from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import safe_name
+from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import ConfigError
-
-AS_GIVEN = ("auto", "pretrained", "random")  # --weights values that are not paths
 
 
 def load_space(args: argparse.Namespace, **search: object) -> tuple[SearchSpace, Path]:
@@ -24,6 +23,9 @@ def load_space(args: argparse.Namespace, **search: object) -> tuple[SearchSpace,
 
 
 def run(args: argparse.Namespace) -> int:
+    service_env()  # before Ray and MLflow are imported: both read these when imported
+    measurement_env()
+    quiet_logs()
     from tuner.search.run import run_search
 
     req = _resumed(args) if args.resume is not None else _new(args)
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> SearchRequest:
-    from tuner.tracking.store import default_tracking_uri
+    from tuner.tracking.store import absolute_uri, default_tracking_uri
 
     space, path = load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
@@ -51,19 +53,14 @@ def _new(args: argparse.Namespace) -> SearchRequest:
         model=args.model,
         space=space,
         space_file=path.resolve(),
-        weights=_weights(args.weights or "auto"),
+        weights=normalise_weights(args.weights or "auto"),
         data=str(Path(args.data).resolve()) if args.data else None,
-        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        tracking_uri=absolute_uri(args.tracking_uri or default_tracking_uri()),
         experiment=args.experiment or f"tuner/{args.model}",
         output=output,
         seed=args.seed or 0,
         address=args.address,
     )
-
-
-def _weights(weights: str) -> str:
-    """A weights file as an absolute path: `--resume` may run from another folder."""
-    return weights if weights in AS_GIVEN else str(Path(weights).resolve())
 
 
 def _resumed(args: argparse.Namespace) -> SearchRequest:
@@ -99,10 +96,16 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--max-latency-ms", args.max_latency_ms, sp.constraints.max_latency_ms),
         ("--eval-samples", args.eval_samples, sp.eval.samples),
         ("--data", str(Path(args.data).resolve()) if args.data else None, req.data),
-        ("--weights", _weights(args.weights) if args.weights else None, req.weights),
+        ("--weights", normalise_weights(args.weights) if args.weights else None, req.weights),
         ("--seed", args.seed, req.seed),
-        ("--tracking-uri", args.tracking_uri, req.tracking_uri),
+        ("--tracking-uri", _absolute_uri(args.tracking_uri), req.tracking_uri),
         ("--experiment", args.experiment, req.experiment),
         ("--output", args.output.resolve() if args.output else None, req.output),
         ("--address", args.address, req.address),
     ]
+
+
+def _absolute_uri(uri: str | None) -> str | None:
+    from tuner.tracking.store import absolute_uri
+
+    return absolute_uri(uri) if uri else None

@@ -8,19 +8,14 @@ how far the search got; `--resume` and `report --sync` read it back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from tuner.config.space import SearchSpace
 from tuner.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tuner.decide.finalists import ConfirmFn
-    from tuner.inputs.reference import Reference
 
 
 @dataclass(frozen=True)
@@ -36,11 +31,21 @@ class SearchRequest:
     seed: int = 0
     address: str | None = None
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
-    # Nightly jobs (nightly/model.py): extra parent-run tags, configs (labels) the confirmation must
-    # include, and a hook that runs with Ray up and the reference ready, before any trial.
+    # Nightly jobs (nightly/model.py): extra parent-run tags, and configs (labels) the
+    # confirmation must include (the champion, measured in the same rounds).
     tags: tuple[tuple[str, str], ...] = ()
     also_confirm: tuple[str, ...] = ()
-    before_search: Callable[[ConfirmFn, Reference, dict[str, Any]], None] | None = None
+
+
+WEIGHTS_KEYWORDS = ("auto", "pretrained", "random")  # --weights values that are not a file
+
+
+def normalise_weights(weights: str, base: Path | None = None) -> str:
+    """A weights file as an absolute path (relative to `base`, else the working directory):
+    `--resume` and nightly may run from another folder. Keywords stay as they are."""
+    if weights in WEIGHTS_KEYWORDS:
+        return weights
+    return str(((base or Path.cwd()) / weights).resolve())
 
 
 SEARCH_STATE = "search.json"  # in the output folder: what `--resume` and `report --sync` need

@@ -1,13 +1,17 @@
-"""Search-space files: YAML -> validated `SearchSpace` -> Optuna define-by-run function.
+"""Search-space files: YAML -> a validated, frozen `SearchSpace` (the Optuna space built
+from it is search/sampling.py's).
 
-A space file (`search_spaces/<model>.yaml`, or `--space FILE`) has five sections;
-every key is optional and has the default shown by `search_spaces/default.yaml`:
+A space file (`search_spaces/<model>.yaml`, or `--space FILE`) has these sections; every
+key is optional and has the default shown by `search_spaces/default.yaml`:
 
-    dimensions:  the choices of each Variant field (threads: `auto` = 1..cores per trial)
-    search:      trials, time budget, objective, sampler
-    constraints: max accuracy drop, max latency, max memory
-    eval:        eval-set size, calibration-set size, input resolution, screen threshold
-    timing:      the latency protocol's knobs (measure/latency.py)
+    dimensions:    the choices of each Variant field (threads: `auto` = 1..cores per trial)
+    search:        trials, time budget, objective, sampler, configs to enqueue
+    constraints:   max accuracy drop, max latency, max memory
+    eval:          eval-set size, calibration-set size, input resolution, screen threshold
+    timing:        the latency protocol's knobs (measure/latency.py)
+    confirm:       finalist confirmation (decide/finalists.py)
+    limits:        a trial's time and memory limits (trial/process.py)
+    inject_faults: test-only fault rules (trial/faults.py)
 
 Validation is done by pydantic with `extra="forbid"`, so a typo is an error that names
 the file and the key. Validation has no side effects.
@@ -21,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
+from tuner.core.console import safe_name
 from tuner.core.errors import SpaceError
 from tuner.core.variant import (
     BASELINE_FIELDS,
@@ -158,7 +163,7 @@ class SearchSpace(Strict):
         try:
             return SearchSpace.model_validate(data)
         except ValidationError as e:
-            flags = FLAGS if source == "command-line flags" else None
+            flags = FLAG_OF_KEY if source == "command-line flags" else None
             raise SpaceError(format_errors(source, e, SearchSpace, "search space", flags)) from None
 
     # ---- feasibility ---------------------------------------------------------------
@@ -218,12 +223,12 @@ def resolve_space_file(model: str, space: str | Path | None) -> Path:
     """`--space FILE`, else `search_spaces/<model>.yaml`, else `search_spaces/default.yaml`."""
     if space is not None:
         return Path(space)
-    own = SPACES_DIR / f"{model.replace(':', '_').replace('/', '_')}.yaml"
+    own = SPACES_DIR / f"{safe_name(model)}.yaml"
     return own if own.exists() else SPACES_DIR / "default.yaml"
 
 
 # Space keys that CLI flags override, for error messages that name the flag the user typed.
-FLAGS = {
+FLAG_OF_KEY = {
     "search.trials": "--trials",
     "search.time_budget_minutes": "--time-budget",
     "search.objective": "--objective",

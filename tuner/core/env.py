@@ -2,8 +2,10 @@
 import time: the CLI calls what a command needs, before it imports Ray or MLflow (both read
 their environment when imported; DESIGN.md §7).
 
-* `measurement_env()`: what a *measurement* needs. Ray starts its workers at nice 15, below
-  its own daemons and the driver, so a trial's timing would queue behind them.
+* `measurement_env()`, `measurement_priority()`, `pin_threads()`: what a *measurement*
+  needs. Ray starts its workers at nice 15, below its own daemons and the driver, so a
+  trial's timing would queue behind them; the trial's process also renices itself where it
+  may, and pins its thread counts.
 * `service_env()`: how tuner needs Ray, Tune and MLflow to behave: no auth token or
   telemetry (no network here), our own SIGINT handling, and an MLflow store that goes away
   costs seconds, not minutes of retries.
@@ -70,3 +72,15 @@ def pin_threads(n: int) -> None:
     torch.set_num_threads(n)
     if torch.get_num_interop_threads() != 1:
         torch.set_num_interop_threads(1)  # RuntimeError when parallel work has already started
+
+
+def measurement_priority() -> int:
+    """Run at nice 0 where this process may (a Ray worker on a cluster started without
+    `RAY_worker_niceness=0` runs at nice 15, behind every daemon). Returns the nice value.
+    Call before torch starts its threads: on Linux the value is per thread, and inherited."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        pass  # lowering niceness needs CAP_SYS_NICE; the value is recorded either way
+    return os.getpriority(os.PRIO_PROCESS, 0)

@@ -29,6 +29,13 @@ class TrackingError(TunerError):
     """The MLflow tracking store cannot be reached or written."""
 
 
+def last_line(text: str, limit: int = 500) -> str:
+    """The last non-empty line of an error text someone else formatted (a Ray error, a
+    traceback): where Python and Ray put the cause."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 def one_line(e: BaseException) -> str:
     """`Type: first line of the message` (at most 500 characters): a failed trial's `error`."""
     lines = str(e).strip().splitlines()

@@ -191,13 +191,15 @@ TAGS = {
     "trial_id": "ray.trial_id",
     "status": "tuner.status",
     "stable": "tuner.stable",
+    "interference": "tuner.interference",
+    "remeasured": "tuner.remeasured",
     "pareto": "tuner.pareto",
     "recommended": "tuner.recommended",
     "is_baseline": "tuner.baseline",
     "trial": "tuner.trial_index",
     "error": "tuner.error",
 }
-FLAGS = ("stable", "pareto", "recommended", "is_baseline")  # tagged "true"/"false"
+FLAG_COLUMNS = ("stable", "interference", "remeasured", "pareto", "recommended", "is_baseline")  # "true"/"false"
 
 
 def _flag(v: Any) -> str:
@@ -210,7 +212,7 @@ def trial_tags(row: Any) -> dict[str, str]:
     tags = {}
     for col, tag in TAGS.items():
         v = row.get(col)
-        if col in FLAGS:
+        if col in FLAG_COLUMNS:
             tags[tag] = _flag(v)
         elif col == "error":
             if isinstance(v, str) and v:
@@ -220,6 +222,11 @@ def trial_tags(row: Any) -> dict[str, str]:
     return tags
 
 
+def selection_tags(row: Any) -> dict[str, str]:
+    """The tags that change when a search ends: the Pareto and recommended flags."""
+    return {TAGS[c]: _flag(row.get(c)) for c in ("pareto", "recommended")}
+
+
 def row_from_run(
     params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], run_id: str
 ) -> dict[str, Any]:
@@ -227,7 +234,7 @@ def row_from_run(
     row: dict[str, Any] = {**params, **metrics, "label": tags.get("mlflow.runName", ""), "mlflow_run_id": run_id}
     for col, tag in TAGS.items():
         v = tags.get(tag)
-        if col in FLAGS:
+        if col in FLAG_COLUMNS:
             row[col] = v == "true"
         elif col == "trial":
             row[col] = int(v) if v is not None else -1

@@ -15,7 +15,7 @@ from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
 from tuner.core.variant import Variant
 from tuner.decide.confirm import Confirmed, choose
-from tuner.decide.pareto import Recommendation, variant_of
+from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
 
 # Measures each variant `rounds` times, interleaved, one fresh process per measurement;
 # returns, per variant index, the list of `trial.evaluate.time_variant` results.
@@ -26,7 +26,7 @@ def finalists(df: pd.DataFrame, rec: Recommendation, objective: str, n: int) -> 
     """The recommendation first, then the next best Pareto rows for the objective, one row
     per distinct config (a config the sampler measured twice is confirmed once)."""
     front = df[df["pareto"]]
-    col, ascending = ("latency_p90_ms", True) if objective == "latency" else ("throughput_ips", False)
+    col, ascending = RANK_BY[objective]
     ordered = [rec.index] + list(front.sort_values(col, ascending=ascending).index)
     out: list[Any] = []
     for i in ordered:

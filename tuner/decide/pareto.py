@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from tuner.config.space import Constraints
+from tuner.core.schema import OBJECTIVES
 from tuner.core.variant import Variant
 
-# Objective column -> direction. Quality is top-1 with labels, else top-1 agreement with fp32.
-OBJECTIVES: dict[str, str] = {"latency_p90_ms": "min", "throughput_ips": "max", "quality": "max"}
+# The front's axes (figure -> direction) are core.schema.OBJECTIVES: p90 latency, throughput
+# and quality (top-1 with labels, else top-1 agreement with fp32).
 RANK_BY = {"latency": ("latency_p90_ms", True), "throughput": ("throughput_ips", False)}
 
 
@@ -32,10 +33,11 @@ def feasible_mask(df: pd.DataFrame, limits: Constraints) -> pd.Series:
     return ok.fillna(False).astype(bool)
 
 
-def pareto_mask(df: pd.DataFrame, candidates: pd.Series, objectives: dict[str, str] = OBJECTIVES) -> pd.Series:
+def pareto_mask(df: pd.DataFrame, candidates: pd.Series, objectives: dict[str, str] | None = None) -> pd.Series:
     """True for candidate rows no other candidate dominates. A row dominates another if it
     is at least as good in every objective and strictly better in one; equal points
     therefore do not dominate each other and are all kept."""
+    objectives = objectives or dict(OBJECTIVES)
     sub = df.loc[candidates, list(objectives)].astype(float)
     # Turn every objective into "smaller is better".
     vals = np.column_stack([sub[c].to_numpy() * (1 if d == "min" else -1) for c, d in objectives.items()])

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuner.config.request import WEIGHTS_KEYWORDS
 from tuner.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def check_inputs(name: str, weights: str, data: str | Path | None) -> None:
             )
     elif not is_torchvision_model(name):
         raise _unknown_model(name)
-    if weights not in ("auto", "pretrained", "random", "factory") and not Path(weights).is_file():
+    if weights not in (*WEIGHTS_KEYWORDS, "factory") and not Path(weights).is_file():
         raise ConfigError(
             f"--weights {weights}: no such file (allowed: auto, pretrained, random, or a state-dict PATH)"
         )
@@ -160,7 +161,7 @@ def resolve_weights(spec: ModelSpec) -> ModelSpec:
     w = spec.weights
     if w == "factory" and ":" in spec.name:
         return spec  # already resolved (e.g. read back from recommended.yaml)
-    if w not in ("auto", "pretrained", "random"):
+    if w not in WEIGHTS_KEYWORDS:
         check_inputs(spec.name, w, None)
         # Absolute: trial processes (Ray workers) do not share the driver's working directory.
         return ModelSpec(spec.name, str(Path(w).resolve()), spec.seed)

@@ -43,7 +43,7 @@ LOAD_SAMPLE_S = 0.5  # load sampled around each precision's probes
 WINDOWS = 5
 WINDOW_S = 0.3
 CACHE_FORMAT = 2
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Probe = tuple[str, Callable[[], object], float]  # name, one call, FLOPs per call
 
@@ -83,7 +83,7 @@ def _best_rate(fn: Callable[[], object], flops: float, sync: Callable[[], None] 
 
 
 def _matmul(precision: str, dev: torch.device) -> Probe:
-    a, b = (torch.randn(SIZE, SIZE, device=dev, dtype=DTYPES[precision]) for _ in range(2))
+    a, b = (torch.randn(SIZE, SIZE, device=dev, dtype=PROBE_DTYPES[precision]) for _ in range(2))
     return f"torch.mm {precision} {SIZE}x{SIZE}", lambda: torch.mm(a, b), 2.0 * SIZE**3
 
 
@@ -108,7 +108,7 @@ def _int8_conv() -> Probe:
 def _best_probe(precision: str, dev: torch.device) -> tuple[float, str] | None:
     """(GFLOP/s, probe name) of the fastest probe for this precision; None: none runs here."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    if precision in DTYPES:
+    if precision in PROBE_DTYPES:
         name, fn, flops = _matmul(precision, dev)
         return _best_rate(fn, flops, sync), name
     if precision != "int8" or dev.type != "cpu":
@@ -190,13 +190,6 @@ def load_entries(
     return {p: both[p] for p in precisions if p in both}
 
 
-def load_or_measure(
-    fingerprint: str, device: str, precisions: list[str], threads: int, remeasure: bool = False
-) -> dict[str, float]:
-    """GFLOP/s per precision (cached, measured first where missing)."""
-    return {p: e.gflops for p, e in load_entries(fingerprint, device, precisions, threads, remeasure).items()}
-
-
 def entries_for(hw: Hardware, precisions: list[str] | None = None, remeasure: bool = False) -> dict[str, CeilingEntry]:
     """This machine's ceiling entries at all its cores, for every precision it runs natively."""
     every = precisions_for(hw.device, hw.bf16_native, hw.fp16_native)
@@ -257,7 +250,9 @@ def refit_fractions(df: pd.DataFrame, keys: list[str], entries: dict[str, Ceilin
         best = achieved[ok].idxmax()
         if achieved[best] > gflops:
             gflops, source = float(achieved[best]), f"best achieved ({df.at[best, 'label']})"
-        was = pd.to_numeric(df.loc[ok, "ceiling_gflops"], errors="coerce")
+        # A trials.csv written before `ceiling_gflops` existed (a resumed older search) lacks it.
+        was = pd.to_numeric(df["ceiling_gflops"] if "ceiling_gflops" in df else pd.Series(float("nan"), df.index),
+                            errors="coerce")[ok]  # fmt: skip
         fractions = pd.to_numeric(df.loc[ok, "ceiling_fraction"], errors="coerce")
         df.loc[rows, "ceiling_gflops"] = gflops
         df.loc[rows, "ceiling_fraction"] = achieved[rows] / gflops

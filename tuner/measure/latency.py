@@ -54,7 +54,7 @@ class LatencyResult:
         return self._pct_ms(50)
 
     def summary(self, items_per_call: int) -> dict[str, float]:
-        """Metric names of DESIGN.md §5. Throughput = items / wall time of the timed phase."""
+        """Names as declared in core/schema.py. Throughput = items / wall time of the timed phase."""
         t = np.asarray(self.times_s)
         q25, q75 = np.percentile(t, [25, 75])
         return {

@@ -84,7 +84,6 @@ def run_job(path: Path, resume: bool = False) -> int:
     quiet_logs()
     path = path.resolve()
     job = load_job(path)
-    base = path.parent
     lock = FileLock(str(lock_path()))
     try:
         lock.acquire(timeout=0)
@@ -96,12 +95,12 @@ def run_job(path: Path, resume: bool = False) -> int:
         )
         return EXIT_LOCKED
     try:
-        return _run_locked(job, path, base, resume)
+        return _run_locked(job, path, resume)
     finally:
         lock.release()
 
 
-def _run_locked(job: Job, path: Path, base: Path, resume: bool) -> int:
+def _run_locked(job: Job, path: Path, resume: bool) -> int:
     from tuner.nightly.model import run_model
 
     root = Path(job.output).resolve()
@@ -130,7 +129,7 @@ def _run_locked(job: Job, path: Path, base: Path, resume: bool) -> int:
                     say(f"\n== {mj.model}: already done in this run")
                     continue
                 try:
-                    res = run_model(job, mj, base, run_dir / safe, deadline, resume)
+                    res = run_model(job, mj, path, run_dir / safe, deadline, resume)
                 except KeyboardInterrupt:
                     state["status"] = "interrupted"
                     state_file.write_text(json.dumps(state, indent=2))

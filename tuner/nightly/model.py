@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from tuner.config.job import Job, ModelJob
-from tuner.config.request import SEARCH_STATE, SearchRequest, load_request, load_state
+from tuner.config.request import SEARCH_STATE, SearchRequest, load_request, load_state, normalise_weights
 from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import say
 from tuner.core.variant import Variant
@@ -34,9 +34,7 @@ from tuner.measure.hardware import detect
 from tuner.nightly.regression import confirmed_figures, decide_champion, figures_of, judge, verdict_line
 from tuner.nightly.report import print_verdict
 from tuner.tracking.history import previous_front, previous_run, promote
-from tuner.tracking.store import Tracker, check_reachable, default_tracking_uri
-
-AS_GIVEN = ("auto", "pretrained", "random")  # weights values that are not paths
+from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri
 
 
 def _path(base: Path, p: str) -> str:
@@ -44,10 +42,7 @@ def _path(base: Path, p: str) -> str:
 
 
 def tracking_uri(job: Job) -> str:
-    uri = job.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"  # absolute, for --resume
-    return uri
+    return absolute_uri(job.tracking_uri or default_tracking_uri())  # absolute, for --resume
 
 
 @dataclass
@@ -74,8 +69,11 @@ class _History:
         return cls(prev, champion, accepted, enqueue)
 
 
-def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | None, resume: bool) -> dict[str, Any]:
-    """One model's nightly search; returns its part of the report."""
+def run_model(
+    job: Job, mj: ModelJob, job_file: Path, out: Path, deadline: float | None, resume: bool
+) -> dict[str, Any]:
+    """One model's nightly search; returns its part of the report. Inputs named in the job
+    file (space, data, weights) are relative to it."""
     uri = tracking_uri(job)
     experiment = f"{job.experiment_prefix}/{mj.model}"
     result: dict[str, Any] = {"model": mj.model, "experiment": experiment, "output": str(out)}
@@ -89,7 +87,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
     if budget_left is not None and budget_left < 0.5:
         say(f"\n== {mj.model}: not run, the job's time budget is used up")
         return {**result, "status": "not run (job time budget used up)"}
-    req = _request(mj, base, out, uri, experiment, hist, budget_left, resume)
+    req = _request(mj, job_file, out, uri, experiment, hist, budget_left, resume)
     _say_warm_start(hist)
     result["warm_start_from"] = hist.prev.info.run_id if hist.prev and hist.enqueue else None
     result["warm_start_configs"] = len(hist.enqueue)
@@ -97,7 +95,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
     from tuner.search.run import run_search
 
     check: dict[str, Any] = {}
-    outcome = run_search(_with_history(req, hist, _regression_hook(req, hist, check)))
+    outcome = run_search(_with_history(req, hist), before_search=_regression_hook(req, hist, check))
     champ = _judge(result, req, hist, check, outcome.table, outcome.recommended, job.regression.threshold)
     _record(tracker, outcome.parent_run_id, mj.model, result, champ)
     print_verdict(result, result["regression_check"])
@@ -106,7 +104,7 @@ def run_model(job: Job, mj: ModelJob, base: Path, out: Path, deadline: float | N
 
 def _request(
     mj: ModelJob,
-    base: Path,
+    job_file: Path,
     out: Path,
     uri: str,
     experiment: str,
@@ -117,11 +115,12 @@ def _request(
     if resume and (out / SEARCH_STATE).exists() and load_state(out)["status"] != "finished":
         say(f"\n== {mj.model}: resuming the interrupted search in {out}")
         return load_request(out)
+    base = job_file.parent
     space_file = Path(_path(base, mj.space)) if mj.space else resolve_space_file(mj.model, None)
-    space = SearchSpace.load(space_file).with_overrides(f"{base / 'job'}: models[{mj.model}].overrides", **mj.overrides)
+    space = SearchSpace.load(space_file).with_overrides(f"{job_file}: models[{mj.model}].overrides", **mj.overrides)
     minutes = [m for m in (mj.time_budget_minutes, budget_left, space.search.time_budget_minutes) if m]
     space = space.with_overrides(
-        f"job file: models[{mj.model}]",
+        f"{job_file}: models[{mj.model}]",
         search={
             "trials": mj.trials,
             "objective": mj.objective,
@@ -134,7 +133,7 @@ def _request(
         model=mj.model,
         space=space,
         space_file=space_file.resolve(),
-        weights=_path(base, mj.weights) if mj.weights not in AS_GIVEN else mj.weights,
+        weights=normalise_weights(mj.weights, base),
         data=_path(base, mj.data) if mj.data else None,
         tracking_uri=uri,
         experiment=experiment,
@@ -172,12 +171,12 @@ def _regression_hook(req: SearchRequest, hist: _History, check: dict[str, Any]) 
     return before_search
 
 
-def _with_history(req: SearchRequest, hist: _History, hook: Any) -> SearchRequest:
+def _with_history(req: SearchRequest, hist: _History) -> SearchRequest:
     tags: tuple[tuple[str, str], ...] = (("tuner.nightly", "true"),)
     if hist.prev is not None:
         tags += (("tuner.previous_search", hist.prev.info.run_id),)
     also = (hist.champion.label,) if hist.champion else ()
-    return dataclasses.replace(req, before_search=hook, tags=tags, also_confirm=also)
+    return dataclasses.replace(req, tags=tags, also_confirm=also)
 
 
 def _row(df: pd.DataFrame, label: str) -> pd.Series | None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tuner.core.console import say
+from tuner.core.errors import last_line
 from tuner.core.variant import Variant
 from tuner.decide.confirm import interleaved
 from tuner.decide.finalists import ConfirmFn
@@ -43,7 +44,7 @@ def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmF
                 try:
                     res = ray.get(actor.time.remote(variants[i].to_dict(), ref_handle, settings))
                 except ray.exceptions.RayError as e:
-                    res = {"error": str(e).strip().splitlines()[-1]}
+                    res = {"error": last_line(str(e))}
                 if "times_s" not in res:
                     say(f"  confirm {n}/{len(schedule)} {variants[i].label}: failed ({str(res.get('error'))[:100]})")
                     continue

@@ -20,7 +20,8 @@ import pandas as pd
 
 from tuner.config.request import SearchRequest
 from tuner.core.console import say
-from tuner.core.schema import CONFIRMED_COLUMNS
+from tuner.core.errors import one_line
+from tuner.core.schema import CONFIRMED_COLUMNS, selection_tags
 from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
@@ -73,15 +74,16 @@ def finalize(
 
     recommended = df.loc[rec.index] if rec.index is not None else None
     parent_tags = {"tuner.recommendation_reason": rec.reason}
-    if failures_tag(df):
-        parent_tags["tuner.failures"] = failures_tag(df)
+    failures = failures_tag(df)
+    if failures:
+        parent_tags["tuner.failures"] = failures
     if recommended is not None:
         _write_recommended(recommended, rec, req, ref, parent_id)
     plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
     if recommended is not None and export:
         from tuner.tracking.export import register_recommended
 
-        parent_tags.update(register_recommended(recommended, ref, req.tracking_uri, parent_id, req.model, tracker))
+        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker))
     wall = time.time() - started
     facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
                         sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip
@@ -104,8 +106,8 @@ def recheck_ceiling(
     say(f"ceiling: a trial ran above the {'/'.join(keys)} ceiling; re-measuring it ...")
     try:
         entries = remeasure(keys)
-    except Exception as e:  # torch raises many kinds; the best achieved rate still bounds it
-        say(f"warning: the ceiling could not be re-measured: {e}")
+    except (RuntimeError, OSError) as e:  # a probe torch cannot run here; the best achieved rate still bounds it
+        say(f"warning: the ceiling could not be re-measured: {one_line(e)}")
         entries = {}
     refits = refit_fractions(df, keys, entries)
     for r in refits:
@@ -137,9 +139,7 @@ def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
         tracker.log(row["mlflow_run_id"], metrics=metrics, tags={"tuner.confirmed": "true"})
     for _, row in df.iterrows():
         if (row["pareto"] or row["recommended"]) and row["mlflow_run_id"]:
-            flags = {"tuner.pareto": str(bool(row["pareto"])).lower(),
-                     "tuner.recommended": str(bool(row["recommended"])).lower()}  # fmt: skip
-            tracker.log(row["mlflow_run_id"], tags=flags)
+            tracker.log(row["mlflow_run_id"], tags=selection_tags(row))
 
 
 def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: float) -> dict[str, float]:
@@ -193,5 +193,5 @@ def plots_for(df: pd.DataFrame, out: Path, title: str) -> list[str]:
     try:
         return write_plots(df, out, title)
     except Exception as e:  # plotly/matplotlib raise many kinds; the tables are written already
-        say(f"warning: the Pareto plots could not be drawn: {e}")
+        say(f"warning: the Pareto plots could not be drawn: {one_line(e)}")
         return []

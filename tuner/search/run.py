@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,9 @@ import pandas as pd
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
 from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
+from tuner.core.errors import TrackingError
 from tuner.core.variant import config_key
+from tuner.decide.finalists import ConfirmFn
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
 from tuner.measure.ceiling import cache_path, entries_for
@@ -43,8 +45,12 @@ from tuner.tracking.store import Tracker, check_reachable, store_lock
 from tuner.trial.evaluate import TrialSettings
 from tuner.trial.process import default_memory_mb, default_timeout_s
 
+# Runs with Ray up and the reference ready, before any trial (nightly's regression check):
+# given the confirmation function, the reference and the feasible choices.
+BeforeSearch = Callable[[ConfirmFn, Reference, dict[str, Any]], None]
 
-def run_search(req: SearchRequest) -> SearchOutcome:
+
+def run_search(req: SearchRequest, before_search: BeforeSearch | None = None) -> SearchOutcome:
     service_env()
     measurement_env()
     quiet_logs()
@@ -54,7 +60,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     with store_lock(req.tracking_uri), SigtermAsInterrupt() as signals:
         began = time.time()
         try:
-            return _run_search(req)
+            return _run_search(req, before_search)
         except KeyboardInterrupt as e:
             _close_interrupted(req, signals.name(e), began)
             raise
@@ -72,10 +78,13 @@ def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
         return
     parent_id = str(st["parent_run_id"])
     hint = f"python -m tuner search {req.model} --resume {req.output}"
-    tracker = Tracker(req.tracking_uri, req.experiment)
-    tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
-    tracker.finish(parent_id, "KILLED")
     save_state(req, parent_id, "interrupted", float(st["elapsed_s"]) + time.time() - path.stat().st_mtime)
+    try:  # the state is saved first: a store that is down must not cost the resume
+        tracker = Tracker(req.tracking_uri, req.experiment)
+        tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
+        tracker.finish(parent_id, "KILLED")
+    except TrackingError as e:
+        say(f"warning: the parent run could not be marked interrupted: {e}")
     table = req.output / "trials.csv"
     kept = len(pd.read_csv(table)) if table.exists() else 0
     say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
@@ -92,7 +101,7 @@ class _Prepared:
     ceiling_probes: dict[str, str]  # the probe that measured each
 
 
-def _run_search(req: SearchRequest) -> SearchOutcome:
+def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> SearchOutcome:
     prep = _prepare(req)
     import ray
 
@@ -110,8 +119,8 @@ def _run_search(req: SearchRequest) -> SearchOutcome:
         tracker, parent_id, recorder = _open(req, prep, cores)
         settings = _trial_settings(req, prep.ceiling)
         confirm = ray_confirm(prep.ref, settings, cores)  # one copy of the reference in Ray's store
-        if req.before_search is not None:
-            req.before_search(confirm, prep.ref, choices)
+        if before_search is not None:
+            before_search(confirm, prep.ref, choices)
         redraws = _trials(req, prep, choices, cores, settings, recorder, parent_id)
         tracker.log(parent_id, metrics={"sampler_redraws": float(redraws)})
         outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm)
@@ -212,10 +221,6 @@ def _trials(
 ) -> int:
     """The remaining trials of the budget; returns how many repeated proposals the sampler
     answered from earlier trials. Raises `Stopped` when a signal stopped them."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE `group`
     sp = req.space
     remaining = sp.search.trials - len(recorder.rows)
     budget = sp.search.time_budget_minutes

@@ -6,7 +6,7 @@
   (TUNE_DISABLE_SIGINT_HANDLER) because it would swallow the signal.
 - Everywhere else (reference, nightly check, confirmation, outputs), `SigtermAsInterrupt`
   makes SIGTERM raise `Stopped`, a KeyboardInterrupt, as Ctrl-C does, so that
-  `search.run_search` can close the parent run and save the state for `--resume` instead of
+  `search.run.run_search` can close the parent run and save the state for `--resume` instead of
   the process ending with the signal's default action. `ray.init` installs its own SIGTERM
   handler (`sys.exit`), so `catch_sigterm()` is called again after it.
 """

@@ -11,6 +11,7 @@ about 50 ms of process start instead of the 3 s a new actor costs.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,8 @@ def searcher(
 
     from tuner.search.sampling import DedupOptunaSearch, all_points, space_function
 
+    # TPE's `group` is experimental; it is what conditional spaces need (the driver only).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed)
         if sampler_name == "nsga2"

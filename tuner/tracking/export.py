@@ -26,7 +26,7 @@ import yaml
 
 from tuner.build import build
 from tuner.core.console import say
-from tuner.core.errors import one_line
+from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import CompileMode, Variant
 from tuner.inputs.reference import Reference
 from tuner.tracking.store import Tracker, registered_name
@@ -99,13 +99,12 @@ def export_torchscript(variant: Variant, ref: Reference, folder: Path) -> Export
     return Exported(folder, how, outputs, example)
 
 
-def log_and_register(variant: Variant, ref: Reference, tracking_uri: str, parent_id: str, model: str) -> dict[str, str]:
+def log_and_register(variant: Variant, ref: Reference, tracker: Tracker, parent_id: str, model: str) -> dict[str, str]:
     """Export, log under the parent run and register as `tuner-<model>` @ candidate.
     Returns tags for the parent run (model URI, registered name and version, how exported)."""
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracker.uri)
     with tempfile.TemporaryDirectory() as tmp:
         exp = export_torchscript(variant, ref, Path(tmp) / "export")
         example = exp.example.numpy()
@@ -122,7 +121,7 @@ def log_and_register(variant: Variant, ref: Reference, tracking_uri: str, parent
                 registered_model_name=name,
             )
     version = str(info.registered_model_version)
-    MlflowClient(tracking_uri).set_registered_model_alias(name, "candidate", version)
+    tracker.set_alias(name, "candidate", version)
     return {
         "tuner.model_uri": info.model_uri,
         "tuner.registered_model": f"{name}/{version}",
@@ -130,9 +129,7 @@ def log_and_register(variant: Variant, ref: Reference, tracking_uri: str, parent
     }
 
 
-def register_recommended(
-    rec: Any, ref: Reference, tracking_uri: str, parent_id: str, model: str, tracker: Tracker
-) -> dict[str, str]:
+def register_recommended(rec: Any, ref: Reference, parent_id: str, model: str, tracker: Tracker) -> dict[str, str]:
     """Log the recommended row's variant as an MLflow model and register it; the parent
     run's tags say how it went. A variant that cannot be exported costs the search nothing
     else: its results are written already."""
@@ -143,8 +140,8 @@ def register_recommended(
     if tracker.down:
         return {"tuner.model_export": "skipped: the MLflow store was unreachable"}
     try:
-        tags = log_and_register(variant_of(rec), ref, tracking_uri, parent_id, model)
-    except (RuntimeError, MlflowException, OSError) as e:  # a variant TorchScript cannot trace, a registry error
+        tags = log_and_register(variant_of(rec), ref, tracker, parent_id, model)
+    except (VariantUnsupported, RuntimeError, MlflowException, OSError) as e:  # cannot rebuild or trace; registry
         say(f"warning: the recommended model was not logged: {one_line(e)}")
         return {"tuner.model_export": f"failed: {one_line(e)}"}
     say(f"model:   {tags['tuner.model_uri']} registered as {tags['tuner.registered_model']} (alias candidate)")

@@ -113,8 +113,6 @@ class TrialRecorder:
             "tuner.weights": self.ref.weights_label,
             "tuner.data": self.ref.data_label,
             **self.hw.tags(),
-            "tuner.interference": str(result.interference).lower(),
-            "tuner.remeasured": str(result.remeasured).lower(),
         }
         if result.busy_processes:
             tags["tuner.busy_processes"] = result.busy_processes[:5000]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tuner.core.errors import TrackingError, one_line
+from tuner.core.errors import ConfigError, TrackingError, one_line
 
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -33,6 +33,13 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 def registered_name(model: str) -> str:
     """`tuner-<model>`, with characters the registry dislikes in user factory names replaced."""
     return "tuner-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite URI made absolute (`--resume` and nightly may run elsewhere)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def default_tracking_uri() -> str:
@@ -75,23 +82,28 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-# MlflowException error codes of a store that did not answer: a connection that failed
-# or timed out (MLflow wraps those as INTERNAL_ERROR, "API request to ... failed"), or a
-# 5xx. A request the store answered and refused (INVALID_PARAMETER_VALUE, ...) is our bug.
-OUTAGE_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
-
-
 def is_outage(e: BaseException) -> bool:
-    """Whether `e` says the store is unreachable (connection, timeout, 5xx, a locked or
-    vanished sqlite file), as opposed to a bug in what we sent."""
-    if isinstance(e, OSError):  # requests' ConnectionError and Timeout are OSErrors too
-        return True
+    """Whether `e` says the store did not answer, as opposed to a request it refused or a bug.
+
+    Outages: a connection that failed or timed out (MLflow wraps those as INTERNAL_ERROR
+    "API request to ... failed ..."), a 5xx from the server ("API request to endpoint ...
+    failed with error code 5xx"), a locked or vanished sqlite file (TEMPORARILY_UNAVAILABLE).
+    Not outages: INTERNAL_ERROR raised by MLflow around any other exception (MLflow's sqlite
+    store wraps every exception that way), a request refused (INVALID_PARAMETER_VALUE, ...),
+    and any exception of our own."""
+    import requests
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import DisconnectionError, OperationalError
 
+    if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, requests.RequestException)):
+        return True
+    if isinstance(e, (OperationalError, DisconnectionError)):  # sqlite: locked, vanished, unreadable
+        return True
     if isinstance(e, MlflowException):
-        return e.error_code in OUTAGE_CODES
-    return isinstance(e, (OperationalError, DisconnectionError))  # sqlite: locked, vanished, unreadable
+        if e.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"):
+            return True
+        return e.error_code == "INTERNAL_ERROR" and str(e.message).startswith("API request to")
+    return False
 
 
 def _tolerant(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,7 +148,9 @@ class Tracker:
 
     down = False  # set when the store stopped answering mid-search (see `_tolerant`)
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, create: bool = True):
+        """`create=False` (readers such as `report`): a missing experiment is an error, and
+        nothing is written to the store."""
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
@@ -144,11 +158,13 @@ class Tracker:
         try:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)
+            if exp is None and not create:
+                raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
             if exp is None:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(uri))
             else:
                 self.experiment_id = exp.experiment_id
-            if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+            if create and (exp is None or EXPERIMENT_KIND[0] not in exp.tags):
                 # The MLflow 3 UI opens an experiment of unknown kind on its GenAI pages;
                 # this kind opens the run list, where a search's runs are.
                 self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)

@@ -108,11 +108,14 @@ def _guarded_timing(
 def _ceiling_figures(
     variant: Variant, flops_per_item: float, throughput_ips: float, ceiling: dict[str, float]
 ) -> dict[str, float]:
-    key = ceiling_key(variant.precision.value, variant.quantization.value)
-    if not flops_per_item or key not in ceiling:
+    if not flops_per_item:
         return {}
+    achieved = {"achieved_gflops": flops_per_item * throughput_ips / 1e9}  # also when no ceiling is known
+    key = ceiling_key(variant.precision.value, variant.quantization.value)
+    if key not in ceiling:
+        return achieved
     return {
-        "achieved_gflops": flops_per_item * throughput_ips / 1e9,
+        **achieved,
         "ceiling_fraction": ceiling_fraction(flops_per_item, throughput_ips, ceiling[key]),
         "ceiling_gflops": ceiling[key],
     }
@@ -160,6 +163,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> Trial
     figures["quality"] = quality(figures, ref.has_labels)
     figures["accuracy_drop"] = accuracy_drop(figures["quality"], ref.baseline_quality)
     figures["peak_device_mb"] = peak_device_mb()
+    figures.update(built.figures)
     figures.update(
         load_start=load_start,
         build_s=build_s,

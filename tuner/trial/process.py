@@ -26,7 +26,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import multiprocessing
-import os
 import re
 import signal
 import time
@@ -36,7 +35,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tuner.core.errors import one_line
+from tuner.core.env import measurement_priority
+from tuner.core.errors import last_line, one_line
 
 MARKER = "tuner-fault.json"
 FAULT_LOG = "fault.log"
@@ -72,21 +72,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def normal_priority() -> int:
-    """Run at nice 0 where this process may (a Ray worker on a cluster started without
-    `RAY_worker_niceness=0` runs at nice 15, behind every daemon). Returns the nice value.
-    Call before torch starts its threads: on Linux the value is per thread, and inherited."""
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass  # lowering niceness needs CAP_SYS_NICE; the value is recorded either way
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
-
 def _child(conn: Connection, folder: str, target: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
     _die_with_parent()
-    nice = normal_priority()
+    nice = measurement_priority()
     with open(Path(folder) / FAULT_LOG, "w") as log:
         faulthandler.enable(file=log, all_threads=True)
         try:
@@ -172,8 +160,7 @@ def classify(folder: str | Path | None, error_text: str) -> dict[str, Any]:
             "error": f"trial process crashed: {fatal.group(1).strip()} (native code; stack in traceback.txt)",
             "traceback": log + "\n\n" + error_text,
         }
-    lines = [ln for ln in error_text.strip().splitlines() if ln.strip()]
-    first = lines[-1] if lines else "trial errored"
+    first = last_line(error_text) or "trial errored"
     if "worker process has died" in error_text or "actor died" in error_text or "without a result" in error_text:
         first = "trial process died (no fault log: killed from outside, e.g. the kernel's OOM killer?)"
-    return {"status": "failed", "error": first[:500], "traceback": error_text}
+    return {"status": "failed", "error": first, "traceback": error_text}
