@@ -1,0 +1,76 @@
+"""The nightly check's relative judgement (nightly/drift.py), on hand-made per-call times:
+a slower machine is drift and never a regression; a slower champion is a regression."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tuner.decide.confirm import Confirmed
+from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+
+RNG = np.random.default_rng(0)
+PROBE_FLOPS = 2.0 * 1024**3  # one 1024x1024 GEMM
+FLOPS_PER_ITEM = 4.1e9  # resnet50
+
+
+def _times(ms: float, speed: list[float], n: int = 40) -> Confirmed:
+    """Per-call times (s) of one thing over rounds; `speed[r]` scales round r (a slow phase)."""
+    rounds = tuple(tuple(ms / 1e3 * s * (1 + 0.01 * RNG.standard_normal(n))) for s in speed)
+    return Confirmed(rounds, 1, tuple(range(len(speed))))
+
+
+def _check(champion_ms: float, baseline_ms: float, probe_ms: float, speed: list[float]) -> Measured:
+    return Measured(_times(champion_ms, speed), _times(baseline_ms, speed), _times(probe_ms, speed),
+                    PROBE_FLOPS, FLOPS_PER_ITEM)  # fmt: skip
+
+
+ACCEPTED = _check(13.0, 60.0, 2.0, [1.0, 1.0, 1.0]).figures()
+
+
+def test_the_normalised_figures_are_worked_by_hand():
+    f = ACCEPTED
+    assert f["speedup"] == pytest.approx(60 / 13, rel=0.01)
+    # champion 4.1 GFLOP per 13 ms = 315 GFLOP/s; probe 2.147 GFLOP per 2 ms = 1074 GFLOP/s
+    assert f["ceiling_fraction"] == pytest.approx((4.1 / 0.013) / (PROBE_FLOPS / 1e9 / 0.002), rel=0.01)
+    assert f["speedup_low"] <= f["speedup"] <= f["speedup_high"]
+    assert f["baseline_p50_ms"] == pytest.approx(60, rel=0.01) and f["probe_p50_ms"] == pytest.approx(2, rel=0.01)
+
+
+def test_a_slower_machine_is_drift_not_a_regression():
+    # Every round 25-40% slower, and one round in a slow phase: all three slow down alike.
+    now = _check(13.0, 60.0, 2.0, [1.25, 1.4, 1.3]).figures()
+    verdict = judge_normalised(ACCEPTED, now, threshold=0.10)
+    assert not verdict["regression"] and verdict["stored"], verdict
+    drift = machine_drift(ACCEPTED, now, warn_at=0.2)
+    assert drift is not None and drift["together"] and drift["warning"]
+    assert drift["machine"] == pytest.approx(0.32, abs=0.03)
+    assert drift["text"] == f"machine slower by {drift['machine']:.0%}"
+
+
+def test_a_slower_champion_is_a_regression_whatever_the_machine_did():
+    # The champion 20% slower; the machine 30% faster in the same rounds.
+    now = _check(13.0 * 1.2 * 0.7, 60.0 * 0.7, 2.0 * 0.7, [1.0, 1.0, 1.0]).figures()
+    verdict = judge_normalised(ACCEPTED, now, threshold=0.10)
+    assert verdict["regression"]
+    assert verdict["checks"]["speedup"]["change"] == pytest.approx(1 / 1.2 - 1, abs=0.01)
+    assert verdict["checks"]["ceiling_fraction"]["verdict"] == "regression"
+    drift = machine_drift(ACCEPTED, now, warn_at=0.5)
+    assert drift is not None and drift["together"] and not drift["warning"]
+    assert drift["text"].startswith("machine faster by 3")
+
+
+def test_the_references_moving_apart_is_not_called_machine_drift():
+    now = _check(13.0, 60.0 * 1.3, 2.0, [1.0, 1.0, 1.0]).figures()  # only fp32 eager got slower
+    drift = machine_drift(ACCEPTED, now, warn_at=0.1)
+    assert drift is not None and not drift["together"] and not drift["warning"]
+    assert "moved apart" in drift["text"]
+    # The champion did not change: its speedup over a slower baseline rises, no regression.
+    assert not judge_normalised(ACCEPTED, now, threshold=0.1)["regression"]
+
+
+def test_a_champion_accepted_before_normalised_figures_were_stored():
+    old = {"p50_ms": 13.0, "throughput_ips": 76.0, "quality": 1.0}  # what older nights stored
+    verdict = judge_normalised(old, ACCEPTED, threshold=0.1)
+    assert verdict == {"stored": False, "regression": False, "improvement": False, "checks": {}}
+    assert machine_drift(old, ACCEPTED, warn_at=0.1) is None
