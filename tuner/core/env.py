@@ -35,6 +35,7 @@ QUIET = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # mlflow sets its own level when imported
 }
 
 
