@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 
 from tuner.core.errors import ConfigError
-from tuner.core.variant import CompileMode, Precision, Quantization, Variant, infeasible_reason
+from tuner.core.variant import CompileMode, Precision, Quantization, Variant, ceiling_key, infeasible_reason
 from tuner.measure import ceiling
 from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
@@ -95,7 +95,7 @@ def test_every_precision_the_space_can_run_has_a_ceiling():
         except ConfigError:  # not a variant at all (int8 keeps fp32 activations)
             continue
         if infeasible_reason(v, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native) is None:
-            assert ceiling.ceiling_key(precision.value, quantization.value) in keys, v.label
+            assert ceiling_key(precision.value, quantization.value) in keys, v.label
             allowed += 1
     assert allowed >= 1 + (hw.device == "cpu") * 2  # fp32, and the two int8 kinds on a CPU
 
@@ -129,8 +129,8 @@ def test_ceiling_command_prints_and_remeasures(quick_ceiling, monkeypatch, capsy
 
 def test_ceiling_fraction_and_keys():
     assert ceiling.ceiling_fraction(4e9, 10.0, 80.0) == pytest.approx(0.5)
-    assert ceiling.ceiling_key("fp32", "static_int8") == "int8"
-    assert ceiling.ceiling_key("bf16", "none") == "bf16"
+    assert ceiling_key("fp32", "static_int8") == "int8"
+    assert ceiling_key("bf16", "none") == "bf16"
     assert ceiling.precisions_for("cpu", True, False) == ["fp32", "bf16", "int8"]
     assert ceiling.precisions_for("cpu", True, True) == ["fp32", "bf16", "fp16", "int8"]
     assert ceiling.precisions_for("cuda", True, True) == ["fp32", "bf16", "fp16"]

@@ -19,13 +19,13 @@ from tuner.config.request import SearchRequest
 from tuner.config.space import SearchSpace, TimingConfig
 from tuner.core.errors import TrackingError
 from tuner.core.schema import TrialResult
-from tuner.core.variant import Variant
+from tuner.core.variant import MachineProbe, Variant
 from tuner.decide.confirm import interleaved
 from tuner.measure.hardware import detect
 from tuner.search.finalize import finalize
 from tuner.tracking.recorder import TrialRecorder, close_parent
 from tuner.tracking.store import Tracker
-from tuner.trial.evaluate import TrialSettings, evaluate, time_variant
+from tuner.trial.evaluate import TrialSettings, evaluate, time_probe, time_variant
 from tuner.trial.process import classify
 
 from conftest import FAST_TIMING
@@ -41,8 +41,10 @@ def in_process_confirm(ref):
 
     def run(variants, rounds):
         out = {i: [] for i in range(len(variants))}
-        for _, i in interleaved(variants, rounds):
-            out[i].append(time_variant(variants[i], ref, SETTINGS))
+        for r, i in interleaved(variants, rounds):
+            item = variants[i]
+            res = time_probe(item, SETTINGS) if isinstance(item, MachineProbe) else time_variant(item, ref, SETTINGS)
+            out[i].append({**res, "round": r})
         return out
 
     return run
@@ -206,6 +208,21 @@ def test_finalists_are_confirmed_with_intervals(logged_search):
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert rec["confirmed"]["confirmed_p50_ms"] > 0 and rec["figures"]["latency_p50_ms"] > 0
     assert "confirmed over" in rec["reason"]
+
+
+def test_the_machine_probe_runs_in_the_confirmation_rounds(logged_search):
+    """Every confirmed row has its fraction of the ceiling measured in the same rounds (the
+    nightly check's reference), and the probe's p50 is on the parent run."""
+    client, tracker, parent, outcome, out, ref = logged_search
+    confirmed = pd.read_csv(out / "trials.csv").query("confirmed_p50_ms.notna()")
+    low, mid, high = (confirmed[f"confirmed_ceiling_fraction{s}"] for s in ("_ci_low", "", "_ci_high"))
+    assert ((0 < low) & (low <= mid) & (mid <= high)).all(), confirmed
+    # One probe for both (fp32): each fraction is k x batch / p50 over the same probe p50.
+    per_call = confirmed["batch_size"] / confirmed["confirmed_p50_ms"]
+    k = mid / per_call
+    assert len(confirmed) == 2 and k.max() / k.min() < 1.001, k
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["probe_p50_ms.fp32"] > 0
 
 
 def test_recorder_writes_each_trial_to_the_store_the_table_and_the_terminal(tmp_path, monkeypatch, small_reference,

@@ -107,6 +107,7 @@ class FaultRule(Strict):
     action: Literal["raise", "abort", "hang", "allocate", "slow"]
     allocate_mb: int = Field(default=0, ge=0)  # `allocate`: how much to touch, 64 MB at a time
     delay_ms: float = Field(default=0, ge=0)  # `slow`: added to every call of the model
+    factor: float = Field(default=1.0, ge=1.0)  # `slow`: every call takes this many times as long
 
 
 class Constraints(Strict):

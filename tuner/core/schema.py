@@ -168,6 +168,10 @@ CONFIRMED_COLUMNS = (
     "confirmed_speedup_vs_baseline",
     "confirmed_speedup_ci_low",
     "confirmed_speedup_ci_high",
+    # against the machine probe of the config's precision, measured in the same rounds
+    "confirmed_ceiling_fraction",
+    "confirmed_ceiling_fraction_ci_low",
+    "confirmed_ceiling_fraction_ci_high",
 )
 
 # ---- trials.csv ----------------------------------------------------------------------

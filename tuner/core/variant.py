@@ -115,6 +115,28 @@ class Variant:
 BASELINE_FIELDS = {"precision": "fp32", "quantization": "none", "compile": "eager", "layout": "contiguous"}
 
 
+@dataclass(frozen=True)
+class MachineProbe:
+    """Not a variant: a fixed kernel (a GEMM of `precision`, the ceiling's probe) timed like
+    one, in the same interleaved rounds, to tell how fast the machine is right now."""
+
+    precision: str  # a ceiling key: fp32, bf16, fp16 or int8
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"machine probe ({self.precision})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `inject_faults` rules match against: only an empty `when` matches the probe."""
+        return {"probe": self.precision}
+
+
+def ceiling_key(precision: str, quantization: str) -> str:
+    """Which ceiling a variant is compared against."""
+    return "int8" if quantization != "none" else precision
+
+
 def baseline(threads: int) -> Variant:
     """Trial 0: fp32, eager, batch 1, all cores (DESIGN.md §1)."""
     return Variant(batch_size=1, threads=threads)

@@ -135,6 +135,16 @@ class Confirmed:
         }
 
 
+def probe_fraction(measured: Confirmed, probe: Confirmed, flops_per_item: float, probe_flops: float) -> Interval:
+    """The fraction of the machine's ceiling that `measured` reaches, with the ceiling measured
+    in the same rounds: (FLOPs per item x items per call / its time) over (probe FLOPs /
+    probe time) = k x probe p50 / its p50, paired by round like a speedup, so a slow phase of
+    the host that slows both cancels out."""
+    iv = paired_ratio_bootstrap(probe.by_round(), measured.by_round())
+    k = flops_per_item * measured.batch_size / probe_flops
+    return Interval(k * iv.value, k * iv.low, k * iv.high)
+
+
 def choose(
     intervals: Mapping[int, Interval], complexity: Mapping[int, tuple[int, ...]], lower_is_better: bool
 ) -> tuple[int, str]:

@@ -13,13 +13,15 @@ import pandas as pd
 from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
-from tuner.core.variant import Variant
-from tuner.decide.confirm import Confirmed, choose
+from tuner.core.variant import MachineProbe, Variant, ceiling_key
+from tuner.decide.confirm import Confirmed, Interval, choose, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
 
-# Measures each variant `rounds` times, interleaved, one fresh process per measurement;
-# returns, per variant index, the list of `trial.evaluate.time_variant` results.
-ConfirmFn = Callable[[list[Variant], int], dict[int, list[dict[str, Any]]]]
+# What confirmation measures: a variant, or the machine probe (nightly's regression check).
+Measurable = Variant | MachineProbe
+# Measures each item `rounds` times, interleaved, one fresh process per measurement;
+# returns, per item index, the list of `trial.evaluate.time_variant` / `time_probe` results.
+ConfirmFn = Callable[[Sequence[Measurable], int], dict[int, list[dict[str, Any]]]]
 
 
 def finalists(df: pd.DataFrame, rec: Recommendation, objective: str, n: int) -> list[Any]:
@@ -42,10 +44,15 @@ def confirm_finalists(
     objective: str,
     confirm_fn: ConfirmFn,
     also_confirm: Sequence[str] = (),
+    probe_threads: int = 0,
+    flops_per_item: float = 0.0,
 ) -> Recommendation:
     """Re-measure the finalists (and the baseline, and the `also_confirm` labels, e.g. a
     nightly job's champion) interleaved in fresh processes; write the confirmed_* columns
-    into `df`; return the confirmed recommendation."""
+    into `df`; return the confirmed recommendation. With `probe_threads`, the machine probe
+    of each finalist's precision runs in the same rounds, for `confirmed_ceiling_fraction`
+    (and its p50 per precision goes to `df.attrs["probe_p50_ms"]`, the nightly check's
+    reference for the machine's speed)."""
     picks = finalists(df, rec, objective, settings.finalists)
     base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     extra = [base[0]] if settings.include_baseline and len(base) and base[0] not in picks else []
@@ -56,33 +63,34 @@ def confirm_finalists(
     rows = picks + extra
     also = ["the baseline" if len(base) and i == base[0] else str(df.loc[i, "label"]) for i in extra]
     variants = [variant_of(df.loc[i]) for i in rows]
+    keys = sorted({ceiling_key(v.precision.value, v.quantization.value) for v in variants}) if probe_threads else []
+    probes = [MachineProbe(k, probe_threads) for k in keys]
     say(
-        f"\nconfirming {len(picks)} finalist(s){''.join(f' and {n}' for n in also)}: "
-        f"{settings.rounds} interleaved round(s), a fresh process each ..."
+        f"\nconfirming {len(picks)} finalist(s){''.join(f' and {n}' for n in also)}"
+        + (f" and {len(probes)} machine probe(s)" if probes else "")
+        + f": {settings.rounds} interleaved round(s), a fresh process each ..."
     )
     confirm_start = time.perf_counter()
-    results = confirm_fn(variants, settings.rounds)
+    results = confirm_fn([*variants, *probes], settings.rounds)
     df.attrs["confirm_s"] = time.perf_counter() - confirm_start
     for col in CONFIRMED_COLUMNS:
         if col not in df:
             df[col] = float("nan")
-    confirmed: dict[Any, Confirmed] = {}
-    for k, i in enumerate(rows):
-        runs = [r for r in results.get(k, []) if r.get("times_s")]
-        if runs:
-            confirmed[i] = Confirmed(
-                tuple(tuple(r["times_s"]) for r in runs),
-                int(df.loc[i, "batch_size"]),
-                tuple(int(r.get("round", n)) for n, r in enumerate(runs)),
-            )
-            for col, v in confirmed[i].columns().items():
-                df.loc[i, col] = v
+    confirmed = {i: c for i, c in zip(rows, _confirmed(results, [v.batch_size for v in variants]), strict=True) if c}
+    for i, c in confirmed.items():
+        for col, v in c.columns().items():
+            df.loc[i, col] = v
     if len(base) and base[0] in confirmed:
         for i in confirmed:
-            speedup = confirmed[i].speedup_over(confirmed[base[0]])
-            df.loc[i, "confirmed_speedup_vs_baseline"] = speedup.value
-            df.loc[i, "confirmed_speedup_ci_low"] = speedup.low
-            df.loc[i, "confirmed_speedup_ci_high"] = speedup.high
+            _put(
+                df,
+                i,
+                "confirmed_speedup_vs_baseline",
+                "confirmed_speedup",
+                confirmed[i].speedup_over(confirmed[base[0]]),
+            )
+    probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
+    _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
     candidates = [i for i in picks if i in confirmed]
     if not candidates:
         return Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept")
@@ -91,3 +99,42 @@ def confirm_finalists(
     complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
     k, why = choose(intervals, complexity, lower_is_better=latency)
     return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
+
+
+def _confirmed(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:
+    """Per measured item, its per-call times by round (None: every measurement failed)."""
+    out: list[Confirmed | None] = []
+    for k, batch in enumerate(batch_sizes):
+        runs = [r for r in results.get(k, []) if r.get("times_s")]
+        rounds = tuple(int(r.get("round", n)) for n, r in enumerate(runs))
+        out.append(Confirmed(tuple(tuple(r["times_s"]) for r in runs), batch, rounds) if runs else None)
+    return out
+
+
+def _put(df: pd.DataFrame, i: Any, value_col: str, prefix: str, iv: Interval) -> None:
+    df.loc[i, value_col] = iv.value
+    df.loc[i, f"{prefix}_ci_low"] = iv.low
+    df.loc[i, f"{prefix}_ci_high"] = iv.high
+
+
+def _probe_fractions(
+    df: pd.DataFrame,
+    confirmed: dict[Any, Confirmed],
+    variants: list[Variant],
+    rows: list[Any],
+    probe_results: dict[str, list[dict[str, Any]]],
+    flops_per_item: float,
+) -> None:
+    """confirmed_ceiling_fraction of each confirmed row, against its precision's probe."""
+    p50: dict[str, float] = {}
+    for key, runs in probe_results.items():
+        (probe,) = _confirmed({0: runs}, [1])
+        if probe is None or not flops_per_item:
+            continue
+        p50[key] = probe.p50_ms.value
+        flops = float(next(r["probe_flops"] for r in runs if r.get("probe_flops")))
+        for i, v in zip(rows, variants, strict=True):
+            if i in confirmed and ceiling_key(v.precision.value, v.quantization.value) == key:
+                fraction = probe_fraction(confirmed[i], probe, flops_per_item, flops)
+                _put(df, i, "confirmed_ceiling_fraction", "confirmed_ceiling_fraction", fraction)
+    df.attrs["probe_p50_ms"] = p50

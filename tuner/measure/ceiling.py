@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from tuner.core.console import say
+from tuner.core.variant import ceiling_key
 from tuner.measure.hardware import Hardware
 from tuner.measure.interference import sample_load
 
@@ -124,6 +125,21 @@ def _best_probe(precision: str, dev: torch.device) -> tuple[float, str] | None:
         torch.backends.quantized.engine = old
 
 
+def probe_kernel(precision: str) -> Probe:
+    """(name, call, FLOPs per call) of the kernel that stands for the machine's speed at this
+    precision, on the CPU: the GEMM for float precisions, the quantized 3x3 convolution
+    (the kernel family int8 CNNs run on) for int8. Sets the x86 quantized engine, so call it
+    in a process of its own (the nightly check's fresh process)."""
+    if precision in PROBE_DTYPES:
+        return _matmul(precision, torch.device("cpu"))
+    if precision != "int8":
+        raise ValueError(f"no probe kernel for precision {precision!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in 2.14
+        torch.backends.quantized.engine = "x86"
+        return _int8_conv()
+
+
 def precisions_for(device: str, bf16_native: bool, fp16_native: bool) -> list[str]:
     """The precisions whose ceiling is worth measuring on this hardware."""
     out = ["fp32"] + (["bf16"] if bf16_native else []) + (["fp16"] if fp16_native else [])
@@ -199,11 +215,6 @@ def entries_for(hw: Hardware, precisions: list[str] | None = None, remeasure: bo
 def for_hardware(hw: Hardware) -> dict[str, float]:
     """This machine's ceiling for every precision it runs natively (cached)."""
     return {p: e.gflops for p, e in entries_for(hw).items()}
-
-
-def ceiling_key(precision: str, quantization: str) -> str:
-    """Which ceiling a variant is compared against."""
-    return "int8" if quantization != "none" else precision
 
 
 def ceiling_fraction(flops_per_item: float, throughput_ips: float, ceiling_gflops: float) -> float:

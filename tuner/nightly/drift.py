@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.decide.confirm import Confirmed, Interval, paired_ratio_bootstrap
+from tuner.decide.confirm import Confirmed, Interval, probe_fraction
 
 NORMALISED = ("speedup", "ceiling_fraction")  # judged: higher is better for both
 # Below this relative change a reference "did not move": the drift verdict needs both to move.
@@ -42,12 +42,10 @@ class Measured:
         return self.champion.speedup_over(self.baseline)
 
     def ceiling_fraction(self) -> Interval | None:
-        """Champion GFLOP/s over probe GFLOP/s = k x probe time / champion time, paired by round."""
+        """Champion GFLOP/s over probe GFLOP/s, paired by round (decide.confirm.probe_fraction)."""
         if not self.flops_per_item or not self.probe_flops:
             return None
-        iv = paired_ratio_bootstrap(self.probe.by_round(), self.champion.by_round())
-        k = self.flops_per_item * self.champion.batch_size / self.probe_flops
-        return Interval(k * iv.value, k * iv.low, k * iv.high)
+        return probe_fraction(self.champion, self.probe, self.flops_per_item, self.probe_flops)
 
     def figures(self) -> dict[str, float]:
         """Flat figures, as stored on the parent run (`champion_<name>`) and in the reports."""

@@ -4,17 +4,18 @@ one Ray actor holding all CPUs of a node, one fresh forked process per measureme
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tuner.core.console import say
 from tuner.core.errors import last_line
-from tuner.core.variant import Variant
+from tuner.core.variant import MachineProbe
 from tuner.decide.confirm import interleaved
-from tuner.decide.finalists import ConfirmFn
+from tuner.decide.finalists import ConfirmFn, Measurable
 from tuner.inputs.reference import Reference
-from tuner.trial.evaluate import TrialSettings, time_variant
+from tuner.trial.evaluate import TrialSettings, time_probe, time_variant
 from tuner.trial.process import fresh_process
 
 
@@ -28,21 +29,23 @@ def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmF
 
     @ray.remote
     class _Confirmer:
-        def time(self, variant: dict[str, Any], ref: Reference, settings: TrialSettings) -> dict[str, Any]:
+        def time(self, item: Measurable, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as folder:
-                args = (Variant.from_dict(variant), ref, settings)
+                if isinstance(item, MachineProbe):
+                    return fresh_process(time_probe, (item, settings), folder, settings.timeout_s, settings.memory_mb)
+                args = (item, ref, settings)
                 return fresh_process(time_variant, args, folder, settings.timeout_s, settings.memory_mb)
 
-    def run(variants: list[Variant], rounds: int) -> dict[int, list[dict[str, Any]]]:
+    def run(variants: Sequence[Measurable], rounds: int) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
         schedule = interleaved(variants, rounds)
         actor = _Confirmer.options(num_cpus=cores).remote()  # type: ignore[attr-defined]
         try:
             for n, (r, i) in enumerate(schedule, 1):
                 try:
-                    res = ray.get(actor.time.remote(variants[i].to_dict(), ref_handle, settings))
+                    res = ray.get(actor.time.remote(variants[i], ref_handle, settings))
                 except ray.exceptions.RayError as e:
                     res = {"error": last_line(str(e))}
                 if "times_s" not in res:

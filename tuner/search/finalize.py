@@ -67,7 +67,8 @@ def finalize(
     df["pareto"] = pareto_mask(df, df["feasible"])
     rec = recommend(df, sp.search.objective, sp.constraints)
     if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
-        rec = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm)
+        rec = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm,
+                                probe_threads=recorder.hw.cores, flops_per_item=ref.flops_per_item)  # fmt: skip
     df["recommended"] = df.index == rec.index
     _tag_children(df, tracker)
     tables.write_tables(df, req.output)
@@ -146,6 +147,8 @@ def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: floa
     summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
     if "confirm_s" in df.attrs:
         summary["confirm_s"] = df.attrs["confirm_s"]
+    for key, p50 in df.attrs.get("probe_p50_ms", {}).items():  # the machine's speed, in the same rounds
+        summary[f"probe_p50_ms.{key}"] = p50
     summary.update({f"n_{k}": float(v) for k, v in df["status"].value_counts().to_dict().items()})
     ok = df[df["status"].eq("ok")]
     if len(ok):

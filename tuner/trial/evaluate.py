@@ -27,16 +27,16 @@ from tuner.config.space import TimingConfig
 from tuner.core.env import pin_threads
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.schema import TrialResult
-from tuner.core.variant import Variant, infeasible_reason
+from tuner.core.variant import MachineProbe, Variant, ceiling_key, infeasible_reason
 from tuner.inputs.models import weights_digest
 from tuner.inputs.reference import Reference
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
-from tuner.measure.ceiling import ceiling_fraction, ceiling_key
+from tuner.measure.ceiling import ceiling_fraction, probe_kernel
 from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
 from tuner.measure.latency import LatencyResult, measure_latency
 from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
-from tuner.trial.faults import slowed
+from tuner.trial.faults import slow_call, slowed
 
 INPUT_POOL = 4  # distinct batches cycled during timing (never one cached tensor)
 
@@ -172,6 +172,17 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> Trial
         load_end=os.getloadavg()[0],
     )
     return TrialResult.of({**guard, **figures}, status="ok", stable=lat.stable)
+
+
+def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:
+    """One confirmation measurement of the machine probe (the nightly check's reference for
+    the machine's speed): its kernel timed with the same protocol, in this fresh process."""
+    pin_threads(probe.threads)
+    name, fn, flops = probe_kernel(probe.precision)
+    call = slow_call(fn, settings.faults, probe.to_dict())
+    with torch.inference_mode():
+        lat, guard = _guarded_timing(call, settings, None)
+    return {"times_s": list(lat.times_s), "stable": lat.stable, "probe": name, "probe_flops": flops, **guard}
 
 
 def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -14,18 +15,32 @@ def _matches(rule: Any, variant: dict[str, Any]) -> bool:
     return all(str(variant.get(k)) == str(v) for k, v in rule.when.items())
 
 
+def slow_call(fn: Callable[..., Any], rules: Any, fields: dict[str, Any]) -> Callable[..., Any]:
+    """Test-only: `fn`, slowed by the `slow` rules whose `when` matches `fields`: each call
+    takes `factor` times as long (the call is timed, then the rest is slept), plus `delay_ms`.
+    A factor slows a fast and a slow config alike, as a real regression or a slower machine
+    does; the machine probe matches rules with an empty `when` (every config)."""
+    matching = [r for r in rules if r.action == "slow" and _matches(r, fields)]
+    delay = sum(r.delay_ms for r in matching) / 1000
+    factor = 1.0
+    for r in matching:
+        factor *= r.factor
+    if delay <= 0 and factor <= 1.0:
+        return fn
+
+    def slow(*args: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args)
+        time.sleep(delay + (factor - 1) * (time.perf_counter() - start))
+        return out
+
+    return slow
+
+
 def slowed(built: Any, rules: Any, variant: Any) -> Any:
-    """Test-only: a `slow` rule adds `delay_ms` to every call of the built variant (how the
-    nightly tests cause a real regression, in trials and confirmation alike)."""
-    delay = sum(r.delay_ms for r in rules if r.action == "slow" and _matches(r, variant.to_dict())) / 1000
-    if delay > 0:
-        run = built.run
-
-        def slow_run(x: Any) -> Any:
-            time.sleep(delay)
-            return run(x)
-
-        built.run = slow_run
+    """Test-only: the built variant with `slow_call` applied to its calls (how the nightly
+    tests cause a real regression, in trials and confirmation alike)."""
+    built.run = slow_call(built.run, rules, variant.to_dict())
     return built
 
 

@@ -1,0 +1,80 @@
+"""The nightly regression check itself: measure the champion, the baseline and the machine
+probe in the same interleaved rounds (fresh processes, through the search's confirmation
+function), judge the normalised figures (nightly/drift.py), and before calling a
+regression measure once more to rule out a slow phase of the host.
+
+Shared by nightly/model.py (before each search) and benchmarks/nightly_alarms.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.core.console import say
+from tuner.core.variant import MachineProbe, Variant, baseline, ceiling_key
+from tuner.decide.confirm import Confirmed
+from tuner.decide.finalists import ConfirmFn
+from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+
+
+@dataclass
+class CheckResult:
+    figures: dict[str, float]  # absolute and normalised, as measured tonight (the last attempt)
+    verdict: dict[str, Any]  # judge_normalised: regression / improvement, per figure
+    drift: dict[str, Any] | None  # machine_drift, None without stored references
+    remeasured: bool = False  # a suspected regression was measured once more
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # each attempt's verdict
+
+
+def references(champion: Variant, threads: int) -> tuple[Variant, MachineProbe]:
+    """The baseline (fp32 eager, batch 1, all threads) and the probe of the champion's
+    precision (all threads, as the search's confirmation measures it)."""
+    key = ceiling_key(champion.precision.value, champion.quantization.value)
+    return baseline(threads), MachineProbe(key, threads)
+
+
+def measure(
+    confirm_fn: ConfirmFn, champion: Variant, threads: int, rounds: int, flops_per_item: float
+) -> Measured | None:
+    """The three measured in `rounds` interleaved rounds; None if any of them failed."""
+    base, probe = references(champion, threads)
+    res = confirm_fn([champion, base, probe], rounds)
+    parts = []
+    for i, batch in enumerate((champion.batch_size, 1, 1)):
+        runs = [r for r in res.get(i, []) if r.get("times_s")]
+        if not runs:
+            return None
+        parts.append(Confirmed(tuple(tuple(r["times_s"]) for r in runs), batch,
+                               tuple(int(r.get("round", n)) for n, r in enumerate(runs))))  # fmt: skip
+    probe_flops = next(float(r["probe_flops"]) for r in res[2] if r.get("probe_flops"))
+    return Measured(parts[0], parts[1], parts[2], probe_flops, flops_per_item)
+
+
+def run_check(
+    confirm_fn: ConfirmFn,
+    champion: Variant,
+    threads: int,
+    rounds: int,
+    flops_per_item: float,
+    accepted: dict[str, float],
+    threshold: float,
+    drift_warning: float,
+) -> CheckResult | None:
+    """Measure and judge; a suspected regression is measured once more, and only a second
+    regression is called one. None when the measurement failed."""
+    result: CheckResult | None = None
+    for attempt in (1, 2):
+        measured = measure(confirm_fn, champion, threads, rounds, flops_per_item)
+        if measured is None:
+            return result
+        figures = measured.figures()
+        verdict = judge_normalised(accepted, figures, threshold)
+        drift = machine_drift(accepted, figures, drift_warning)
+        previous = result.attempts if result else []
+        result = CheckResult(figures, verdict, drift, attempt > 1, [*previous, verdict])
+        if not verdict["regression"]:
+            return result
+        if attempt == 1:
+            say("  the normalised figures look worse: measuring once more to rule out a slow phase of the host ...")
+    return result
