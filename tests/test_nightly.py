@@ -67,7 +67,9 @@ def parents(folder: Path) -> list:
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    """Three nights: a first run, a second (warm start, no regression), a third with a slowdown."""
+    """Four nights: a first run; a second (warm start, no regression); a third on a machine
+    twice as slow (every config and the machine probe: drift, not a regression); a fourth
+    where the champion alone runs three times as slow (a regression, exit 3)."""
     work = tmp_path_factory.mktemp("nightly")
     job = write_job(work)
     first = tuner("nightly", str(job), cwd=work)
@@ -77,21 +79,33 @@ def nights(tmp_path_factory):
     second = tuner("nightly", str(job), cwd=work)
     assert second.returncode == 0, second.stdout + second.stderr
     r2, run2 = last_report(work)
-    slow = write_job(work, "slow.yaml", overrides={"inject_faults": [{"when": {}, "action": "slow", "delay_ms": 20}]})
+    uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}]}  # a slower machine
     time.sleep(1.1)
-    third = tuner("nightly", str(slow), cwd=work)
+    third = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
     r3, run3 = last_report(work)
-    return work, (first, r1, run1), (second, r2, run2), (third, r3, run3)
+    champion = json.loads(parents(work)[-1].data.tags["tuner.champion_variant"])
+    alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}]}  # the champion regressed
+    time.sleep(1.1)
+    fourth = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
+    r4, run4 = last_report(work)
+    return work, (first, r1, run1), (second, r2, run2), (third, r3, run3), (fourth, r4, run4)
 
 
 def test_first_night_sets_a_champion(nights):
-    work, (out, rep, run), _, _ = nights
+    work, (out, rep, run), *_ = nights
     assert "warm start: none" in out.stdout and "nothing to compare with" in out.stdout
     assert rep["champion"] == rep["recommended"] and rep["regression"] is False
     assert (run / "nightly.log").read_text().count("[4/4]") == 1  # the run's own log file
     first = parents(work)[0]
     assert first.data.tags["tuner.champion_config"] == rep["champion"]
     assert "champion_p50_ms" in first.data.metrics
+    # Stored from the first night on: the normalised figures and the references of that moment.
+    for name in ("champion_speedup", "champion_ceiling_fraction", "champion_baseline_p50_ms", "champion_probe_p50_ms"):
+        assert first.data.metrics[name] > 0, name
+    md = (run / "nightly-report.md").read_text()  # the first night's report carries the figures
+    figures = rep["champion_figures"]
+    assert f"{figures['p50_ms']:.4g} [{figures['p50_ms_low']:.4g}, {figures['p50_ms_high']:.4g}]" in md
+    assert "| p50 ms | items/s | speedup x | ceiling fraction |" in md
     version = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_model_version_by_alias(
         "tuner-tiny_models_small_cnn", "champion"
     )
@@ -99,31 +113,50 @@ def test_first_night_sets_a_champion(nights):
 
 
 def test_second_night_warm_starts_and_finds_no_regression(nights):
-    work, (_, r1, _), (out, rep, run), _ = nights
+    work, (_, r1, _), (out, rep, run), *_ = nights
     first, second = parents(work)[:2]
     assert f"from search {first.info.run_id}" in out.stdout
     assert rep["warm_start_from"] == first.info.run_id and rep["warm_start_configs"] >= 1
     trials = pd.read_csv(Path(rep["output"]) / "trials.csv")
     assert trials.loc[1, "label"] == r1["champion"]  # the champion runs right after the baseline
     assert "regression check of" in out.stdout and rep["regression"] is False
-    assert set(rep["regression_check"]["checks"]) >= {"p50_ms", "throughput_ips", "quality"}
+    check = rep["regression_check"]
+    assert set(check["checks"]) == {"speedup", "ceiling_fraction", "quality"}  # judged
+    assert set(check["absolute"]) == {"p50_ms", "throughput_ips"}  # shown beside them
     assert second.data.tags["tuner.regression"] == "false"
     assert second.data.tags["tuner.warm_start_from"] == first.info.run_id
     md = (run / "nightly-report.md").read_text()
-    assert f"## `{MODEL}`: " in md and "| p50_ms |" in md
+    assert f"## `{MODEL}`: " in md and "| speedup |" in md and "| p50_ms (absolute) |" in md
+    assert "**Machine drift:**" in md and "tuner.machine_drift" in second.data.tags
 
 
-def test_a_real_slowdown_is_a_regression_with_its_exit_code(nights):
-    work, _, _, (out, rep, run) = nights
+def test_a_slower_machine_is_drift_not_a_regression(nights):
+    work, _, _, (out, rep, run), _ = nights
+    assert out.returncode == 0, out.stdout + out.stderr  # drift alone never fails the job
+    assert rep["regression"] is False
+    drift = rep["regression_check"]["drift"]
+    assert drift["together"] and drift["machine"] > 0.5, drift  # twice as slow: about +100%
+    assert drift["text"].startswith("machine slower by ") and drift["warning"]  # beyond the 15% default
+    assert rep["regression_check"]["absolute"]["p50_ms"]["change"] > 0.5  # the old check would have alarmed
+    assert "machine drift: machine slower by" in out.stdout and "warning: the machine drifted" in out.stdout
+    assert "machine slower by" in (run / "nightly-report.md").read_text()
+    third = parents(work)[2]
+    assert third.data.tags["tuner.machine_drift"].startswith("machine slower by")
+    assert third.data.tags["tuner.regression"] == "false" and third.data.metrics["machine_drift"] > 0.5
+
+
+def test_a_slower_champion_is_a_regression_with_its_exit_code(nights):
+    work, *_, (out, rep, run) = nights
     assert out.returncode == EXIT_REGRESSION, out.stdout + out.stderr
     assert rep["regression"] is True
-    p50 = rep["regression_check"]["checks"]["p50_ms"]
-    assert p50["verdict"] == "regression" and p50["change"] > 10  # +20 ms on a ~0.1 ms model
+    speedup = rep["regression_check"]["checks"]["speedup"]
+    assert speedup["verdict"] == "regression" and speedup["change"] < -0.5  # a third of the speedup
+    assert rep["regression_check"]["remeasured"]  # a regression is measured twice before it is called
     assert "REGRESSION" in out.stdout and "REGRESSION" in (run / "nightly-report.md").read_text()
-    third = parents(work)[2]
+    fourth = parents(work)[3]
     assert (
-        third.data.tags["tuner.regression"] == "true"
-        and "p50_ms regression" in third.data.tags["tuner.regression_detail"]
+        fourth.data.tags["tuner.regression"] == "true"
+        and "speedup regression" in fourth.data.tags["tuner.regression_detail"]
     )
 
 

@@ -143,7 +143,7 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
                 results.append(res)
         finally:
             if results:
-                write_report(results, run_dir)
+                write_report(results, run_dir, time.time() - state["started"], job.time_budget_minutes)
     state["status"] = "finished"
     state_file.write_text(json.dumps(state, indent=2))
     if any(r.get("regression") for r in results):

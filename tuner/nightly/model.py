@@ -23,15 +23,15 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.config.job import Job, ModelJob
+from tuner.config.job import Job, ModelJob, RegressionSettings
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_request, load_state, normalise_weights
 from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import say
 from tuner.core.variant import Variant
-from tuner.decide.confirm import Confirmed
 from tuner.decide.pareto import variant_of
 from tuner.measure.hardware import detect
-from tuner.nightly.regression import confirmed_figures, decide_champion, figures_of, judge, verdict_line
+from tuner.nightly.check import CheckResult, run_check
+from tuner.nightly.regression import accepted_figures, decide_champion, nightly_verdict, verdict_line
 from tuner.nightly.report import print_verdict
 from tuner.tracking.history import previous_front, previous_run, promote
 from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri
@@ -95,8 +95,9 @@ def run_model(
     from tuner.search.run import run_search
 
     check: dict[str, Any] = {}
-    outcome = run_search(_with_history(req, hist), before_search=_regression_hook(req, hist, check))
-    champ = _judge(result, req, hist, check, outcome.table, outcome.recommended, job.regression.threshold)
+    hook = _regression_hook(req, hist, job.regression, check)
+    outcome = run_search(_with_history(req, hist), before_search=hook)
+    champ = _judge(result, req, hist, check.get("result"), outcome.table, outcome.recommended, job.regression.threshold)
     _record(tracker, outcome.parent_run_id, mj.model, result, champ)
     print_verdict(result, result["regression_check"])
     return result
@@ -153,20 +154,20 @@ def _say_warm_start(hist: _History) -> None:
     )
 
 
-def _regression_hook(req: SearchRequest, hist: _History, check: dict[str, Any]) -> Any:
-    """The search's `before_search` hook: re-measure the champion, before any trial, with the
-    confirmation protocol; its figures go into `check["now"]`."""
+def _regression_hook(req: SearchRequest, hist: _History, settings: RegressionSettings, check: dict[str, Any]) -> Any:
+    """The search's `before_search` hook: the regression check (nightly/check.py) before any
+    trial, with Ray up and the reference ready; its result goes into `check["result"]`."""
 
     def before_search(confirm_fn: Any, ref: Any, choices: dict[str, list[Any]]) -> None:
         champion = hist.champion
         if champion is None:
             return
         rounds = req.space.confirm.rounds
-        say(f"regression check: re-measuring the champion {champion.label} ({rounds} fresh process(es)) ...")
-        res = confirm_fn([champion], rounds).get(0, [])
-        runs = [r["times_s"] for r in res if r.get("times_s")]
-        if runs:
-            check["now"] = figures_of(Confirmed(tuple(tuple(r) for r in runs), champion.batch_size), None)
+        say(f"regression check: the champion {champion.label}, the fp32 baseline and the machine probe, "
+            f"{rounds} interleaved round(s), a fresh process each ...")  # fmt: skip
+        threads = max(choices["threads"])  # the search's baseline: all the threads a trial gets
+        check["result"] = run_check(confirm_fn, champion, threads, rounds, ref.flops_per_item, hist.accepted,
+                                    settings.threshold, settings.drift_warning)  # fmt: skip
 
     return before_search
 
@@ -197,7 +198,7 @@ def _judge(
     result: dict[str, Any],
     req: SearchRequest,
     hist: _History,
-    check: dict[str, Any],
+    check: CheckResult | None,
     df: pd.DataFrame,
     new_row: pd.Series | None,
     threshold: float,
@@ -205,13 +206,12 @@ def _judge(
     """The regression verdict on the champion, and who is champion now (also into `result`)."""
     champion = hist.champion
     champ_row = _row(df, champion.label) if champion else None
-    now = dict(check.get("now", {}))
-    if champ_row is not None and pd.notna(champ_row.get("quality")):
-        now["quality"] = float(champ_row["quality"])
+    quality = float(champ_row["quality"]) if champ_row is not None and pd.notna(champ_row.get("quality")) else None
     verdict = None
-    if champion and hist.accepted and now:
-        verdict = judge({**hist.accepted, "max_accuracy_drop": req.space.constraints.max_accuracy_drop}, now, threshold)
+    if champion and hist.accepted and check is not None:
+        verdict = nightly_verdict(hist.accepted, check, quality, req.space.constraints.max_accuracy_drop, threshold)
     result["regression_check"] = verdict
+    result["machine_drift"] = verdict["drift"] if verdict else None
     result["regression"] = bool(verdict and verdict["regression"])
     result["improvement"] = bool(verdict and verdict["improvement"])
     result["recommended"] = new_row["label"] if new_row is not None else None
@@ -221,19 +221,22 @@ def _judge(
     )
     if new_champ and new_row is not None:
         label, variant = str(new_row["label"]), variant_of(new_row).to_dict()
-        figures = confirmed_figures(new_row) or {
-            "p50_ms": float(new_row["latency_p50_ms"]),
-            "throughput_ips": float(new_row["throughput_ips"]),
-            "quality": float(new_row["quality"]),
-        }
+        figures = accepted_figures(new_row, df)
     elif champion is not None:
-        label, variant, figures = champion.label, champion.to_dict(), hist.accepted
+        label, variant, figures = champion.label, champion.to_dict(), dict(hist.accepted)
+        if verdict is not None and not verdict["normalised_stored"]:  # accepted before they were stored:
+            figures.update({k: v for k, v in verdict["now"].items() if k.startswith(_NORMALISED_KEYS)})
     else:
         label, variant, figures = "", {}, {}
     result.update(
         champion=label or None, champion_changed=bool(new_champ and champion is not None), champion_reason=why
     )
+    result["champion_figures"] = figures  # what it stands on from now on (the first night's report shows them)
     return _Champion(variant, figures, bool(new_champ))
+
+
+# The figures a kept champion takes from tonight when it has none of them stored yet.
+_NORMALISED_KEYS = ("speedup", "ceiling_fraction", "baseline_p50_ms", "probe_p50_ms")
 
 
 def _record(tracker: Tracker, parent_id: str, model: str, result: dict[str, Any], champ: _Champion) -> None:
@@ -249,7 +252,11 @@ def _record(tracker: Tracker, parent_id: str, model: str, result: dict[str, Any]
         tags.update({"tuner.champion_config": result["champion"], "tuner.champion_variant": json.dumps(champ.variant)})
     if result["regression_check"]:
         tags["tuner.regression_detail"] = verdict_line(result["regression_check"])
+    drift = result.get("machine_drift")
     metrics = {f"champion_{k}": float(v) for k, v in champ.figures.items() if k != "max_accuracy_drop"}
+    if drift:
+        tags["tuner.machine_drift"] = drift["text"]
+        metrics.update(machine_drift=drift["machine"], baseline_drift=drift["baseline"], probe_drift=drift["probe"])
     tracker.log(parent_id, metrics=metrics, tags=tags)
     if champ.new:
         promote(tracker, parent_id, model)

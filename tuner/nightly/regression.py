@@ -1,16 +1,23 @@
 """The nightly job's judgements, kept free of I/O so they are unit-tested on their own:
-is a champion's change a regression (`judge`), and does a new recommendation replace the
-champion (`decide_champion`)? Figures are dicts: `p50_ms`, `p50_ms_low`, `p50_ms_high`,
-`throughput_ips` (+ `_low`/`_high`), `quality`.
+is the champion's change a regression (`nightly_verdict`: judged on the normalised figures
+of nightly/drift.py and on quality; the absolute figures are shown beside them, `judge`),
+and does a new recommendation replace the champion (`decide_champion`)? Figures are dicts:
+`p50_ms`, `p50_ms_low`, `p50_ms_high`, `throughput_ips` (+ `_low`/`_high`), `quality`, and
+since normalised figures are stored, `speedup`, `ceiling_fraction` (+ `_low`/`_high`),
+`baseline_p50_ms`, `probe_p50_ms`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tuner.core.variant import ceiling_key
 from tuner.decide.confirm import Confirmed
+
+if TYPE_CHECKING:
+    from tuner.nightly.check import CheckResult
 
 
 def _half_width(value: float, low: float, high: float) -> float:
@@ -107,3 +114,48 @@ def verdict_line(verdict: dict[str, Any]) -> str:
         else f"quality {c['verdict']}: {c['accepted']:.3f} -> {c['now']:.3f}"
         for m, c in verdict["checks"].items()
     )
+
+
+def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
+    """What a new champion is accepted on: its confirmed figures, its normalised ones (the
+    speedup and the ceiling fraction, paired by round), and the references of that moment
+    (the baseline's and the machine probe's p50 in the same confirmation rounds)."""
+    figures = confirmed_figures(row) or {
+        "p50_ms": float(row["latency_p50_ms"]),
+        "throughput_ips": float(row["throughput_ips"]),
+        "quality": float(row["quality"]),
+    }
+    for name, col in (("speedup", "confirmed_speedup_vs_baseline"), ("ceiling_fraction", "confirmed_ceiling_fraction")):
+        prefix = "confirmed_speedup" if name == "speedup" else col
+        if pd.notna(row.get(col, float("nan"))):
+            figures.update({name: float(row[col]), f"{name}_low": float(row[f"{prefix}_ci_low"]),
+                            f"{name}_high": float(row[f"{prefix}_ci_high"])})  # fmt: skip
+    base = df[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
+    if len(base) and pd.notna(base.iloc[0].get("confirmed_p50_ms", float("nan"))):
+        figures["baseline_p50_ms"] = float(base.iloc[0]["confirmed_p50_ms"])
+    probe = df.attrs.get("probe_p50_ms", {}).get(ceiling_key(str(row["precision"]), str(row["quantization"])))
+    if probe:
+        figures["probe_p50_ms"] = float(probe)
+    return figures
+
+
+def nightly_verdict(
+    accepted: dict[str, float], check: CheckResult, quality_now: float | None, max_drop: float, threshold: float
+) -> dict[str, Any]:
+    """Tonight's verdict on the champion: a regression when a normalised figure (check.verdict)
+    or quality got worse beyond its band. The absolute figures are compared too, and shown,
+    but never judged: they move with the machine."""
+    now = {**check.figures, **({"quality": quality_now} if quality_now is not None else {})}
+    absolute = judge({**accepted, "max_accuracy_drop": max_drop}, now, threshold)
+    quality = absolute["checks"].pop("quality", None)
+    checks = {**check.verdict["checks"], **({"quality": quality} if quality else {})}
+    return {
+        "regression": any(c["verdict"] == "regression" for c in checks.values()),
+        "improvement": any(c["verdict"] == "improvement" for c in checks.values()),
+        "checks": checks,  # judged
+        "absolute": absolute["checks"],  # shown beside them
+        "normalised_stored": check.verdict["stored"],
+        "drift": check.drift,
+        "remeasured": check.remeasured,
+        "now": check.figures,
+    }

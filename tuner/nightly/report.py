@@ -1,5 +1,8 @@
 """What a nightly run reports: the verdict per model in the terminal, and the run's
-`nightly-report.md` and `nightly-report.json`."""
+`nightly-report.md` and `nightly-report.json`. Side by side for each model: the figures
+judged (normalised by the baseline and the machine probe measured in the same rounds, and
+quality), the absolute figures (shown, never judged: they move with the machine), and the
+machine's drift."""
 
 from __future__ import annotations
 
@@ -12,42 +15,101 @@ import numpy as np
 
 from tuner.core.console import say
 
+SHOWN_FIGURES = (("p50_ms", "p50 ms"), ("throughput_ips", "items/s"), ("speedup", "speedup x"),
+                 ("ceiling_fraction", "ceiling fraction"))  # fmt: skip
+
+
+def _figure(figures: dict[str, float], name: str) -> str:
+    v = figures.get(name)
+    if v is None:
+        return "-"
+    low, high = figures.get(f"{name}_low"), figures.get(f"{name}_high")
+    return f"{v:.4g} [{low:.4g}, {high:.4g}]" if low is not None and high is not None else f"{v:.4g}"
+
+
+def _verdict_word(verdict: dict[str, Any]) -> str:
+    return "REGRESSION" if verdict["regression"] else "improvement" if verdict["improvement"] else "no change"
+
 
 def print_verdict(result: dict[str, Any], verdict: dict[str, Any] | None) -> None:
     say(f"\n== nightly {result['model']}:")
     if verdict is None:
         say("  regression check: nothing to compare with (no earlier champion on this hardware)")
     else:
-        say(f"  regression check of {result['champion_before']}: " + ("REGRESSION" if verdict["regression"] else
-            "improvement" if verdict["improvement"] else "no change beyond the noise"))  # fmt: skip
+        say(f"  regression check of {result['champion_before']}: {_verdict_word(verdict)} "
+            "(judged on the figures normalised by the baseline and the machine probe, and quality)")  # fmt: skip
+        if not verdict["normalised_stored"]:
+            say("    no normalised figure was stored for this champion (accepted before tuner stored them): "
+                "tonight's are stored from now on")  # fmt: skip
         for m, c in verdict["checks"].items():
-            change = f"{c['change']:+.1%} (band {c['band']:.1%})"
-            say(f"    {m:<15} {c['accepted']:.4g} -> {c['now']:.4g}  {change}  {c['verdict']}")
+            say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%} (band {c['band']:.1%})  "
+                f"{c['verdict']}")  # fmt: skip
+        for m, c in verdict["absolute"].items():
+            say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%}  (absolute: not judged)")
+        if verdict["remeasured"]:
+            say("    re-measured once to rule out a slow phase of the host")
+        drift = verdict["drift"]
+        if drift:
+            say(f"  machine drift: {drift['text']} (baseline {drift['baseline']:+.1%}, probe {drift['probe']:+.1%})")
+            if drift["warning"]:
+                say(f"  warning: the machine drifted beyond the job's regression.drift_warning: {drift['text']}")
     say(f"  recommended: {result['recommended']}")
     how = "changed" if result["champion_changed"] else "new" if result["champion_before"] is None else "kept"
     say(f"  champion: {result['champion']} ({how}: {result['champion_reason']})")
+    figures = result.get("champion_figures") or {}
+    if figures:
+        say("  champion stands on: " + ", ".join(f"{label} {_figure(figures, n)}" for n, label in SHOWN_FIGURES))
 
 
-def write_report(results: list[dict[str, Any]], run_dir: Path) -> None:
-    (run_dir / "nightly-report.json").write_text(json.dumps({"models": results}, indent=2, default=_json_default))
-    lines = [f"# Nightly tuning report ({time.strftime('%Y-%m-%d %H:%M')})", ""]
+def write_report(results: list[dict[str, Any]], run_dir: Path, wall_s: float, budget_min: float | None) -> None:
+    (run_dir / "nightly-report.json").write_text(
+        json.dumps(
+            {"wall_s": wall_s, "time_budget_minutes": budget_min, "models": results}, indent=2, default=_json_default
+        )  # fmt: skip
+    )
+    budget = f"{budget_min:g} min for the searches" if budget_min else "no time budget"
+    lines = [f"# Nightly tuning report ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"Wall time {wall_s / 60:.1f} min ({budget}; the regression checks and confirmations come on top).",
+             ""]  # fmt: skip
     for r in results:
-        flag = "REGRESSION" if r.get("regression") else "improvement" if r.get("improvement") else "ok"
-        lines += [f"## `{r['model']}`: {flag}", ""]
-        for key, label in (("warm_start_from", "warm start from search"), ("recommended", "recommended"),
-                           ("champion_before", "champion before"), ("champion", "champion now"),
-                           ("champion_reason", "why"), ("status", "status"), ("output", "output")):  # fmt: skip
-            if r.get(key) is not None:
-                lines.append(f"- {label}: `{r[key]}`")
-        verdict = r.get("regression_check")
-        if verdict:
-            lines += ["", "| metric | accepted | now | change | noise band | verdict |", "|---|---|---|---|---|---|"]
-            for m, c in verdict["checks"].items():
-                figures = f"{c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | {c['band']:.1%}"
-                lines.append(f"| {m} | {figures} | {c['verdict']} |")
-        lines.append("")
+        lines += _model_section(r)
     (run_dir / "nightly-report.md").write_text("\n".join(lines))
     say(f"\nnightly report: {run_dir / 'nightly-report.md'} and nightly-report.json")
+
+
+def _model_section(r: dict[str, Any]) -> list[str]:
+    flag = "REGRESSION" if r.get("regression") else "improvement" if r.get("improvement") else "ok"
+    lines = [f"## `{r['model']}`: {flag}", ""]
+    for key, label in (("warm_start_from", "warm start from search"), ("recommended", "recommended"),
+                       ("champion_before", "champion before"), ("champion", "champion now"),
+                       ("champion_reason", "why"), ("status", "status"), ("output", "output")):  # fmt: skip
+        if r.get(key) is not None:
+            lines.append(f"- {label}: `{r[key]}`")
+    figures = r.get("champion_figures") or {}
+    if figures:
+        lines += ["", "The champion's accepted figures (confirmed, 95% intervals):", "",
+                  "| " + " | ".join(label for _, label in SHOWN_FIGURES) + " |", "|---" * len(SHOWN_FIGURES) + "|",
+                  "| " + " | ".join(_figure(figures, n) for n, _ in SHOWN_FIGURES) + " |"]  # fmt: skip
+    verdict = r.get("regression_check")
+    if verdict:
+        lines += ["", "| figure | accepted | now | change | noise band | verdict |", "|---|---|---|---|---|---|"]
+        for m, c in verdict["checks"].items():
+            lines.append(f"| {m} | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | {c['band']:.1%} | "
+                         f"{c['verdict']} |")  # fmt: skip
+        for m, c in verdict["absolute"].items():
+            lines.append(f"| {m} (absolute) | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | | "
+                         "not judged |")  # fmt: skip
+        if not verdict["normalised_stored"]:
+            lines.append("\nNo normalised figure was stored for this champion; tonight's are stored from now on.")
+        if verdict["remeasured"]:
+            lines.append("\nThe check looked like a regression and was measured once more, to rule out a slow phase.")
+        drift = verdict["drift"]
+        if drift:
+            lines.append(f"\n**Machine drift:** {drift['text']} (baseline {drift['baseline']:+.1%}, "
+                         f"probe {drift['probe']:+.1%})" + (" - beyond the job's drift_warning" if drift["warning"]
+                                                            else ""))  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def _json_default(v: Any) -> Any:
