@@ -61,3 +61,50 @@ def test_champion_changes_only_on_a_significant_win_or_a_broken_champion():
     assert not decide_champion("A", champ, champ, "latency")[0]  # recommended again
     assert not decide_champion("A", champ, None, "latency")[0]
     assert decide_champion("A", champ, row("B", 8.0, 7.5, 8.5), "throughput")[0]  # 125 items/s vs 100, no overlap
+
+
+def _check(figures: dict[str, float], accepted: dict[str, float]):
+    from tuner.nightly.check import CheckResult
+    from tuner.nightly.drift import judge_normalised, machine_drift
+
+    return CheckResult(figures, judge_normalised(accepted, figures, 0.10), machine_drift(accepted, figures, 0.15))
+
+
+NORMALISED = {**ACCEPTED, "speedup": 4.0, "speedup_low": 3.9, "speedup_high": 4.1, "ceiling_fraction": 0.70,
+              "ceiling_fraction_low": 0.69, "ceiling_fraction_high": 0.71, "baseline_p50_ms": 40.0,
+              "probe_p50_ms": 2.0}  # fmt: skip
+
+
+def test_the_verdict_is_judged_on_normalised_figures_and_quality_not_on_absolute_ones():
+    from tuner.nightly.regression import nightly_verdict
+
+    # The machine 30% slower: absolute p50 +30%, every normalised figure unchanged.
+    slower = {**now(13.0, 77.0), **{k: v for k, v in NORMALISED.items() if k.startswith(("speedup", "ceiling"))},
+              "baseline_p50_ms": 52.0, "probe_p50_ms": 2.6}  # fmt: skip
+    v = nightly_verdict(NORMALISED, _check(slower, NORMALISED), 0.80, 0.01, 0.10)
+    assert not v["regression"] and set(v["checks"]) == {"speedup", "ceiling_fraction", "quality"}
+    assert v["absolute"]["p50_ms"]["verdict"] == "regression"  # what the old check would have called
+    assert v["drift"]["text"] == "machine slower by 30%"
+    # Quality still counts on its own: a drop beyond the allowed one is a regression.
+    assert nightly_verdict(NORMALISED, _check(slower, NORMALISED), 0.70, 0.01, 0.10)["regression"]
+
+
+def test_accepted_figures_carry_the_normalised_figures_and_references():
+    from tuner.nightly.regression import accepted_figures
+
+    cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ci_low_ms": 11.8, "confirmed_p50_ci_high_ms": 12.3,
+            "confirmed_throughput_ips": 80.0, "confirmed_throughput_ci_low": 79.0, "confirmed_throughput_ci_high": 81.0,
+            "confirmed_speedup_vs_baseline": 4.5, "confirmed_speedup_ci_low": 4.4, "confirmed_speedup_ci_high": 4.6,
+            "confirmed_ceiling_fraction": 0.75, "confirmed_ceiling_fraction_ci_low": 0.74,
+            "confirmed_ceiling_fraction_ci_high": 0.76}  # fmt: skip
+    df = pd.DataFrame([
+        {"label": "base", "is_baseline": True, "status": "ok", "quality": 1.0, "precision": "fp32",
+         "quantization": "none", "confirmed_p50_ms": 54.0},
+        {"label": "int8", "is_baseline": False, "status": "ok", "quality": 1.0, "precision": "fp32",
+         "quantization": "static_int8", "latency_p50_ms": 12.5, "throughput_ips": 79.0, **cols},
+    ])  # fmt: skip
+    df.attrs["probe_p50_ms"] = {"int8": 2.5, "fp32": 14.0}
+    f = accepted_figures(df.iloc[1], df)
+    assert f["speedup"] == 4.5 and f["speedup_low"] == 4.4 and f["ceiling_fraction_high"] == 0.76
+    assert f["baseline_p50_ms"] == 54.0 and f["probe_p50_ms"] == 2.5  # the int8 probe, not the fp32 one
+    assert f["p50_ms"] == 12.0 and f["quality"] == 1.0
