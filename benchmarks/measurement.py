@@ -83,10 +83,10 @@ def ratio(model: str, repeats: int, rounds: int) -> None:
     from tuner.config.space import SearchSpace, resolve_space_file
     from tuner.core.env import measurement_env, quiet_logs, service_env
     from tuner.core.variant import Variant
-    from tuner.measure.hardware import detect
     from tuner.inputs.models import ModelSpec, resolve_weights
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware
+    from tuner.measure.hardware import detect
     from tuner.search.confirm_ray import ray_confirm
     from tuner.trial.evaluate import TrialSettings
 

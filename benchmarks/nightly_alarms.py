@@ -106,8 +106,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, rs in (("clean", clean), ("slowed", slowed_rows)):
         print(f"| {len(rs)} {name} | {sum(r[1] for r in rs)} | {sum(r[2] for r in rs)} | {sum(r[3] for r in rs)} |")
-    print(f"false alarms: {sum(r[1] for r in clean)} of {len(clean)} (target 0); "
-          f"slowdowns detected: {sum(r[1] for r in slowed_rows)} of {len(slowed_rows)} (target all)")
+    print(
+        f"false alarms: {sum(r[1] for r in clean)} of {len(clean)} (target 0); "
+        f"slowdowns detected: {sum(r[1] for r in slowed_rows)} of {len(slowed_rows)} (target all)"
+    )
 
 
 if __name__ == "__main__":
