@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 MODEL = "tiny_models:small_cnn"
 
 
-def write_job(folder: Path, name: str = "job.yaml", trials: int = 4, **model_extra: object) -> Path:
+def write_job(folder: Path, name: str = "job.yaml", trials: int = 3, **model_extra: object) -> Path:
     job = {
         "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
         "output": str(folder / "runs"),
@@ -81,12 +81,12 @@ def nights(tmp_path_factory):
     r2, run2 = last_report(work)
     uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}]}  # a slower machine
     time.sleep(1.1)
-    third = tuner("nightly", str(write_job(work, "slower-machine.yaml", trials=3, overrides=uniform)), cwd=work)
+    third = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
     r3, run3 = last_report(work)
     champion = json.loads(parents(work)[-1].data.tags["tuner.champion_variant"])
     alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}]}  # the champion regressed
     time.sleep(1.1)
-    fourth = tuner("nightly", str(write_job(work, "slower-champion.yaml", trials=3, overrides=alone)), cwd=work)
+    fourth = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
     r4, run4 = last_report(work)
     return work, (first, r1, run1), (second, r2, run2), (third, r3, run3), (fourth, r4, run4)
 
@@ -95,7 +95,7 @@ def test_first_night_sets_a_champion(nights):
     work, (out, rep, run), *_ = nights
     assert "warm start: none" in out.stdout and "nothing to compare with" in out.stdout
     assert rep["champion"] == rep["recommended"] and rep["regression"] is False
-    assert (run / "nightly.log").read_text().count("[4/4]") == 1  # the run's own log file
+    assert (run / "nightly.log").read_text().count("[3/3]") == 1  # the run's own log file
     first = parents(work)[0]
     assert first.data.tags["tuner.champion_config"] == rep["champion"]
     assert "champion_p50_ms" in first.data.metrics
