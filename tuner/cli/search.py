@@ -13,6 +13,7 @@ from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import safe_name
 from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import ConfigError
+from tuner.tracking.store import absolute_uri, default_tracking_uri
 
 
 def load_space(args: argparse.Namespace, **search: object) -> tuple[SearchSpace, Path]:
@@ -34,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> SearchRequest:
-    from tuner.tracking.store import absolute_uri, default_tracking_uri
-
     space, path = load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
         constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms}
@@ -98,14 +97,8 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--data", str(Path(args.data).resolve()) if args.data else None, req.data),
         ("--weights", normalise_weights(args.weights) if args.weights else None, req.weights),
         ("--seed", args.seed, req.seed),
-        ("--tracking-uri", _absolute_uri(args.tracking_uri), req.tracking_uri),
+        ("--tracking-uri", absolute_uri(args.tracking_uri) if args.tracking_uri else None, req.tracking_uri),
         ("--experiment", args.experiment, req.experiment),
         ("--output", args.output.resolve() if args.output else None, req.output),
         ("--address", args.address, req.address),
     ]
-
-
-def _absolute_uri(uri: str | None) -> str | None:
-    from tuner.tracking.store import absolute_uri
-
-    return absolute_uri(uri) if uri else None

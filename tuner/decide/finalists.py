@@ -76,7 +76,9 @@ def confirm_finalists(
     for col in CONFIRMED_COLUMNS:
         if col not in df:
             df[col] = float("nan")
-    confirmed = {i: c for i, c in zip(rows, _confirmed(results, [v.batch_size for v in variants]), strict=True) if c}
+    confirmed = {
+        i: c for i, c in zip(rows, confirmed_runs(results, [v.batch_size for v in variants]), strict=True) if c
+    }
     for i, c in confirmed.items():
         for col, v in c.columns().items():
             df.loc[i, col] = v
@@ -101,7 +103,7 @@ def confirm_finalists(
     return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
 
 
-def _confirmed(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:
+def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:
     """Per measured item, its per-call times by round (None: every measurement failed)."""
     out: list[Confirmed | None] = []
     for k, batch in enumerate(batch_sizes):
@@ -128,7 +130,7 @@ def _probe_fractions(
     """confirmed_ceiling_fraction of each confirmed row, against its precision's probe."""
     p50: dict[str, float] = {}
     for key, runs in probe_results.items():
-        (probe,) = _confirmed({0: runs}, [1])
+        (probe,) = confirmed_runs({0: runs}, [1])
         if probe is None or not flops_per_item:
             continue
         p50[key] = probe.p50_ms.value

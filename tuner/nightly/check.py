@@ -13,8 +13,7 @@ from typing import Any
 
 from tuner.core.console import say
 from tuner.core.variant import MachineProbe, Variant, baseline, ceiling_key
-from tuner.decide.confirm import Confirmed
-from tuner.decide.finalists import ConfirmFn
+from tuner.decide.finalists import ConfirmFn, confirmed_runs
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
 
 
@@ -40,15 +39,11 @@ def measure(
     """The three measured in `rounds` interleaved rounds; None if any of them failed."""
     base, probe = references(champion, threads)
     res = confirm_fn([champion, base, probe], rounds)
-    parts = []
-    for i, batch in enumerate((champion.batch_size, 1, 1)):
-        runs = [r for r in res.get(i, []) if r.get("times_s")]
-        if not runs:
-            return None
-        parts.append(Confirmed(tuple(tuple(r["times_s"]) for r in runs), batch,
-                               tuple(int(r.get("round", n)) for n, r in enumerate(runs))))  # fmt: skip
+    champ, base_times, probe_times = confirmed_runs(res, [champion.batch_size, 1, 1])
+    if champ is None or base_times is None or probe_times is None:
+        return None
     probe_flops = next(float(r["probe_flops"]) for r in res[2] if r.get("probe_flops"))
-    return Measured(parts[0], parts[1], parts[2], probe_flops, flops_per_item)
+    return Measured(champ, base_times, probe_times, probe_flops, flops_per_item)
 
 
 def run_check(

@@ -27,7 +27,6 @@ import pandas as pd
 
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
 from tuner.core.console import say
-from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import TrackingError
 from tuner.core.variant import config_key
 from tuner.decide.finalists import ConfirmFn
@@ -51,9 +50,9 @@ BeforeSearch = Callable[[ConfirmFn, Reference, dict[str, Any]], None]
 
 
 def run_search(req: SearchRequest, before_search: BeforeSearch | None = None) -> SearchOutcome:
-    service_env()
-    measurement_env()
-    quiet_logs()
+    """One search. The caller sets the process environment (core/env.py) before this module
+    is imported, since importing it imports Ray, which reads it then (cli/search.py and
+    nightly/job.py do)."""
     req.output.mkdir(parents=True, exist_ok=True)
     check_inputs(req.model, req.weights, req.data)
     check_reachable(req.tracking_uri)  # seconds, not MLflow's minutes of retries
