@@ -9,6 +9,7 @@ process; `search.enqueue` makes the faulty configs run right after the baseline.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while time.time() < deadline and (tmp_path / "first.log").read_text().count("\n[") < 2:
+        progress = re.compile(r"^\[\s*\d+/5\] ", re.M)  # the recorder's line per finished trial
+        while time.time() < deadline and len(progress.findall((tmp_path / "first.log").read_text())) < 2:
             time.sleep(0.5)
         proc.send_signal(sig)
         assert proc.wait(timeout=120) == 130

@@ -101,6 +101,8 @@ def searcher(
 
     # TPE's `group` is experimental; it is what conditional spaces need (the driver only).
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Optuna logs "A new study created" at INFO between our progress lines; ours say more.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed)
         if sampler_name == "nsga2"
