@@ -9,8 +9,8 @@ import pytest
 
 from tuner.config.space import SPACES_DIR, SearchSpace, resolve_space_file
 from tuner.core.errors import SpaceError
-from tuner.core.variant import Quantization, infeasible_reason, variant_from_config
-from tuner.search.sampling import baseline_point, define_by_run, initial_points
+from tuner.core.variant import CompileMode, Quantization, infeasible_reason, variant_from_config
+from tuner.search.sampling import baseline_point, define_by_run, feasible, initial_points
 
 CPU = {"cores": 2, "device": "cpu", "fp16_native": False, "bf16_native": True}
 
@@ -81,9 +81,11 @@ def test_auto_threads_and_hardware_filtering():
     ch = SearchSpace().feasible_choices(**CPU)
     assert ch["threads"] == [1, 2]
     assert "fp16" not in ch["precision"]  # not native on this CPU profile
-    assert set(ch["compile_int8"]) == {"eager", "torchscript"}
+    assert set(ch["compile_int8"]) == {c.value for c in CompileMode}  # every runtime has int8
+    assert set(ch["compile"]) == {c.value for c in CompileMode}
     gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
     assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
+    assert set(gpu["compile"]) == {"eager", "torchscript", "inductor", "inductor_max_autotune"}  # the CPU runtimes go
 
 
 def test_baseline_values_are_always_in_the_space(tmp_path):
@@ -98,8 +100,12 @@ def test_initial_points_are_baseline_then_feasible_probes():
     points = initial_points(choices, trials=16)
     labels = [variant_from_config(p).label for p in points]
     assert labels[0] == "fp32 bs1 t2 eager nchw"
-    assert "int8-static bs1 t2 torchscript nchw" in labels and "bf16 bs1 t2 inductor cl" in labels
+    # one int8 config per runtime family, right after the baseline
+    assert labels[1:5] == [f"int8-static bs1 t2 {rt} nchw" for rt in ("torchscript", "ov", "inductor", "ort")]
     assert len(points) <= 1 + 16 // 4
+    assert "bf16 bs1 t2 inductor cl" in [variant_from_config(p).label for p in initial_points(choices, trials=24)]
+    tput = [variant_from_config(p).label for p in initial_points(choices, trials=24, objective="throughput")]
+    assert "int8-static bs16 t2 ov-tput nchw" in tput
     assert initial_points(choices, trials=3) == [baseline_point(choices)]
     no_bf16 = SearchSpace().feasible_choices(cores=2, device="cpu", fp16_native=False, bf16_native=False)
     assert all(p.get("precision") != "bf16" for p in initial_points(no_bf16, trials=40))
@@ -119,10 +125,14 @@ def test_optuna_samples_only_feasible_variants():
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
     study.enqueue_trial(baseline_point(choices))
     seen = []
-    for _ in range(60):
+    for _ in range(120):
         t = study.ask()
         const = define_by_run(t, choices) or {}
         v = variant_from_config({**t.params, **const})
+        if not feasible({**t.params, **const}):  # a pair no runtime runs: the searcher draws again
+            assert infeasible_reason(v, fp16_native=False, bf16_native=True), v
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+            continue
         assert infeasible_reason(v, fp16_native=False, bf16_native=True) is None, v
         seen.append(v)
         study.tell(t, [1.0, 1.0])

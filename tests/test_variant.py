@@ -35,7 +35,17 @@ def test_feasibility_rules():
     assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=False, bf16_native=True)
     assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=True, bf16_native=True) is None
     int8_inductor = Variant(quantization="static_int8", compile=CompileMode.INDUCTOR)  # type: ignore[arg-type]
-    assert "inductor" in (infeasible_reason(int8_inductor, fp16_native=True, bf16_native=True) or "")
+    assert infeasible_reason(int8_inductor, fp16_native=True, bf16_native=True) is None  # PT2E
+    pairs = {  # what a runtime cannot do, whatever the hardware
+        "ONNX Runtime's CPU execution provider has no bf16": dict(compile="onnxruntime", precision="bf16"),
+        "takes NCHW input": dict(compile="openvino", layout="channels_last"),
+        "OpenVINO has no dynamic int8": dict(compile="openvino", quantization="dynamic_int8"),
+        "batch 1 has nothing to split": dict(compile="openvino_throughput", batch_size=1),
+    }
+    for reason, params in pairs.items():
+        assert reason in (infeasible_reason(Variant(**params), fp16_native=True, bf16_native=True) or ""), params
+    ok = Variant(compile="openvino_throughput", quantization="static_int8", batch_size=8)  # type: ignore[arg-type]
+    assert infeasible_reason(ok, fp16_native=True, bf16_native=True) is None
     int8_gpu = Variant(quantization="dynamic_int8")  # type: ignore[arg-type]
     assert infeasible_reason(int8_gpu, device="cuda", fp16_native=True, bf16_native=True)
 

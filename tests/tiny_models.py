@@ -44,6 +44,47 @@ def untraceable() -> nn.Module:
     return Untraceable()
 
 
+class Unexportable(SmallCNN):
+    """An operator that neither ONNX exporter nor OpenVINO's converter knows (Bessel J0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.bessel_j0(super().forward(x))
+
+
+class RowBranch(SmallCNN):
+    """A Python branch per row on the sign of its mean. torch.export refuses the data-dependent
+    branch, so ONNX export falls back to the TorchScript exporter, which records the branches
+    that its example took: rows on the other side come out negated. A real wrong export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return torch.stack([o if x[i].mean() > 0 else -o for i, o in enumerate(out)])
+
+
+def row_branch() -> nn.Module:
+    return RowBranch()
+
+
+class SharedResidual(nn.Module):
+    """The graph shape that broke PT2E on resnet50 ("Input partition has more than one output
+    node"): a conv+bn whose output feeds both a residual add and the next conv."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.stem(x)
+        out = torch.relu(self.conv2(self.conv1(identity)) + identity)
+        out = torch.relu(self.conv2(out) + out)  # the add's output feeds a conv and an add
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
 # ---- tiny image folders ---------------------------------------------------------------------
 
 PALETTE = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 210, 40)]

@@ -3,6 +3,10 @@
 Each step is a small module with a `{choice: function}` table; `build()` applies them in
 this fixed order and times the whole thing, including the first call, which is where
 compiled variants pay for code generation (reported as `build_s`, never as latency).
+
+int8 depends on where the model runs: FX x86 for eager and TorchScript (quantize.py), PT2E
+for inductor (pt2e.py). The other runtimes take the fp32 module and do all of it their own
+way (`RUNTIMES`: onnxrt.py, openvino.py); their runners take and give torch tensors.
 """
 
 from __future__ import annotations
@@ -17,7 +21,27 @@ from torch import nn
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import QUANTIZERS
-from tuner.core.variant import Layout, Variant
+from tuner.build.runtime import Runtime
+from tuner.core.variant import INDUCTOR_COMPILES, CompileMode, Layout, Precision, Quantization, Variant
+
+
+def _onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
+    from tuner.build.onnxrt import build_onnxruntime  # onnx/onnxruntime load only when used
+
+    return build_onnxruntime(model, variant, calibration)
+
+
+def _openvino(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
+    from tuner.build.openvino import build_openvino
+
+    return build_openvino(model, variant, calibration)
+
+
+RUNTIMES: dict[CompileMode, Callable[[nn.Module, Variant, torch.Tensor], Runtime]] = {
+    CompileMode.ONNXRUNTIME: _onnxruntime,
+    CompileMode.OPENVINO: _openvino,
+    CompileMode.OPENVINO_THROUGHPUT: _openvino,
+}
 
 
 @dataclass
@@ -32,6 +56,7 @@ class BuiltVariant:
     # Figures of this runtime's own (e.g. which exporter it used), each declared in
     # core/schema.py; the trial reports them with the rest.
     figures: dict[str, float] = field(default_factory=dict)
+    size_mb: float | None = None  # the artifact's size, where it is not `module`'s
 
     @property
     def sync(self) -> Callable[[], None] | None:
@@ -51,12 +76,24 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     Raises VariantUnsupported for an expected failure of this combination.
     """
     start = time.perf_counter()
+    if variant.compile in RUNTIMES:
+        rt = RUNTIMES[variant.compile](model.eval(), variant, calibration.cpu())
+        example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).contiguous()
+        rt.run(example)  # first call: the runtime's own lazy set-up, counted as build time
+        return BuiltVariant(variant, rt.run, model, DTYPES[Precision.FP32], torch.contiguous_format,
+                            torch.device("cpu"), time.perf_counter() - start, rt.figures, rt.size_mb)  # fmt: skip
+
     dev = torch.device(device)
     fmt = torch.channels_last if variant.layout is Layout.CHANNELS_LAST else torch.contiguous_format
     dtype = DTYPES[variant.precision]
 
     model = apply_precision(model.eval().to(dev), variant.precision)
-    model = QUANTIZERS[variant.quantization](model, calibration.to(dev), variant.batch_size)
+    if variant.compile in INDUCTOR_COMPILES and variant.quantization is not Quantization.NONE:
+        from tuner.build.pt2e import quantize_pt2e  # torchao loads only when used
+
+        model = quantize_pt2e(model, calibration.to(dev), variant.batch_size, variant.quantization)
+    else:
+        model = QUANTIZERS[variant.quantization](model, calibration.to(dev), variant.batch_size)
     if variant.layout is Layout.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
 
@@ -67,4 +104,5 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
         run(example)  # first call: compile / primitive creation, counted as build time
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    return BuiltVariant(variant, run, model, dtype, fmt, dev, time.perf_counter() - start)
+    figures = {"runtime_threads": float(torch.get_num_threads())}
+    return BuiltVariant(variant, run, model, dtype, fmt, dev, time.perf_counter() - start, figures)

@@ -189,9 +189,14 @@ class SearchSpace(Strict):
             v = Variant(**{**BASELINE_FIELDS, **fields})
             return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) is None
 
+        # Per-value feasibility only; pairs that a runtime cannot do (ONNX Runtime with bf16,
+        # OpenVINO with channels-last, ...) are turned away by the sampler (search/sampling.py).
+        batch = max(d.batch_size)
         precision = [p.value for p in d.precision if ok(precision=p)]
-        compile_fp = [c.value for c in d.compile]
-        compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c)]
+        compile_fp = [
+            c.value for c in d.compile if any(ok(compile=c, precision=p, batch_size=batch) for p in precision)
+        ]
+        compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c, batch_size=batch)]
         quantization = [
             q.value
             for q in d.quantization

@@ -98,6 +98,9 @@ class TrialResult:
     process_wall_s: float | None = metric("s", "start to record in the driver, overhead included")
     mlflow_s: float | None = metric("s", "writing the child run", mlflow=False)
     nice: float | None = metric("", "the niceness the trial's process ran at")
+    runtime_threads: float | None = metric("threads", "the intra-op threads the runtime reports it was given")
+    runtime_requests: float | None = metric("requests", "OpenVINO THROUGHPUT: parallel requests a batch is split over")
+    onnx_exporter_dynamo: float | None = metric("", "ONNX Runtime: 1 = dynamo exporter, 0 = TorchScript fallback")
 
     # ---- conversions -------------------------------------------------------------------
     @classmethod

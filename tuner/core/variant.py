@@ -7,6 +7,7 @@ what `python -m tuner measure` reads back. It is plain data: building it lives i
 from __future__ import annotations
 
 import enum
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -21,16 +22,38 @@ class Precision(str, enum.Enum):
 
 
 class Quantization(str, enum.Enum):
+    """How each runtime gets there is in build/ (README "Runtimes"): FX x86 for eager and
+    TorchScript, PT2E for inductor, NNCF for OpenVINO, onnxruntime.quantization for ORT."""
+
     NONE = "none"
-    DYNAMIC_INT8 = "dynamic_int8"  # torch.ao quantize_dynamic: nn.Linear weights int8
-    STATIC_INT8 = "static_int8"  # FX graph mode, calibrated, x86 backend
+    DYNAMIC_INT8 = "dynamic_int8"  # weights int8, activations quantized on the fly
+    STATIC_INT8 = "static_int8"  # weights and activations int8, calibrated
 
 
 class CompileMode(str, enum.Enum):
+    """How the model is compiled, or which runtime runs it (the `compile` dimension)."""
+
     EAGER = "eager"
     TORCHSCRIPT = "torchscript"  # trace + freeze + optimize_for_inference
     INDUCTOR = "inductor"  # torch.compile, inductor freezing on CPU
     INDUCTOR_MAX_AUTOTUNE = "inductor_max_autotune"
+    ONNXRUNTIME = "onnxruntime"  # torch.onnx export, ONNX Runtime CPU execution provider
+    OPENVINO = "openvino"  # ov.convert_model, CPU plugin, LATENCY hint, one stream
+    OPENVINO_THROUGHPUT = "openvino_throughput"  # THROUGHPUT hint, the batch split over an async queue
+
+
+TORCH_COMPILES = (CompileMode.EAGER, CompileMode.TORCHSCRIPT, CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE)
+INDUCTOR_COMPILES = (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE)
+OPENVINO_COMPILES = (CompileMode.OPENVINO, CompileMode.OPENVINO_THROUGHPUT)
+
+# What each runtime needs beyond torch (README's set-up installs all of them); a search on
+# an install without them drops the runtime and says how to install it.
+RUNTIME_PACKAGES: dict[CompileMode, tuple[str, ...]] = {
+    CompileMode.ONNXRUNTIME: ("onnx", "onnxscript", "onnxruntime"),
+    CompileMode.OPENVINO: ("openvino", "nncf"),
+    CompileMode.OPENVINO_THROUGHPUT: ("openvino", "nncf"),
+}
+PT2E_PACKAGES = ("torchao",)  # int8 on inductor (PT2E + X86InductorQuantizer)
 
 
 class Layout(str, enum.Enum):
@@ -43,6 +66,9 @@ _SHORT = {
     Quantization.DYNAMIC_INT8: "int8-dynamic",
     Quantization.STATIC_INT8: "int8-static",
     CompileMode.INDUCTOR_MAX_AUTOTUNE: "inductor-ma",
+    CompileMode.ONNXRUNTIME: "ort",
+    CompileMode.OPENVINO: "ov",
+    CompileMode.OPENVINO_THROUGHPUT: "ov-tput",
     Layout.CONTIGUOUS: "nchw",
     Layout.CHANNELS_LAST: "cl",
 }
@@ -152,14 +178,41 @@ def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf1
         return "fp16 is not native on this hardware (no avx512_fp16/amx_fp16 and no CUDA)"
     if v.precision is Precision.BF16 and not bf16_native:
         return "bf16 is not native on this hardware (no avx512_bf16/amx_bf16 and no CUDA)"
+    missing = missing_packages(v)
+    if missing:
+        return f"{' '.join(missing)} not installed: `pip install {' '.join(missing)}` (README's set-up installs it)"
     if v.quantization is not Quantization.NONE and device != "cpu":
-        return "torch.ao int8 kernels (fbgemm/x86) run on the CPU only"
-    if v.quantization is not Quantization.NONE and v.compile in (
-        CompileMode.INDUCTOR,
-        CompileMode.INDUCTOR_MAX_AUTOTUNE,
-    ):
-        return "torch.ao int8 models do not lower through inductor (use eager or torchscript)"
+        return "int8 variants (FX x86, PT2E x86-inductor, NNCF, ONNX Runtime QDQ) run on the CPU only"
+    if v.compile not in TORCH_COMPILES and device != "cpu":
+        return f"{v.compile.value} runs on the CPU here (its GPU providers are not wired in)"
+    if v.compile not in TORCH_COMPILES and v.layout is Layout.CHANNELS_LAST:
+        return f"{v.compile.value} takes NCHW input and chooses its own internal layout"
+    if v.compile is CompileMode.ONNXRUNTIME and v.precision is not Precision.FP32:
+        return "ONNX Runtime's CPU execution provider has no bf16/fp16 kernels for most operators"
+    if v.compile in OPENVINO_COMPILES and v.quantization is Quantization.DYNAMIC_INT8:
+        return "OpenVINO has no dynamic int8 for a float model on the CPU (NNCF quantizes statically)"
+    if v.compile is CompileMode.OPENVINO_THROUGHPUT and v.batch_size < 2:
+        return "the THROUGHPUT hint splits a batch over parallel requests: batch 1 has nothing to split"
     return None
+
+
+def unavailable_runtimes(compiles: list[CompileMode]) -> dict[str, str]:
+    """compile value -> why this install cannot run it (a missing package), for the search's
+    one line per runtime that it drops."""
+    out = {}
+    for c in compiles:
+        missing = missing_packages(Variant(compile=c, batch_size=2))
+        if missing:
+            out[c.value] = f"`pip install {' '.join(missing)}`"
+    return out
+
+
+def missing_packages(v: Variant) -> list[str]:
+    """The packages this variant's runtime needs and this install lacks (not imported here)."""
+    needed = RUNTIME_PACKAGES.get(v.compile, ())
+    if v.compile in INDUCTOR_COMPILES and v.quantization is not Quantization.NONE:
+        needed = PT2E_PACKAGES
+    return [p for p in needed if importlib.util.find_spec(p) is None]
 
 
 def variant_from_config(config: dict[str, Any]) -> Variant:

@@ -28,7 +28,7 @@ import pandas as pd
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
 from tuner.core.console import say
 from tuner.core.errors import TrackingError
-from tuner.core.variant import config_key
+from tuner.core.variant import config_key, unavailable_runtimes
 from tuner.decide.finalists import ConfirmFn
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
@@ -115,6 +115,8 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
             bf16_native=prep.hw.bf16_native,
             source=str(req.space_file),
         )
+        for compile_, install in unavailable_runtimes(req.space.dimensions.compile).items():
+            print(f"note: runtime `{compile_}` dropped from the space: it is not installed here ({install})")
         tracker, parent_id, recorder = _open(req, prep, cores)
         settings = _trial_settings(req, prep.ceiling)
         confirm = ray_confirm(prep.ref, settings, cores)  # one copy of the reference in Ray's store
@@ -230,7 +232,11 @@ def _trials(
         + f", one at a time on {cores} core(s)"
     )
     known = recorder.known_keys()
-    points = [p for p in initial_points(choices, sp.search.trials, sp.search.enqueue) if config_key(p) not in known]
+    points = [
+        p
+        for p in initial_points(choices, sp.search.trials, sp.search.enqueue, sp.search.objective)
+        if config_key(p) not in known
+    ]
     search_alg = tune_wiring.searcher(choices, points, sp.search.sampler, sp.search.trials, req.seed, req.output)
     for key, objectives in recorder.known_objectives().items():
         search_alg.remember(key, objectives)  # a resumed search never re-measures a config
@@ -243,4 +249,6 @@ def _trials(
         raise Stopped(interrupt.signal)  # run_search closes the parent run
     if search_alg.redraws:
         say(f"sampler: {search_alg.redraws} repeated proposal(s) answered from earlier trials, not re-measured")
+    if search_alg.rejected:
+        say(f"sampler: {search_alg.rejected} proposal(s) of pairs no runtime can run (e.g. ort + bf16) drawn again")
     return int(search_alg.redraws)

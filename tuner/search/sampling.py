@@ -11,6 +11,12 @@ the first measurement instead: it tells Optuna the known result for the new Optu
 on it while configs are still untried: at the limit, the first untried point of the space
 (`all_points`) is enqueued instead. Only when none is left does a repeat go through.
 
+Some pairs of values are not a variant at all: ONNX Runtime has no bf16 on the CPU,
+OpenVINO and ONNX Runtime take NCHW input, the THROUGHPUT hint needs a batch to split
+(`core.variant.infeasible_reason`). A sampled config like that is told to Optuna as FAIL,
+which TPE ignores (no penalty that would also count against the runtime's good configs),
+and drawn again; it costs no trial.
+
 A trial that errored (raised, crashed, timed out, ran out of memory) is told to Optuna as
 a completed trial with the `penalty` figures, not as FAIL: TPE ignores failed trials and
 would keep proposing the same broken config; a penalty steers it away.
@@ -26,9 +32,17 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.core.variant import BASELINE_FIELDS, Precision, Quantization, config_key
+from tuner.core.variant import (
+    BASELINE_FIELDS,
+    Precision,
+    Quantization,
+    config_key,
+    infeasible_reason,
+    variant_from_config,
+)
 
 
 class DedupOptunaSearch(OptunaSearch):
@@ -39,11 +53,13 @@ class DedupOptunaSearch(OptunaSearch):
         penalty: dict[str, float],
         max_redraws: int = 50,
         candidates: list[dict[str, Any]] | None = None,
+        feasible: Callable[[dict[str, Any]], bool] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self._penalty = penalty
         self._key = key
+        self._feasible = feasible or (lambda config: True)
         self._max_redraws = max_redraws
         # Every point of the (finite) space, as Optuna params (`all_points`): when TPE keeps
         # re-proposing measured configs, the next untried one of these is enqueued instead.
@@ -51,6 +67,7 @@ class DedupOptunaSearch(OptunaSearch):
         self._known: dict[str, dict[str, Any]] = {}  # config key -> the result it got
         self._pending: dict[str, str] = {}  # Tune trial id -> config key
         self.redraws = 0
+        self.rejected = 0  # infeasible pairs drawn and turned away
 
     def remember(self, key: str, result: dict[str, float]) -> None:
         """A config measured before (a resumed search): answer repeats of it from `result`."""
@@ -61,23 +78,36 @@ class DedupOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config  # None (wait) or Searcher.FINISHED
-            k = self._key(config)
-            if k not in self._known:
+            k = self._key(config) if self._feasible(config) else None
+            if k is not None and k not in self._known:
                 self._pending[trial_id] = k  # a new config: measure it
                 return config
             if attempt == self._max_redraws:
                 untried = self._untried()
-                if untried is None:
+                if untried is None and k is not None:
                     self._pending[trial_id] = k  # the space is exhausted: measure the repeat again
                     return config
+                if untried is None:
+                    self._reject(trial_id)
+                    return Searcher.FINISHED  # type: ignore[return-value]  # nothing feasible is left
                 # Each redraw told TPE the repeat's result once more, so it keeps coming back
                 # to it: answer this one too, and ask for an untried config directly.
-                self._answer(trial_id, k)
+                self._answer(trial_id, k) if k is not None else self._reject(trial_id)
                 assert self._ot_study is not None  # set up by the first suggest()
                 self._ot_study.enqueue_trial(untried)
                 return self.suggest(trial_id)
-            self._answer(trial_id, k)  # seen before: give Optuna the known result, ask again
+            if k is None:
+                self._reject(trial_id)  # not a variant: FAIL (TPE ignores it), ask again
+            else:
+                self._answer(trial_id, k)  # seen before: give Optuna the known result, ask again
         raise AssertionError("unreachable")
+
+    def _reject(self, trial_id: str) -> None:
+        """Tell Optuna this draw failed (infeasible pair); it is not measured."""
+        super().on_trial_complete(trial_id, error=True)
+        self._completed_trials.discard(trial_id)
+        self._ot_trials.pop(trial_id, None)
+        self.rejected += 1
 
     def _answer(self, trial_id: str, key: str) -> None:
         """Complete this Optuna trial with the result `key` already got; it is not measured."""
@@ -89,7 +119,7 @@ class DedupOptunaSearch(OptunaSearch):
     def _untried(self) -> dict[str, Any] | None:
         """The first candidate neither measured nor being measured, if any."""
         busy = set(self._known) | set(self._pending.values())
-        return next((c for c in self._candidates if self._key(c) not in busy), None)
+        return next((c for c in self._candidates if self._feasible(c) and self._key(c) not in busy), None)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         k = self._pending.pop(trial_id, None)
@@ -149,22 +179,40 @@ def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
     return {**BASELINE_FIELDS, "batch_size": 1, "threads": max(choices["threads"])}
 
 
+def feasible(config: dict[str, Any]) -> bool:
+    """Whether a sampled config is a variant at all (the pairs `infeasible_reason` rules
+    out). Each value on its own is already feasible on this hardware: `choices` holds only
+    those (config/space.py), so the hardware flags are not asked again here."""
+    v = variant_from_config(config)
+    return infeasible_reason(v, device="cpu", fp16_native=True, bf16_native=True) is None
+
+
 # Families that often win on CPUs, tried right after the baseline so that a small budget
 # still sees each kind of speedup once (Optuna's enqueue_trial; TPE takes over after them).
+# First one int8 config per runtime (FX TorchScript, OpenVINO + NNCF, PT2E inductor, ONNX
+# Runtime QDQ), so that the sampler has seen every runtime early; then float families.
 PROBES: tuple[dict[str, Any], ...] = (
     {"quantization": "static_int8", "compile_int8": "torchscript", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile_int8": "openvino", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile_int8": "inductor", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile_int8": "onnxruntime", "layout": "contiguous"},
     {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
     {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
     {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
 )
+# For the throughput objective the OpenVINO probe is its THROUGHPUT hint, at a batch to split.
+THROUGHPUT_PROBE = {"quantization": "static_int8", "compile_int8": "openvino_throughput", "layout": "contiguous"}
 
 
 def initial_points(
-    choices: dict[str, list[Any]], trials: int, enqueue: list[dict[str, Any]] | tuple[()] = ()
+    choices: dict[str, list[Any]],
+    trials: int,
+    enqueue: list[dict[str, Any]] | tuple[()] = (),
+    objective: str = "latency",
 ) -> list[dict[str, Any]]:
     """The baseline, then the space's `search.enqueue` configs, then up to a quarter of the
-    budget of PROBES that this space and this hardware allow (batch 1, all threads), so the
-    sampler starts from diverse known-good points."""
+    budget of PROBES that this space and this hardware allow (batch 1, all threads), so that
+    the sampler starts from diverse known-good points (every runtime from 16 trials on)."""
     base = baseline_point(choices)
     points = [base]
     seen = {config_key(base)}
@@ -177,16 +225,25 @@ def initial_points(
         if outside:  # e.g. a warm-start config from a space that has changed since
             print(f"note: `search.enqueue[{i}]` {extra} is not in this space on this hardware ({outside}): skipped")
             continue
+        if not feasible(point):
+            print(f"note: `search.enqueue[{i}]` {extra} is not a feasible variant: skipped")
+            continue
         if config_key(point) not in seen:
             seen.add(config_key(point))
             points.append(point)
-    for probe in PROBES:
+    probes = list(PROBES)
+    if objective == "throughput":
+        split = [b for b in choices["batch_size"] if 2 <= b <= 16]
+        if split:
+            probes.insert(1, {**THROUGHPUT_PROBE, "batch_size": max(split)})
+    for probe in probes:
         if len(points) > trials // 4:
             break
         point = {**base, **probe}
         if point["quantization"] != "none":
             point.pop("compile")
             point.pop("precision")
-        if all(v in choices[k] for k, v in point.items()):
+        if all(v in choices[k] for k, v in point.items()) and feasible(point) and config_key(point) not in seen:
+            seen.add(config_key(point))
             points.append(point)
     return points

@@ -97,7 +97,7 @@ def searcher(
     folder (`optuna.db`) so that `--resume` continues the same study."""
     import optuna
 
-    from tuner.search.sampling import DedupOptunaSearch, all_points, space_function
+    from tuner.search.sampling import DedupOptunaSearch, all_points, feasible, space_function
 
     # TPE's `group` is experimental; it is what conditional spaces need (the driver only).
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -120,6 +120,7 @@ def searcher(
         points_to_evaluate=points,
         penalty=PENALTY,
         candidates=all_points(choices),
+        feasible=feasible,
         sampler=sampler,
         study_name=f"tuner-{output.name}",
         storage=optuna.storages.RDBStorage(f"sqlite:///{output.resolve() / 'optuna.db'}"),

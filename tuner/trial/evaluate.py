@@ -168,7 +168,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> Trial
         load_start=load_start,
         build_s=build_s,
         peak_rss_mb=peak_rss_mb(),
-        model_size_mb=model_size_mb(built.module),
+        model_size_mb=built.size_mb if built.size_mb is not None else model_size_mb(built.module),
         load_end=os.getloadavg()[0],
     )
     return TrialResult.of({**guard, **figures}, status="ok", stable=lat.stable)

@@ -1,0 +1,104 @@
+"""The runtimes beside torch (ONNX Runtime, OpenVINO, PT2E int8 on inductor), each built and
+measured for real on tiny models: it builds, it runs with the trial's threads, int8 keeps
+top-1 on labeled data, and a failed or wrong export is classified, never recommended."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tuner.build import build
+from tuner.config.space import TimingConfig
+from tuner.core.errors import VariantUnsupported
+from tuner.core.variant import Variant
+from tuner.inputs.models import ModelSpec, resolve_weights
+from tuner.inputs.reference import prepare_reference
+from tuner.trial.evaluate import TrialSettings, evaluate
+
+from conftest import FAST_TIMING
+from tiny_models import SharedResidual, Unexportable, train_small_cnn
+
+SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
+
+RUNTIMES = ["onnxruntime", "openvino", "openvino_throughput"]
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    """The SmallCNN trained on three separable colour classes, with its labeled val set."""
+    root = tmp_path_factory.mktemp("trained")
+    train_small_cnn(root)
+    spec = resolve_weights(ModelSpec("tiny_models:small_cnn", str(root / "small_cnn.pt")))
+    return prepare_reference(spec, input_size=32, n_eval=24, n_calib=8, data_dir=root / "val")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(compile="onnxruntime"),
+        dict(compile="onnxruntime", quantization="static_int8"),
+        dict(compile="onnxruntime", quantization="dynamic_int8"),
+        dict(compile="openvino"),
+        dict(compile="openvino", quantization="static_int8"),
+        dict(compile="openvino_throughput", quantization="static_int8"),
+        dict(compile="inductor", quantization="static_int8"),  # PT2E
+        dict(compile="inductor", quantization="dynamic_int8"),
+    ],
+    ids=lambda p: Variant(batch_size=2, **p).label,
+)
+def test_runtime_keeps_top1_on_labeled_data_and_uses_the_trials_threads(labeled, params):
+    for threads in (1, 2):
+        out = evaluate(Variant(batch_size=2, threads=threads, **params), labeled, SETTINGS)
+        assert out.status == "ok", out.error
+        # what the runtime itself reports: ORT's session options, OpenVINO's compiled model
+        # property, torch.get_num_threads() in the trial's process
+        assert out.runtime_threads == threads, (params, out.runtime_threads)
+    assert out.top1 is not None and out.accuracy_drop <= 0.01, (out.top1, labeled.baseline_quality)
+    assert out.cosine_similarity > 0.98
+    if params["compile"] == "onnxruntime":
+        assert out.onnx_exporter_dynamo == 1.0  # the dynamo exporter handles this model
+    if params["compile"] == "openvino_throughput":
+        assert out.runtime_requests is not None and out.runtime_requests >= 1
+
+
+@pytest.mark.parametrize("compile_", RUNTIMES)
+def test_a_model_no_exporter_can_convert_fails_as_unsupported(compile_):
+    with pytest.raises(VariantUnsupported, match="ONNX export failed|OpenVINO conversion failed"):
+        build(Unexportable().eval(), Variant(compile=compile_, batch_size=2), torch.randn(4, 3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_a_failed_export_is_a_failed_trial_and_says_why():
+    ref = prepare_reference(ModelSpec("tiny_models:untraceable", "random", 0), input_size=32, n_eval=4, n_calib=4)
+    # torch.export (strict) refuses the data-dependent branch: PT2E int8 cannot start
+    out = evaluate(Variant(compile="inductor", quantization="static_int8"), ref, SETTINGS)  # type: ignore[arg-type]
+    assert out.status == "failed" and "torch.export (strict) failed" in out.error, out.error
+
+
+def _seed_where_signs_differ() -> int:
+    """A data seed whose first eval input and first calibration input have row means of
+    opposite sign (so the exported branch is the wrong one for the first eval row)."""
+    for seed in range(50):
+        ref = prepare_reference(ModelSpec("tiny_models:row_branch", "random", seed), input_size=32, n_eval=4, n_calib=4)
+        if (ref.data.inputs[0].mean() > 0) != (ref.data.calibration[0].mean() > 0):
+            return seed
+    raise AssertionError("no seed in 0..49 gives opposite signs")
+
+
+def test_a_wrong_export_is_caught_as_inaccurate():
+    seed = _seed_where_signs_differ()
+    ref = prepare_reference(ModelSpec("tiny_models:row_branch", "random", seed), input_size=32, n_eval=4, n_calib=4)
+    out = evaluate(Variant(compile="onnxruntime"), ref, SETTINGS)  # type: ignore[arg-type]
+    assert out.status == "inaccurate" and "cosine" in out.error, (out.status, out.error)
+
+
+def test_pt2e_quantizes_the_shared_residual_shape_that_non_strict_export_breaks():
+    model = SharedResidual().eval()
+    x = torch.randn(12, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x[:4])
+    built = build(copy.deepcopy(model), Variant(compile="inductor", quantization="static_int8", batch_size=4), x[4:])  # type: ignore[arg-type]
+    with torch.inference_mode():
+        out = built.run(built.prepare(x[:4]))
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.98

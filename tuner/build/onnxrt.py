@@ -1,0 +1,124 @@
+"""ONNX Runtime: export with torch.onnx, quantize with onnxruntime.quantization, run an
+`InferenceSession` on the CPU execution provider.
+
+* Export: the dynamo exporter (`torch.onnx.export(..., dynamo=True)`); where it fails, the
+  TorchScript exporter (`dynamo=False`). The figure `onnx_exporter_dynamo` says which.
+  The exporter has had wrong-output bugs on ResNets (pytorch #169178, #166797): the trial's
+  first-batch screen and accuracy pass compare every export with the fp32 torch reference,
+  so a wrong export ends `inaccurate` and is never recommended.
+* int8: `quant_pre_process` (shape inference, graph cleanup), then
+  - static: `quantize_static`, QDQ format, per-channel int8 weights, uint8 activations,
+    calibrated on the same calibration inputs as every other runtime;
+  - dynamic: `quantize_dynamic`, int8 weights.
+* Session: intra-op threads = the trial's threads, inter-op 1, sequential execution, every
+  graph optimisation. The figure `runtime_threads` is what the session reports back.
+
+The shape is static (the trial's batch size), as for every compiled variant here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuner.build.runtime import Runtime
+from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.variant import Quantization, Variant
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
+    """Write `model` as ONNX to `path`; True when the dynamo exporter did it, False when the
+    TorchScript exporter had to. Raises VariantUnsupported when neither can."""
+    errors = []
+    for dynamo in (True, False):
+        try:
+            # The exporters print their progress and warn at length: kept out of trial logs.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(path), dynamo=dynamo, input_names=["input"],
+                                  output_names=["output"], external_data=False)  # fmt: skip
+            return dynamo
+        except Exception as e:  # each exporter fails in its own ways; the next one is tried
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {one_line(e)}")
+    raise VariantUnsupported("ONNX export failed: " + "; ".join(errors))
+
+
+class _Calibration:
+    """onnxruntime.quantization's CalibrationDataReader: the calibration inputs, one batch
+    of the model's static shape at a time."""
+
+    def __init__(self, name: str, calibration: torch.Tensor, batch_size: int):
+        n = len(calibration)
+        idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
+        self._batches = iter([{name: b.numpy()} for b in calibration[idx].split(batch_size)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(src: Path, dst: Path, quantization: Quantization, calibration: torch.Tensor, batch: int) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = src.with_name("preprocessed.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(src), str(pre))
+            if quantization is Quantization.STATIC_INT8:
+                quantize_static(str(pre), str(dst), _Calibration("input", calibration, batch),
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+            else:
+                quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+    except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
+        raise VariantUnsupported(f"ONNX Runtime {quantization.value} quantization failed: {one_line(e)}") from e
+
+
+def session_options(threads: int):  # -> onnxruntime.SessionOptions
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+def build_onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
+    import onnxruntime as ort
+
+    folder = tempfile.TemporaryDirectory(prefix="tuner-onnx-")
+    path = Path(folder.name) / "model.onnx"
+    example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).contiguous()
+    dynamo = export_onnx(model, example, path)
+    if variant.quantization is not Quantization.NONE:
+        quantized = path.with_name("model.int8.onnx")
+        quantize_onnx(path, quantized, variant.quantization, calibration, variant.batch_size)
+        path = quantized
+    try:
+        session = ort.InferenceSession(str(path), session_options(variant.threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented are plain Exceptions
+        raise VariantUnsupported(f"ONNX Runtime could not load the exported model: {one_line(e)}") from e
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+    run.folder = folder  # type: ignore[attr-defined]  # the files live as long as the runner
+    return Runtime(
+        run,
+        size_mb=os.path.getsize(path) / 2**20,
+        figures={
+            "onnx_exporter_dynamo": float(dynamo),
+            "runtime_threads": float(session.get_session_options().intra_op_num_threads),
+        },
+    )

@@ -1,0 +1,114 @@
+"""OpenVINO: `ov.convert_model` from the torch module, NNCF for int8, the CPU plugin.
+
+* `openvino`: `compile_model` with `PERFORMANCE_HINT` LATENCY, `NUM_STREAMS` 1 and
+  `INFERENCE_NUM_THREADS` = the trial's threads: one request runs the whole batch.
+* `openvino_throughput`: the THROUGHPUT hint picks the streams; the batch is split evenly
+  over as many requests as it asks for (`OPTIMAL_NUMBER_OF_INFER_REQUESTS`, kept to a
+  divisor of the batch) and run through an `AsyncInferQueue`. One call is still one whole
+  batch, so latency and throughput mean what they mean for every other variant.
+* Precision: `INFERENCE_PRECISION_HINT` f32, bf16 or f16, always set. Left unset, the CPU
+  plugin runs fp32 models in bf16 on CPUs that have it natively (AVX512_BF16, AMX), and a
+  variant labelled fp32 would not be fp32.
+* int8: `nncf.quantize` with its defaults (the PERFORMANCE preset, fast bias correction) on
+  the same calibration inputs as every other runtime; the layers left in float run at the
+  precision hint (f32 for int8 variants).
+
+`runtime_threads` is what the compiled model reports for `INFERENCE_NUM_THREADS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner.build.runtime import Runtime
+from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.variant import CompileMode, Precision, Quantization, Variant
+
+PRECISION_HINT = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.FP16: "f16"}
+
+
+def convert(model: nn.Module, variant: Variant, calibration: torch.Tensor):  # -> ov.Model
+    """The torch module as an OpenVINO model of one input (batch 1), int8 if asked."""
+    import openvino as ov
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ov_model = ov.convert_model(model, example_input=calibration[:1], input=[tuple(calibration[:1].shape)])
+    except Exception as e:  # conversion raises OpConversionFailure, RuntimeError, TypeError, ...
+        raise VariantUnsupported(f"OpenVINO conversion failed: {one_line(e)}") from e
+    if variant.quantization is Quantization.STATIC_INT8:
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        try:  # NNCF draws progress bars on stdout: kept out of trial logs
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                data = nncf.Dataset([c.numpy() for c in calibration.split(1)])
+                ov_model = nncf.quantize(ov_model, data, subset_size=len(calibration))
+        except Exception as e:
+            raise VariantUnsupported(f"NNCF int8 quantization failed: {one_line(e)}") from e
+    return ov_model
+
+
+def _compile(ov_model, batch: int, config: dict):  # -> ov.CompiledModel
+    import openvino as ov
+
+    shape = list(ov_model.input(0).get_partial_shape().to_shape())
+    ov_model.reshape([batch, *shape[1:]])
+    try:
+        return ov.Core().compile_model(ov_model, "CPU", config)
+    except Exception as e:
+        raise VariantUnsupported(f"OpenVINO compile_model failed: {one_line(e)}") from e
+
+
+def build_openvino(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
+    ov_model = convert(model, variant, calibration)
+    size_mb = sum(op.get_byte_size() for op in ov_model.get_ops() if op.get_type_name() == "Constant") / 2**20
+    config = {"INFERENCE_NUM_THREADS": variant.threads, "INFERENCE_PRECISION_HINT": PRECISION_HINT[variant.precision]}
+    if variant.compile is CompileMode.OPENVINO:
+        compiled = _compile(ov_model, variant.batch_size, {**config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(request.infer([x.numpy()])[0])
+
+        requests = 1
+    else:
+        run, compiled, requests = _throughput_runner(
+            ov_model, variant.batch_size, {**config, "PERFORMANCE_HINT": "THROUGHPUT"}
+        )
+    figures = {
+        "runtime_threads": float(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "runtime_requests": float(requests),
+    }
+    return Runtime(run, size_mb=size_mb, figures=figures)
+
+
+def _throughput_runner(ov_model, batch: int, config: dict):
+    """The batch split over the requests the THROUGHPUT hint asks for, run asynchronously."""
+    import openvino as ov
+
+    compiled = _compile(ov_model, batch, config)
+    requests = math.gcd(batch, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    if requests > 1:
+        compiled = _compile(ov_model, batch // requests, config)
+    queue = ov.AsyncInferQueue(compiled, requests)
+    outputs: list[np.ndarray] = [np.empty(0)] * requests
+    queue.set_callback(lambda request, i: outputs.__setitem__(i, request.get_output_tensor(0).data.copy()))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for i, chunk in enumerate(x.numpy().reshape(requests, batch // requests, *x.shape[1:])):
+            queue.start_async([chunk], i)
+        queue.wait_all()
+        return torch.from_numpy(np.concatenate(outputs))
+
+    return run, compiled, requests
