@@ -5,9 +5,13 @@ top-1 on labeled data, and a failed or wrong export is classified, never recomme
 from __future__ import annotations
 
 import copy
+import json
 
+import pandas as pd
 import pytest
 import torch
+import yaml
+from mlflow.tracking import MlflowClient
 
 from tuner.build import build
 from tuner.config.space import TimingConfig
@@ -17,7 +21,7 @@ from tuner.inputs.models import ModelSpec, resolve_weights
 from tuner.inputs.reference import prepare_reference
 from tuner.trial.evaluate import TrialSettings, evaluate
 
-from conftest import FAST_TIMING
+from conftest import FAST_TIMING, tuner, write_space
 from tiny_models import SharedResidual, Unexportable, train_small_cnn
 
 SETTINGS = TrialSettings(TimingConfig(**FAST_TIMING))
@@ -102,3 +106,42 @@ def test_pt2e_quantizes_the_shared_residual_shape_that_non_strict_export_breaks(
     with torch.inference_mode():
         out = built.run(built.prepare(x[:4]))
     assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.98
+
+
+@pytest.mark.slow
+def test_a_search_measures_every_runtime_end_to_end(tmp_path):
+    """The real CLI: one search over every runtime (each enqueued once, so a small budget
+    sees all of them), confirmation included; then `measure --config` of a runtime variant."""
+    enqueue = [
+        {"compile": "onnxruntime"},
+        {"quantization": "static_int8", "compile": "openvino"},
+        {"quantization": "static_int8", "compile": "inductor"},  # PT2E
+        {"quantization": "static_int8", "compile": "onnxruntime"},
+        {"quantization": "static_int8", "compile": "openvino_throughput", "batch_size": 2},
+    ]
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={"trials": 6, "enqueue": enqueue},
+        dimensions={"quantization": ["none", "static_int8"], "batch_size": [1, 2], "threads": [1],
+                    "compile": ["eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"]},
+    )  # fmt: skip
+    r = tuner("search", "tiny_models:small_cnn", "--space", str(space), "--weights", "random", "--output", "out",
+              cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    ok = trials[trials["status"] == "ok"]
+    assert set(ok["compile"]) == {"eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"}, trials
+    assert (ok["runtime_threads"] == 1).all()  # each runtime reports the trial's one thread
+    assert "int8-static bs2 t1 ov-tput nchw" in set(ok["label"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tuner/tiny_models:small_cnn")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`tuner.status` = 'ok'")
+    assert {"onnxruntime", "openvino", "openvino_throughput"} <= {run.data.params.get("compile") for run in runs}
+
+    (tmp_path / "ov.yaml").write_text(yaml.safe_dump({"variant": {"quantization": "static_int8", "compile": "openvino",
+                                                                  "batch_size": 2, "threads": 1}}))  # fmt: skip
+    m = tuner("measure", "tiny_models:small_cnn", "--config", str(tmp_path / "ov.yaml"), "--space", str(space),
+              "--weights", "random", "--json", cwd=tmp_path)  # fmt: skip
+    assert m.returncode == 0, m.stdout + m.stderr
+    fig = json.loads(m.stdout.strip().splitlines()[-1])
+    assert fig["status"] == "ok" and fig["compile"] == "openvino" and fig["runtime_threads"] == 1

@@ -64,9 +64,21 @@ class BuiltVariant:
         return torch.cuda.synchronize if self.device.type == "cuda" else None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """An fp32 NCHW batch -> this variant's device, dtype and layout (done before timing)."""
-        x = x.to(self.device, self.input_dtype)
-        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+        """An fp32 NCHW batch -> this variant's device, dtype and layout (done before timing).
+
+        Always a fresh inference tensor, as the example that `build()` compiled with: a
+        compiled graph guards on the input's dispatch keys, and an input made outside
+        inference mode (a view of the eval set, say) would recompile it, without freezing.
+        """
+        return _inference_copy(x, self.device, self.input_dtype, self.memory_format)
+
+
+def _inference_copy(
+    x: torch.Tensor, device: torch.device, dtype: torch.dtype, fmt: torch.memory_format
+) -> torch.Tensor:
+    with torch.inference_mode():
+        x = x.to(device, dtype)
+        return x.clone(memory_format=fmt) if x.dim() == 4 else x.clone()
 
 
 def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device: str = "cpu") -> BuiltVariant:
@@ -97,8 +109,7 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     if variant.layout is Layout.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
 
-    example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).to(dev, dtype)
-    example = example.contiguous(memory_format=fmt) if example.dim() == 4 else example
+    example = _inference_copy(calibration[:1].expand(variant.batch_size, *calibration.shape[1:]), dev, dtype, fmt)
     with torch.inference_mode():
         run = COMPILERS[variant.compile](model, example)
         run(example)  # first call: compile / primitive creation, counted as build time

@@ -27,7 +27,7 @@ import yaml
 from tuner.build import build
 from tuner.core.console import say
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import CompileMode, Variant
+from tuner.core.variant import TORCH_COMPILES, CompileMode, Variant
 from tuner.inputs.reference import Reference
 from tuner.tracking.store import Tracker, registered_name
 
@@ -78,7 +78,11 @@ def export_torchscript(variant: Variant, ref: Reference, folder: Path) -> Export
     with torch.no_grad():
         scripted = torch.jit.trace(built.module, x, check_trace=False)
     how = "torch.jit.trace of the built module, frozen when loaded"
-    if variant.compile in (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE):
+    if variant.compile not in TORCH_COMPILES:
+        # The runtime's own artifact (ONNX file, OpenVINO IR) is not exported yet: say so.
+        how = (f"the fp32 torch module (torch.jit.trace), NOT the {variant.compile.value} artifact that was "
+               "measured: build that variant with `python -m tuner measure --config recommended.yaml`")  # fmt: skip
+    elif variant.compile in (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE):
         how += f"; apply torch.compile ({variant.compile.value}) after loading for the measured speed"
     folder.mkdir(parents=True, exist_ok=True)
     torch.jit.save(scripted, str(folder / "model.pt"))
