@@ -21,8 +21,12 @@ Setups (each the documented quick-start, nothing tuned; `--setups` picks some):
                            `python -m tuner search <model> --weights random [--objective throughput]` first
                            (`--no-search` drops these rows instead)
 
-Models are torchvision's, random-init (`weights=None`, seeded: nothing can be downloaded here),
-eval mode; inputs are seeded `torch.randn` 224x224 images; calibration is 16 other images.
+Models and images are the ones tuner's own search uses (`tuner.inputs.reference`): torchvision's
+architecture, random-init (nothing can be downloaded here) with its BatchNorm statistics re-estimated
+where the fp32 outputs vanish (mobilenet_v3_large), synthetic 224x224 images, and 16 calibration
+images disjoint from the timed ones. Every setup's top-1 agreement with torch eager fp32 over the
+largest batch's images is shown (`top1_agree`): a fast recipe that changes the answers is not a
+peer to beat, so the ratios are given against every peer and against the accurate ones.
 The OpenVINO and ONNX Runtime recipes keep their defaults, so the table says what they chose:
 `ov.convert_model` gives a dynamic-shape model, and the CPU plugin runs an "fp32" model in bf16
 where the CPU has avx512_bf16/AMX (the notes column shows the precision it picked).
@@ -271,29 +275,46 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
         notes = ok[0].get("notes", "")
         if len(ok) < len(figs):
             notes = f"{len(figs) - len(ok)} of {len(figs)} rounds failed; " + notes
+        agree = [f["top1_agreement"] for f in ok if f.get("top1_agreement") is not None]
         rows.append({"setup": setup, "failed": False, "p50_ms": median(p50s) if p50s else None,
-                     "best_throughput": ips, "at_batch": at, "rounds": len(ok), "notes": notes})  # fmt: skip
+                     "best_throughput": ips, "at_batch": at, "rounds": len(ok), "notes": notes,
+                     "top1_agreement": median(agree) if agree else None})  # fmt: skip
     return rows
 
 
+ACCURATE = 0.97  # top-1 agreement with fp32 eager at or above which a peer counts as accurate (1 in 32 may differ)
+
+
 def tuner_ratios(runs: dict[str, list[dict]], rows: list[dict]) -> dict[str, dict]:
-    """tuner pick / best peer for p50 and for throughput; with the same ratio round by round."""
+    """tuner pick / best peer for p50 and for throughput, against every peer and against the
+    accurate ones only; with the same ratio round by round."""
     by = {r["setup"]: r for r in rows if not r["failed"]}
+
+    def agreement(setup: str) -> float | None:  # a queue row runs the same model as its latency row
+        own = by[setup].get("top1_agreement")
+        twin = by.get(setup.removesuffix("_throughput"), {})
+        return own if own is not None else twin.get("top1_agreement")
+
     out: dict[str, dict] = {}
     for kind, setup, key in (("latency", "tuner_latency", "p50_ms"), ("throughput", "tuner_throughput", "tput")):
-        peers = {s: r for s, r in by.items() if s in PEERS and value(r, key) is not None}
-        if setup not in by or value(by[setup], key) is None or not peers:
-            why = "no peer figures" if setup in by else f"{setup} {'failed' if setup in runs else 'not run'}"
-            out[kind] = {"ratio": None, "why": why}
+        if setup not in by or value(by[setup], key) is None:
+            out[kind] = {"ratio": None, "why": f"{setup} {'failed' if setup in runs else 'not run'}"}
             continue
-        pick = (min if key == "p50_ms" else max)(peers, key=lambda s: value(peers[s], key))
-        per_round = [
-            value_of_round(t, key, None) / value_of_round(p, key, by[pick]["at_batch"])
-            for t, p in zip(runs[setup], runs[pick], strict=False)  # round i with round i
-            if "error" not in t and "error" not in p and value_of_round(t, key, None) is not None
-        ]
-        ratio = value(by[setup], key) / value(peers[pick], key)
-        out[kind] = {"ratio": ratio, "best_peer": pick, "per_round": per_round}
+        out[kind] = {}
+        everyone = {s: r for s, r in by.items() if s in PEERS and value(r, key) is not None}
+        accurate = {s: r for s, r in everyone.items() if (agreement(s) or 0.0) >= ACCURATE}
+        for name, peers in (("all", everyone), ("accurate", accurate)):
+            if not peers:
+                out[kind][name] = {"ratio": None, "why": "no peer figures"}
+                continue
+            pick = (min if key == "p50_ms" else max)(peers, key=lambda s: value(peers[s], key))
+            per_round = [
+                value_of_round(t, key, None) / value_of_round(p, key, by[pick]["at_batch"])
+                for t, p in zip(runs[setup], runs[pick], strict=False)  # round i with round i
+                if "error" not in t and "error" not in p and value_of_round(t, key, None) is not None
+            ]
+            ratio = value(by[setup], key) / value(peers[pick], key)
+            out[kind][name] = {"ratio": ratio, "best_peer": pick, "per_round": per_round}
     return out
 
 
@@ -324,6 +345,7 @@ def print_model(model: str, rows: list[dict], ratios: dict[str, dict], args: arg
             "p50_ms": [cell(r, "p50_ms", ".2f") for r in rows],
             "best_throughput": [cell(r, "best_throughput", ".1f") for r in rows],
             "at_batch": [cell(r, "at_batch", "d") for r in rows],
+            "top1_agree": [cell(r, "top1_agreement", ".3f") for r in rows],
             "notes": left([r["error"] if r["failed"] else r["notes"] for r in rows]),
         }
     )
@@ -331,13 +353,15 @@ def print_model(model: str, rows: list[dict], ratios: dict[str, dict], args: arg
           f"round(s); p50 of batch-1 calls, best throughput in img/s")  # fmt: skip
     print(table.to_string(index=False, justify="left"))
     for kind, name, better in (("latency", "p50", "<1: tuner is faster"), ("throughput", "throughput", ">1: tuner")):
-        r = ratios[kind]
-        head = f"tuner {kind} pick / best peer {name}:"
-        if r["ratio"] is None:
-            print(f"{head} n/a ({r['why']})")
-            continue
-        spread = f"{min(r['per_round']):.2f}-{max(r['per_round']):.2f}" if r["per_round"] else "-"
-        print(f"{head} {r['ratio']:.2f}x (best peer: {r['best_peer']}; per round {spread}; {better})")
+        for peers, rr in ratios[kind].items() if "ratio" not in ratios[kind] else [("all", ratios[kind])]:
+            head = f"tuner {kind} pick / best {'accurate ' if peers == 'accurate' else ''}peer {name}:"
+            if rr["ratio"] is None:
+                print(f"{head} n/a ({rr['why']})")
+                continue
+            spread = f"{min(rr['per_round']):.2f}-{max(rr['per_round']):.2f}" if rr["per_round"] else "-"
+            print(f"{head} {rr['ratio']:.2f}x (best peer: {rr['best_peer']}; per round {spread}; {better})")
+    images = max(int(b) for b in args.batches.split(",") if b)
+    print(f"(accurate: top-1 agreement with torch eager fp32 >= {ACCURATE} on the {images} eval images)")
 
 
 # ---- the worker: one setup, one model, a fresh process --------------------------------------
@@ -360,7 +384,6 @@ def measure_setup(spec: dict) -> dict:
         os.sched_setaffinity(0, cores[: spec["threads"]])
     warnings.simplefilter("ignore")
     import torch
-    import torchvision
 
     setup = spec["setup"]
     if setup in TUNER:
@@ -372,14 +395,23 @@ def measure_setup(spec: dict) -> dict:
     elif setup in ("eager_fp32", "fx_int8"):
         torch.set_num_threads(spec["threads"])
 
-    torch.manual_seed(spec["seed"])
-    model = getattr(torchvision.models, spec["model"])(weights=None).eval()
-    calibration = torch.randn(N_CALIBRATION, 3, 224, 224, generator=torch.Generator().manual_seed(spec["seed"]))
-
-    def inputs(batch: int) -> torch.Tensor:  # timed inputs: other seeds than the calibration's
-        return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(spec["seed"] + 1000 + batch))
+    # The model and images as tuner's own search has them (inputs/reference.py): random-init
+    # weights whose BatchNorm statistics are re-estimated where the fp32 outputs vanish
+    # (mobilenet_v3_large's do), synthetic images, calibration images disjoint from them.
+    from tuner.inputs.models import ModelSpec, resolve_weights
+    from tuner.inputs.reference import prepare_reference
 
     batches = spec["batches"]
+    eval_batch = max(batches)
+    ref = prepare_reference(resolve_weights(ModelSpec(spec["model"], "random", spec["seed"])), input_size=224,
+                            n_eval=eval_batch, n_calib=N_CALIBRATION)  # fmt: skip
+    model = ref.load_module().eval()
+    calibration = ref.data.calibration
+    reference = ref.logits.argmax(1)  # torch eager fp32 on the eval images, for top-1 agreement
+
+    def inputs(batch: int) -> torch.Tensor:  # the first `batch` eval images (timed, and for accuracy)
+        return ref.data.inputs[:batch].clone()
+
     if setup in ("ov_fp32_throughput", "ov_nncf_int8_throughput"):
         return ov_queue(model, calibration, inputs, setup.startswith("ov_nncf"), spec["min_time"])
     if setup == "eager_fp32":
@@ -403,8 +435,33 @@ def measure_setup(spec: dict) -> dict:
         figures["throughput"][b] = b / median(times)
         if b == 1:
             figures["p50_ms"] = median(times) * 1e3
+    with torch.inference_mode():
+        if setup in TUNER and variant.batch_size > eval_batch:
+            out = None  # no images of that count to compare on
+        elif setup in TUNER:  # the pick's own batch size, over the same images
+            chunks = inputs(eval_batch).split(variant.batch_size)
+            out = torch.cat([built_call(runner, c) for c in chunks if len(c) == variant.batch_size])
+        else:
+            out = logits(runner(eval_batch)())
+    if out is not None:
+        figures["top1_agreement"] = float((out.argmax(1) == reference[: len(out)]).float().mean())
     figures["notes"] = notes() if callable(notes) else notes
     return figures
+
+
+def logits(out):  # -> torch.Tensor: what each runtime's call returns, as one [N, classes] tensor
+    import numpy as np
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, (list, tuple)):
+        return torch.from_numpy(np.asarray(out[0])).float()
+    return torch.from_numpy(np.asarray(next(iter(out.values())))).float()  # OpenVINO's OVDict
+
+
+def built_call(runner, x):
+    return runner.built.run(runner.built.prepare(x)).float()
 
 
 def time_calls(fn, min_calls: int, min_time: float) -> list[float]:
@@ -537,6 +594,8 @@ def tuner_pick(model, variant, calibration, inputs, threads: int):
     def runner(b: int):
         x = built.prepare(inputs(b))
         return lambda: built.run(x)
+
+    runner.built = built  # type: ignore[attr-defined]  # for the accuracy pass over other images
 
     notes = variant.label + ("" if variant.threads == threads else f" (its own {variant.threads} threads)")
     if variant.batch_size != 1:

@@ -142,19 +142,22 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
 def nightly_verdict(
     accepted: dict[str, float], check: CheckResult, quality_now: float | None, max_drop: float, threshold: float
 ) -> dict[str, Any]:
-    """Tonight's verdict on the champion: a regression when a normalised figure (check.verdict)
-    or quality got worse beyond its band. The absolute figures are compared too, and shown,
-    but never judged: they move with the machine."""
+    """Tonight's verdict on the champion: a regression when the judged normalised figure
+    (check.verdict: the ceiling fraction, else the speedup) or quality got worse beyond its
+    band. The other normalised figure and the absolute ones are compared too, and shown, but
+    not judged: the speedup leans on the noisy baseline, the absolute figures move with the
+    machine."""
     now = {**check.figures, **({"quality": quality_now} if quality_now is not None else {})}
     absolute = judge({**accepted, "max_accuracy_drop": max_drop}, now, threshold)
     quality = absolute["checks"].pop("quality", None)
     checks = {**check.verdict["checks"], **({"quality": quality} if quality else {})}
     return {
-        "regression": any(c["verdict"] == "regression" for c in checks.values()),
-        "improvement": any(c["verdict"] == "improvement" for c in checks.values()),
-        "checks": checks,  # judged
+        "regression": any(c["verdict"] == "regression" for c in checks.values() if c.get("judged", True)),
+        "improvement": any(c["verdict"] == "improvement" for c in checks.values() if c.get("judged", True)),
+        "checks": checks,  # judged, and the normalised figure shown beside the judged one ("judged": False)
         "absolute": absolute["checks"],  # shown beside them
         "normalised_stored": check.verdict["stored"],
+        "judged": check.verdict.get("judged"),  # ceiling_fraction, speedup, or None
         "drift": check.drift,
         "remeasured": check.remeasured,
         "now": check.figures,

@@ -27,6 +27,12 @@ def _figure(figures: dict[str, float], name: str) -> str:
     return f"{v:.4g} [{low:.4g}, {high:.4g}]" if low is not None and high is not None else f"{v:.4g}"
 
 
+_JUDGED = {
+    "ceiling_fraction": "the ceiling fraction against the machine probe measured in the same rounds",
+    "speedup": "the speedup over the baseline measured in the same rounds",
+}
+
+
 def _verdict_word(verdict: dict[str, Any]) -> str:
     return "REGRESSION" if verdict["regression"] else "improvement" if verdict["improvement"] else "no change"
 
@@ -36,14 +42,15 @@ def print_verdict(result: dict[str, Any], verdict: dict[str, Any] | None) -> Non
     if verdict is None:
         say("  regression check: nothing to compare with (no earlier champion on this hardware)")
     else:
+        judged = _JUDGED.get(str(verdict.get("judged")))
         say(f"  regression check of {result['champion_before']}: {_verdict_word(verdict)} "
-            "(judged on the figures normalised by the baseline and the machine probe, and quality)")  # fmt: skip
+            f"(judged on {judged + ', and quality' if judged else 'quality only'})")  # fmt: skip
         if not verdict["normalised_stored"]:
             say("    no normalised figure was stored for this champion (accepted before tuner stored them): "
                 "tonight's are stored from now on")  # fmt: skip
         for m, c in verdict["checks"].items():
             say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%} (band {c['band']:.1%})  "
-                f"{c['verdict']}")  # fmt: skip
+                f"{c['verdict']}{'' if c.get('judged', True) else '  (shown, not judged)'}")  # fmt: skip
         for m, c in verdict["absolute"].items():
             say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%}  (absolute: not judged)")
         if verdict["remeasured"]:
@@ -95,7 +102,7 @@ def _model_section(r: dict[str, Any]) -> list[str]:
         lines += ["", "| figure | accepted | now | change | noise band | verdict |", "|---|---|---|---|---|---|"]
         for m, c in verdict["checks"].items():
             lines.append(f"| {m} | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | {c['band']:.1%} | "
-                         f"{c['verdict']} |")  # fmt: skip
+                         f"{c['verdict'] if c.get('judged', True) else c['verdict'] + ' (not judged)'} |")  # fmt: skip
         for m, c in verdict["absolute"].items():
             lines.append(f"| {m} (absolute) | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | | "
                          "not judged |")  # fmt: skip
