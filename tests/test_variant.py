@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuner.core.errors import ConfigError
-from tuner.core.variant import CompileMode, Precision, Variant, baseline, infeasible_reason
+from tuner.core.variant import CompileMode, Precision, Variant, baseline, infeasible_reason, unavailable_runtimes
 
 
 def test_round_trip_and_label():
@@ -55,3 +55,15 @@ def test_complexity_orders_simpler_first():
     ts_int8 = Variant(quantization="static_int8", compile="torchscript")  # type: ignore[arg-type]
     bf16 = Variant(precision="bf16")  # type: ignore[arg-type]
     assert sorted([ts_int8, bf16, eager], key=lambda v: v.complexity) == [eager, bf16, ts_int8]
+
+
+def test_a_runtime_whose_package_is_missing_is_dropped_with_the_install_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    dropped = unavailable_runtimes(list(CompileMode))
+    assert dropped == {"openvino": "`pip install nncf`", "openvino_throughput": "`pip install nncf`"}
+    reason = infeasible_reason(Variant(compile="openvino"), fp16_native=False, bf16_native=False)  # type: ignore[arg-type]
+    assert reason is not None and "nncf not installed: `pip install nncf`" in reason
+    assert infeasible_reason(Variant(compile="onnxruntime"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]

@@ -52,7 +52,9 @@ class TorchScriptModel(_Base):
         if cfg["variant"]["compile"] == CompileMode.TORCHSCRIPT.value:  # as the torchscript variant was measured
             self.module = torch.jit.optimize_for_inference(self.module)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # No type hints on predict: MLflow reads them as a schema ("must be wrapped in list[...]")
+    # and warns; the signature logged with the model says what it takes.
+    def predict(self, context, model_input, params=None):
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).to(self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
