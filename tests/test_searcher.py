@@ -39,8 +39,9 @@ ONE = SearchSpace.model_validate(
 BASELINE = "fp32 bs1 t1 eager nchw"
 
 
-def make(choices=SMALL, seed=0, max_redraws=50):
+def make(choices=SMALL, seed=0, max_redraws=50, feasible=None):
     return DedupOptunaSearch(
+        feasible=feasible,
         key=config_key,
         space=space_function(choices),
         metric=METRICS,
@@ -159,3 +160,23 @@ def test_no_config_is_measured_twice_before_the_space_is_exhausted_whatever_the_
     for seed in range(8):
         labels = run(make(seed=seed), 4)
         assert len(set(labels)) == 4, (seed, labels)
+
+
+def _not_bf16_batch_2(config):  # a stand-in pair rule, as `ort + bf16` is for the real space
+    return not (config.get("precision") == "bf16" and config.get("batch_size") == 2)
+
+
+def test_a_pair_that_is_not_a_variant_is_never_measured_and_costs_no_trial():
+    for seed in range(4):
+        s = make(seed=seed, max_redraws=10, feasible=_not_bf16_batch_2)
+        labels = run(s, 5)  # 3 feasible configs, then the space is exhausted: repeats
+        assert "bf16 bs2 t1 eager nchw" not in labels, (seed, labels)
+        assert len(set(labels[:3])) == 3 and set(labels[3:]) <= set(labels[:3]), (seed, labels)
+        failed = [t for t in s._ot_study.trials if t.state == optuna.trial.TrialState.FAIL]
+        assert len(failed) == s.rejected and all(config_key(t.params) == "bf16 bs2 t1 eager nchw" for t in failed)
+
+
+def test_a_space_with_no_variant_at_all_finishes_instead_of_looping():
+    s = make(ONE, max_redraws=3, feasible=lambda config: False)
+    assert s.suggest("t0") == "FINISHED"
+    assert s.rejected == 4  # max_redraws turned away, then the last draw

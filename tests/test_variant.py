@@ -63,7 +63,8 @@ def test_a_runtime_whose_package_is_missing_is_dropped_with_the_install_line(mon
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
     dropped = unavailable_runtimes(list(CompileMode))
-    assert dropped == {"openvino": "`pip install nncf`", "openvino_throughput": "`pip install nncf`"}
-    reason = infeasible_reason(Variant(compile="openvino"), fp16_native=False, bf16_native=False)  # type: ignore[arg-type]
+    assert dropped == {"openvino + int8": "`pip install nncf`", "openvino_throughput + int8": "`pip install nncf`"}
+    int8 = Variant(compile="openvino", quantization="static_int8")  # type: ignore[arg-type]
+    reason = infeasible_reason(int8, fp16_native=False, bf16_native=False)
     assert reason is not None and "nncf not installed: `pip install nncf`" in reason
-    assert infeasible_reason(Variant(compile="onnxruntime"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]
+    assert infeasible_reason(Variant(compile="openvino"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from torch import nn
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import QUANTIZERS
-from tuner.build.runtime import Runtime
+from tuner.build.runtime import Runtime, example_batch
 from tuner.core.variant import INDUCTOR_COMPILES, CompileMode, Layout, Precision, Quantization, Variant
 
 
@@ -90,8 +90,9 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     start = time.perf_counter()
     if variant.compile in RUNTIMES:
         rt = RUNTIMES[variant.compile](model.eval(), variant, calibration.cpu())
-        example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).contiguous()
-        rt.run(example)  # first call: the runtime's own lazy set-up, counted as build time
+        rt.run(
+            example_batch(calibration.cpu(), variant.batch_size)
+        )  # first call: the runtime's own lazy set-up, counted as build time
         return BuiltVariant(variant, rt.run, model, DTYPES[Precision.FP32], torch.contiguous_format,
                             torch.device("cpu"), time.perf_counter() - start, rt.figures, rt.size_mb)  # fmt: skip
 
@@ -109,7 +110,7 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     if variant.layout is Layout.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
 
-    example = _inference_copy(calibration[:1].expand(variant.batch_size, *calibration.shape[1:]), dev, dtype, fmt)
+    example = _inference_copy(example_batch(calibration, variant.batch_size), dev, dtype, fmt)
     with torch.inference_mode():
         run = COMPILERS[variant.compile](model, example)
         run(example)  # first call: compile / primitive creation, counted as build time

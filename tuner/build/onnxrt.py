@@ -24,13 +24,18 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
-from tuner.build.runtime import Runtime
+from tuner.build.runtime import Runtime, example_batch, full_batches
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import Quantization, Variant
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
@@ -55,11 +60,9 @@ class _Calibration:
     of the model's static shape at a time."""
 
     def __init__(self, name: str, calibration: torch.Tensor, batch_size: int):
-        n = len(calibration)
-        idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
-        self._batches = iter([{name: b.numpy()} for b in calibration[idx].split(batch_size)])
+        self._batches = iter([{name: b.numpy()} for b in full_batches(calibration, batch_size)])
 
-    def get_next(self) -> dict | None:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
@@ -82,7 +85,7 @@ def quantize_onnx(src: Path, dst: Path, quantization: Quantization, calibration:
         raise VariantUnsupported(f"ONNX Runtime {quantization.value} quantization failed: {one_line(e)}") from e
 
 
-def session_options(threads: int):  # -> onnxruntime.SessionOptions
+def session_options(threads: int) -> onnxruntime.SessionOptions:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -97,26 +100,28 @@ def session_options(threads: int):  # -> onnxruntime.SessionOptions
 def build_onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
     import onnxruntime as ort
 
-    folder = tempfile.TemporaryDirectory(prefix="tuner-onnx-")
-    path = Path(folder.name) / "model.onnx"
-    example = calibration[:1].expand(variant.batch_size, *calibration.shape[1:]).contiguous()
-    dynamo = export_onnx(model, example, path)
-    if variant.quantization is not Quantization.NONE:
-        quantized = path.with_name("model.int8.onnx")
-        quantize_onnx(path, quantized, variant.quantization, calibration, variant.batch_size)
-        path = quantized
-    try:
-        session = ort.InferenceSession(str(path), session_options(variant.threads), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented are plain Exceptions
-        raise VariantUnsupported(f"ONNX Runtime could not load the exported model: {one_line(e)}") from e
+    # The files are needed only until the session holds the model (weights inline, not as
+    # external data): a trial killed later leaves nothing behind.
+    with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        dynamo = export_onnx(model, example_batch(calibration, variant.batch_size), path)
+        if variant.quantization is not Quantization.NONE:
+            quantized = path.with_name("model.int8.onnx")
+            quantize_onnx(path, quantized, variant.quantization, calibration, variant.batch_size)
+            path = quantized
+        size_mb = os.path.getsize(path) / 2**20
+        try:
+            session = ort.InferenceSession(str(path), session_options(variant.threads),
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented are plain Exceptions
+            raise VariantUnsupported(f"ONNX Runtime could not load the exported model: {one_line(e)}") from e
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
-    run.folder = folder  # type: ignore[attr-defined]  # the files live as long as the runner
     return Runtime(
         run,
-        size_mb=os.path.getsize(path) / 2**20,
+        size_mb=size_mb,
         figures={
             "onnx_exporter_dynamo": float(dynamo),
             "runtime_threads": float(session.get_session_options().intra_op_num_threads),

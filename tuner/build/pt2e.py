@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import nn
 
+from tuner.build.runtime import full_batches
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import Quantization
 
@@ -28,9 +29,7 @@ def quantize_pt2e(
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    n = len(calibration)
-    padded = calibration[list(range(n)) + [i % n for i in range((-n) % batch_size)]]
-    batches = padded.split(batch_size)
+    batches = full_batches(calibration, batch_size)
     try:
         exported = torch.export.export(model, (batches[0],), strict=True).module()
     except Exception as e:  # dynamo's Unsupported, UserError, ...: the model cannot be captured

@@ -1,14 +1,29 @@
-"""What a runtime's builder hands back to `build()`: the runner and what only the runtime
-knows about itself (its artifact's size, the threads it reports, its exporter)."""
+"""What every builder shares: the runner type, the batches a static-shape model is fed, and
+what a runtime's builder hands back to `build()` (the runner and what only the runtime
+knows about itself: its artifact's size, the threads it reports, its exporter)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+from tuner.build.compile import Runner
+
+
+def full_batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split into full batches. The last one is padded by wrapping around to the first rows,
+    so that a static-shape (compiled, exported) model never sees a new shape; callers that
+    need one output per row trim the outputs."""
+    n = len(x)
+    idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
+    return list(x[idx].split(batch_size))
+
+
+def example_batch(calibration: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The first calibration input repeated to one batch: what a model is compiled, traced or
+    exported with (contiguous, fp32, on the calibration's device)."""
+    return calibration[:1].expand(batch_size, *calibration.shape[1:]).contiguous()
 
 
 @dataclass

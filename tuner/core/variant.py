@@ -50,10 +50,15 @@ OPENVINO_COMPILES = (CompileMode.OPENVINO, CompileMode.OPENVINO_THROUGHPUT)
 # an install without them drops the runtime and says how to install it.
 RUNTIME_PACKAGES: dict[CompileMode, tuple[str, ...]] = {
     CompileMode.ONNXRUNTIME: ("onnx", "onnxscript", "onnxruntime"),
-    CompileMode.OPENVINO: ("openvino", "nncf"),
-    CompileMode.OPENVINO_THROUGHPUT: ("openvino", "nncf"),
+    CompileMode.OPENVINO: ("openvino",),
+    CompileMode.OPENVINO_THROUGHPUT: ("openvino",),
 }
-PT2E_PACKAGES = ("torchao",)  # int8 on inductor (PT2E + X86InductorQuantizer)
+INT8_PACKAGES: dict[CompileMode, tuple[str, ...]] = {  # int8 beyond what the runtime itself needs
+    CompileMode.INDUCTOR: ("torchao",),  # PT2E + X86InductorQuantizer
+    CompileMode.INDUCTOR_MAX_AUTOTUNE: ("torchao",),
+    CompileMode.OPENVINO: ("nncf",),
+    CompileMode.OPENVINO_THROUGHPUT: ("nncf",),
+}
 
 
 class Layout(str, enum.Enum):
@@ -197,21 +202,27 @@ def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf1
 
 
 def unavailable_runtimes(compiles: list[CompileMode]) -> dict[str, str]:
-    """compile value -> why this install cannot run it (a missing package), for the search's
-    one line per runtime that it drops."""
+    """What this install cannot run, for the search's one line per runtime that it drops:
+    `compile` (the runtime) or `compile + int8` -> the pip line that would add it."""
     out = {}
     for c in compiles:
         missing = missing_packages(Variant(compile=c, batch_size=2))
         if missing:
             out[c.value] = f"`pip install {' '.join(missing)}`"
+            continue
+        missing_int8 = missing_packages(Variant(compile=c, batch_size=2, quantization=Quantization.STATIC_INT8))
+        if missing_int8:
+            out[f"{c.value} + int8"] = f"`pip install {' '.join(missing_int8)}`"
     return out
 
 
 def missing_packages(v: Variant) -> list[str]:
     """The packages this variant's runtime needs and this install lacks (not imported here)."""
     needed = RUNTIME_PACKAGES.get(v.compile, ())
-    if v.compile in INDUCTOR_COMPILES and v.quantization is not Quantization.NONE:
-        needed = PT2E_PACKAGES
+    if v.quantization is Quantization.STATIC_INT8 or (
+        v.quantization is not Quantization.NONE and v.compile in INDUCTOR_COMPILES
+    ):
+        needed = (*needed, *INT8_PACKAGES.get(v.compile, ()))
     return [p for p in needed if importlib.util.find_spec(p) is None]
 
 

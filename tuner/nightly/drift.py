@@ -24,7 +24,7 @@ from typing import Any
 
 from tuner.decide.confirm import Confirmed, Interval, probe_fraction
 
-NORMALISED = ("speedup", "ceiling_fraction")  # judged: higher is better for both
+NORMALISED = ("speedup", "ceiling_fraction")  # higher is better for both; the last one present is judged
 # Below this relative change a reference "did not move": the drift verdict needs both to move.
 DRIFT_NOISE = 0.03
 

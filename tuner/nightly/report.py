@@ -99,7 +99,7 @@ def _model_section(r: dict[str, Any]) -> list[str]:
                   "| " + " | ".join(_figure(figures, n) for n, _ in SHOWN_FIGURES) + " |"]  # fmt: skip
     verdict = r.get("regression_check")
     if verdict:
-        lines += ["", "| figure | accepted | now | change | noise band | verdict |", "|---|---|---|---|---|---|"]
+        lines += ["", "| figure | accepted | now | change | threshold | verdict |", "|---|---|---|---|---|---|"]
         for m, c in verdict["checks"].items():
             lines.append(f"| {m} | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | {c['band']:.1%} | "
                          f"{c['verdict'] if c.get('judged', True) else c['verdict'] + ' (not judged)'} |")  # fmt: skip

@@ -116,7 +116,7 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
             source=str(req.space_file),
         )
         for compile_, install in unavailable_runtimes(req.space.dimensions.compile).items():
-            print(f"note: runtime `{compile_}` dropped from the space: it is not installed here ({install})")
+            print(f"note: `{compile_}` dropped from the space: it is not installed here ({install})")
         tracker, parent_id, recorder = _open(req, prep, cores)
         settings = _trial_settings(req, prep.ceiling)
         confirm = ray_confirm(prep.ref, settings, cores)  # one copy of the reference in Ray's store

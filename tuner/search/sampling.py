@@ -74,7 +74,8 @@ class DedupOptunaSearch(OptunaSearch):
         self._known[key] = {m: result[m] for m in self.metric}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for attempt in range(self._max_redraws + 1):
+        drawn = 0  # repeats answered and infeasible pairs turned away for this trial
+        while True:
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config  # None (wait) or Searcher.FINISHED
@@ -82,25 +83,32 @@ class DedupOptunaSearch(OptunaSearch):
             if k is not None and k not in self._known:
                 self._pending[trial_id] = k  # a new config: measure it
                 return config
-            if attempt == self._max_redraws:
+            if drawn >= self._max_redraws:
                 untried = self._untried()
                 if untried is None and k is not None:
                     self._pending[trial_id] = k  # the space is exhausted: measure the repeat again
                     return config
-                if untried is None:
-                    self._reject(trial_id)
-                    return Searcher.FINISHED  # type: ignore[return-value]  # nothing feasible is left
-                # Each redraw told TPE the repeat's result once more, so it keeps coming back
-                # to it: answer this one too, and ask for an untried config directly.
-                self._answer(trial_id, k) if k is not None else self._reject(trial_id)
+                # Each redraw told TPE the repeat's result once more (or left the pair that is
+                # not a variant unexplored), so it keeps coming back to it: turn this one away
+                # too and ask for a config directly: an untried one, or, with the space
+                # exhausted, a measured one to measure again.
+                target = untried or next((c for c in self._candidates if self._feasible(c)), None)
+                self._turn_away(trial_id, k)
+                if target is None:
+                    return Searcher.FINISHED  # type: ignore[return-value]  # no variant in the space
                 assert self._ot_study is not None  # set up by the first suggest()
-                self._ot_study.enqueue_trial(untried)
-                return self.suggest(trial_id)
-            if k is None:
-                self._reject(trial_id)  # not a variant: FAIL (TPE ignores it), ask again
-            else:
-                self._answer(trial_id, k)  # seen before: give Optuna the known result, ask again
-        raise AssertionError("unreachable")
+                self._ot_study.enqueue_trial(target)
+                continue
+            self._turn_away(trial_id, k)
+            drawn += 1
+
+    def _turn_away(self, trial_id: str, key: str | None) -> None:
+        """A repeat (`key`: answered with its known result) or a pair that is not a variant
+        (None: told as FAIL, which TPE ignores); either way it is not measured."""
+        if key is None:
+            self._reject(trial_id)
+        else:
+            self._answer(trial_id, key)
 
     def _reject(self, trial_id: str) -> None:
         """Tell Optuna this draw failed (infeasible pair); it is not measured."""

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tuner.build import BuiltVariant, build
+from tuner.build.runtime import full_batches
 from tuner.config.space import TimingConfig
 from tuner.core.env import pin_threads
 from tuner.core.errors import VariantUnsupported, one_line
@@ -63,14 +64,6 @@ def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
     if weights_digest(module) != ref.digest:
         raise RuntimeError("trial loaded different weights than the reference (digest mismatch)")
     return module
-
-
-def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split into full batches. The last one is padded by wrapping around to the first
-    rows, so that compiled variants never see a new shape; callers trim the outputs."""
-    n = len(x)
-    idx = list(range(n)) + [i % n for i in range((-n) % batch_size)]
-    return list(x[idx].split(batch_size))
 
 
 def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[torch.Tensor]:
@@ -135,7 +128,7 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> Trial
     try:
         built = slowed(build(model, variant, ref.data.calibration, hw.device), settings.faults, variant)
         build_s = built.build_s
-        batches = _batches(x, variant.batch_size)
+        batches = full_batches(x, variant.batch_size)
         with torch.inference_mode():
             first = built.run(built.prepare(batches[0]))[: min(variant.batch_size, len(x))]
             screen = fidelity(first, ref.logits[: len(first)])
