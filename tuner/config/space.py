@@ -174,7 +174,8 @@ class SearchSpace(Strict):
         """The dimension choices this hardware can run, as plain strings/ints.
 
         Returns the keys of `define_by_run`: precision, quantization, batch_size,
-        threads, compile, compile_int8, layout. Raises SpaceError when nothing is left.
+        threads, compile, compile_int8, compile_dynamic, batch_split, layout. Raises SpaceError
+        when nothing is left.
         """
         d = self.dimensions
         threads = list(range(1, cores + 1)) if d.threads == "auto" else list(d.threads)
@@ -189,19 +190,23 @@ class SearchSpace(Strict):
             v = Variant(**{**BASELINE_FIELDS, **fields})
             return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) is None
 
-        # Per-value feasibility only; pairs that a runtime cannot do (ONNX Runtime with bf16,
-        # OpenVINO with channels-last, ...) are turned away by the sampler (search/sampling.py).
+        # The sampler's conditional space (search/sampling.py) keeps each compile mode's own
+        # choices apart: int8 and dynamic int8 sample their compile mode from their own lists,
+        # `openvino_throughput` its batch from `batch_split`. Pairs no runtime runs are never
+        # offered; the sampler checks every draw all the same.
         batch = max(d.batch_size)
         precision = [p.value for p in d.precision if ok(precision=p)]
         compile_fp = [
             c.value for c in d.compile if any(ok(compile=c, precision=p, batch_size=batch) for p in precision)
         ]
         compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c, batch_size=batch)]
+        compile_dynamic = [c.value for c in d.compile if ok(quantization="dynamic_int8", compile=c, batch_size=batch)]
         quantization = [
             q.value
             for q in d.quantization
             if (q is Quantization.NONE and precision)
-            or (q is not Quantization.NONE and compile_int8 and ok(quantization=q))
+            or (q is Quantization.STATIC_INT8 and compile_int8)
+            or (q is Quantization.DYNAMIC_INT8 and compile_dynamic)
         ]
         if not quantization and not precision:
             raise SpaceError(
@@ -213,6 +218,8 @@ class SearchSpace(Strict):
             "precision": precision,
             "compile": compile_fp,
             "compile_int8": compile_int8,
+            "compile_dynamic": compile_dynamic,
+            "batch_split": [b for b in d.batch_size if b >= 2],  # openvino_throughput splits a batch
             "batch_size": list(d.batch_size),
             "threads": threads,
             "layout": [x.value for x in d.layout],

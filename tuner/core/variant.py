@@ -229,9 +229,15 @@ def missing_packages(v: Variant) -> list[str]:
 def variant_from_config(config: dict[str, Any]) -> Variant:
     """Tune config (sampled params + constants) -> Variant."""
     params = {k: v for k, v in config.items() if k in Variant.__dataclass_fields__}
-    if "compile_int8" in config:
-        params["compile"] = config["compile_int8"]
+    for name, field_ in SAMPLER_ALIASES.items():  # the sampler's conditional parameters
+        if name in config:
+            params[field_] = config[name]
     return Variant.from_dict(params)
+
+
+# Optuna parameter -> Variant field, where a compile mode's choices differ from the others'
+# (a categorical parameter keeps the same choices in every trial): search/sampling.py.
+SAMPLER_ALIASES = {"compile_int8": "compile", "compile_dynamic": "compile", "batch_split": "batch_size"}
 
 
 def config_key(config: dict[str, Any]) -> str:

@@ -13,9 +13,12 @@ on it while configs are still untried: at the limit, the first untried point of 
 
 Some pairs of values are not a variant at all: ONNX Runtime has no bf16 on the CPU,
 OpenVINO and ONNX Runtime take NCHW input, the THROUGHPUT hint needs a batch to split
-(`core.variant.infeasible_reason`). A sampled config like that is told to Optuna as FAIL,
-which TPE ignores (no penalty that would also count against the runtime's good configs),
-and drawn again; it costs no trial.
+(`core.variant.infeasible_reason`). `define_by_run` never draws one (its parameters are
+conditional on the compile mode). Every draw is checked all the same: one that is not a
+variant is told to Optuna as FAIL and drawn again, at no trial's cost. (Relying on that
+alone was tried: TPE ignores FAIL trials, kept proposing the pairs next to its best configs,
+hit the redraw limit on most guided trials of a resnet50 search, and the untried-config
+fallback then enumerated fp32 eager configs.)
 
 A trial that errored (raised, crashed, timed out, ran out of memory) is told to Optuna as
 a completed trial with the `penalty` figures, not as FAIL: TPE ignores failed trials and
@@ -37,6 +40,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner.core.variant import (
     BASELINE_FIELDS,
+    TORCH_COMPILES,
+    CompileMode,
+    Layout,
     Precision,
     Quantization,
     config_key,
@@ -141,22 +147,35 @@ class DedupOptunaSearch(OptunaSearch):
 def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] | None:
     """Optuna define-by-run space (module-level so that Ray can pickle it with `partial`).
 
-    Conditional: int8 variants keep fp32 activations and sample their compile mode from
-    `compile_int8` (a different Optuna parameter, since a categorical parameter's choices
-    may not change between trials). The returned dict holds the constants Ray adds to
-    the trial config.
+    Conditional, so that no draw is a pair that no runtime runs: the compile mode first (int8
+    and dynamic int8 sample theirs from `compile_int8` / `compile_dynamic`, other Optuna
+    parameters, since a categorical parameter's choices may not change between trials); the
+    precision only where the runtime has a choice (int8 keeps fp32 activations, ONNX Runtime
+    runs fp32); `openvino_throughput` its batch from `batch_split` (at least 2); the layout
+    only for torch's own compile modes. The returned dict holds the constants Ray adds to
+    the trial config (`SAMPLER_ALIASES` maps the parameters back to Variant fields).
     """
     quant = trial.suggest_categorical("quantization", choices["quantization"])
     const: dict[str, Any] = {}
     if quant == Quantization.NONE.value:
-        trial.suggest_categorical("precision", choices["precision"])
-        trial.suggest_categorical("compile", choices["compile"])
+        compile_ = trial.suggest_categorical("compile", choices["compile"])
+        if compile_ == CompileMode.ONNXRUNTIME.value:
+            const["precision"] = Precision.FP32.value
+        else:
+            trial.suggest_categorical("precision", choices["precision"])
     else:
         const["precision"] = Precision.FP32.value
-        trial.suggest_categorical("compile_int8", choices["compile_int8"])
-    trial.suggest_categorical("batch_size", choices["batch_size"])
+        name = "compile_int8" if quant == Quantization.STATIC_INT8.value else "compile_dynamic"
+        compile_ = trial.suggest_categorical(name, choices[name])
+    if compile_ == CompileMode.OPENVINO_THROUGHPUT.value:
+        trial.suggest_categorical("batch_split", choices["batch_split"])
+    else:
+        trial.suggest_categorical("batch_size", choices["batch_size"])
     trial.suggest_categorical("threads", choices["threads"])
-    trial.suggest_categorical("layout", choices["layout"])
+    if CompileMode(compile_) in TORCH_COMPILES:
+        trial.suggest_categorical("layout", choices["layout"])
+    else:
+        const["layout"] = Layout.CONTIGUOUS.value
     return const
 
 
@@ -164,21 +183,46 @@ def space_function(choices: dict[str, list[Any]]) -> functools.partial[dict[str,
     return functools.partial(define_by_run, choices=choices)
 
 
+def to_params(variant: dict[str, Any]) -> dict[str, Any]:
+    """A flat variant (Variant fields) as the Optuna parameters `define_by_run` would draw
+    for it: the conditional names, and no parameter for what it fixes as a constant."""
+    v = variant_from_config(variant)
+    params: dict[str, Any] = {"quantization": v.quantization.value}
+    if v.quantization is Quantization.NONE:
+        params["compile"] = v.compile.value
+        if v.compile is not CompileMode.ONNXRUNTIME:
+            params["precision"] = v.precision.value
+    else:
+        params["compile_int8" if v.quantization is Quantization.STATIC_INT8 else "compile_dynamic"] = v.compile.value
+    params["batch_split" if v.compile is CompileMode.OPENVINO_THROUGHPUT else "batch_size"] = v.batch_size
+    params["threads"] = v.threads
+    if v.compile in TORCH_COMPILES:
+        params["layout"] = v.layout.value
+    return params
+
+
+def in_space(params: dict[str, Any], choices: dict[str, list[Any]]) -> bool:
+    return all(k in choices and value in choices[k] for k, value in params.items())
+
+
 def all_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every point of the define-by-run space, as Optuna params (the same names and
-    conditions as `define_by_run`), in the choices' order."""
-    common = [choices["batch_size"], choices["threads"], choices["layout"]]
-    points = []
-    for quant in choices["quantization"]:
-        if quant == Quantization.NONE.value:
-            heads = [{"quantization": quant, "precision": p, "compile": c}
-                     for p in choices["precision"] for c in choices["compile"]]  # fmt: skip
-        else:
-            heads = [{"quantization": quant, "compile_int8": c} for c in choices["compile_int8"]]
-        for head in heads:
-            for bs, th, lay in itertools.product(*common):
-                points.append({**head, "batch_size": bs, "threads": th, "layout": lay})
-    return points
+    """Every point of the define-by-run space, as Optuna params (`to_params`), in the
+    choices' order, each once."""
+    names = ("quantization", "precision", "compile", "batch_size", "threads", "layout")
+    compiles = list(dict.fromkeys(choices["compile"] + choices["compile_int8"] + choices["compile_dynamic"]))
+    pools = [choices["quantization"], choices["precision"], compiles, choices["batch_size"], choices["threads"],
+             choices["layout"]]  # fmt: skip
+    points: dict[str, dict[str, Any]] = {}
+    for values in itertools.product(*pools):
+        flat = dict(zip(names, values, strict=True))
+        if flat["quantization"] != Quantization.NONE.value and flat["precision"] != Precision.FP32.value:
+            continue
+        if not feasible(flat):
+            continue
+        params = to_params(flat)
+        if in_space(params, choices):
+            points.setdefault(config_key(params), params)
+    return list(points.values())
 
 
 def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
@@ -199,17 +243,17 @@ def feasible(config: dict[str, Any]) -> bool:
 # still sees each kind of speedup once (Optuna's enqueue_trial; TPE takes over after them).
 # First one int8 config per runtime (FX TorchScript, OpenVINO + NNCF, PT2E inductor, ONNX
 # Runtime QDQ), so that the sampler has seen every runtime early; then float families.
-PROBES: tuple[dict[str, Any], ...] = (
-    {"quantization": "static_int8", "compile_int8": "torchscript", "layout": "contiguous"},
-    {"quantization": "static_int8", "compile_int8": "openvino", "layout": "contiguous"},
-    {"quantization": "static_int8", "compile_int8": "inductor", "layout": "contiguous"},
-    {"quantization": "static_int8", "compile_int8": "onnxruntime", "layout": "contiguous"},
+PROBES: tuple[dict[str, Any], ...] = (  # flat variants (Variant fields), as search.enqueue
+    {"quantization": "static_int8", "compile": "torchscript", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile": "openvino", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile": "inductor", "layout": "contiguous"},
+    {"quantization": "static_int8", "compile": "onnxruntime", "layout": "contiguous"},
     {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
     {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
     {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
 )
 # For the throughput objective the OpenVINO probe is its THROUGHPUT hint, at a batch to split.
-THROUGHPUT_PROBE = {"quantization": "static_int8", "compile_int8": "openvino_throughput", "layout": "contiguous"}
+THROUGHPUT_PROBE = {"quantization": "static_int8", "compile": "openvino_throughput", "layout": "contiguous"}
 
 
 def initial_points(
@@ -222,36 +266,35 @@ def initial_points(
     budget of PROBES that this space and this hardware allow (batch 1, all threads), so that
     the sampler starts from diverse known-good points (every runtime from 16 trials on)."""
     base = baseline_point(choices)
+    flat_base = {**BASELINE_FIELDS, "batch_size": 1, "threads": base["threads"]}
     points = [base]
     seen = {config_key(base)}
     for i, extra in enumerate(enqueue):
-        point = {**base, **extra}
-        if point.get("quantization", "none") != "none":
-            point.setdefault("compile_int8", point.pop("compile", "eager"))
-            point.pop("precision", None)
+        flat = {**flat_base, **extra}
+        if not feasible(flat):
+            print(f"note: `search.enqueue[{i}]` {extra} is not a feasible variant: skipped")
+            continue
+        point = to_params(flat)
         outside = {k: v for k, v in point.items() if k not in choices or v not in choices[k]}
         if outside:  # e.g. a warm-start config from a space that has changed since
             print(f"note: `search.enqueue[{i}]` {extra} is not in this space on this hardware ({outside}): skipped")
-            continue
-        if not feasible(point):
-            print(f"note: `search.enqueue[{i}]` {extra} is not a feasible variant: skipped")
             continue
         if config_key(point) not in seen:
             seen.add(config_key(point))
             points.append(point)
     probes = list(PROBES)
     if objective == "throughput":
-        split = [b for b in choices["batch_size"] if 2 <= b <= 16]
+        split = [b for b in choices["batch_split"] if b <= 16]
         if split:
             probes.insert(1, {**THROUGHPUT_PROBE, "batch_size": max(split)})
     for probe in probes:
         if len(points) > trials // 4:
             break
-        point = {**base, **probe}
-        if point["quantization"] != "none":
-            point.pop("compile")
-            point.pop("precision")
-        if all(v in choices[k] for k, v in point.items()) and feasible(point) and config_key(point) not in seen:
+        flat = {**flat_base, **probe}
+        if not feasible(flat):
+            continue
+        point = to_params(flat)
+        if in_space(point, choices) and config_key(point) not in seen:
             seen.add(config_key(point))
             points.append(point)
     return points
