@@ -19,6 +19,7 @@ from tuner.core.errors import VariantUnsupported
 from tuner.core.variant import Variant
 from tuner.inputs.models import ModelSpec, resolve_weights
 from tuner.inputs.reference import prepare_reference
+from tuner.measure.hardware import detect
 from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING, tuner, write_space
@@ -47,10 +48,14 @@ def labeled(tmp_path_factory):
         dict(compile="openvino"),
         dict(compile="openvino", quantization="static_int8"),
         dict(compile="openvino_throughput", quantization="static_int8"),
+        pytest.param(
+            dict(compile="openvino", quantization="static_int8", precision="bf16"),
+            marks=pytest.mark.skipif(not detect().bf16_native, reason="bf16 is not native on this host"),
+        ),
         dict(compile="inductor", quantization="static_int8"),  # PT2E
         dict(compile="inductor", quantization="dynamic_int8"),
     ],
-    ids=lambda p: Variant(batch_size=2, **p).label,
+    ids=lambda p: Variant(batch_size=2, **p).label if isinstance(p, dict) else None,
 )
 def test_runtime_keeps_top1_on_labeled_data_and_uses_the_trials_threads(labeled, params):
     for threads in (1, 2):

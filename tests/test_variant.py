@@ -22,7 +22,7 @@ def test_round_trip_and_label():
         ({"precision": "fp8"}, "`precision` must be one of fp32, bf16, fp16"),
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
         ({"threads": "2"}, "`threads` must be an integer >= 1"),
-        ({"quantization": "static_int8", "precision": "bf16"}, "must be fp32 when `quantization`"),
+        ({"quantization": "static_int8", "precision": "bf16"}, "must be fp32 when `quantization` is static_int8 and"),
         ({"colour": "red"}, "unknown variant key"),
     ],
 )
@@ -68,3 +68,10 @@ def test_a_runtime_whose_package_is_missing_is_dropped_with_the_install_line(mon
     reason = infeasible_reason(int8, fp16_native=False, bf16_native=False)
     assert reason is not None and "nncf not installed: `pip install nncf`" in reason
     assert infeasible_reason(Variant(compile="openvino"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]
+
+
+def test_openvino_int8_may_run_its_float_layers_in_bf16():
+    v = Variant(quantization="static_int8", precision="bf16", compile="openvino")  # type: ignore[arg-type]
+    assert v.label == "int8-static+bf16 bs1 t1 ov nchw"
+    assert infeasible_reason(v, fp16_native=False, bf16_native=True) is None
+    assert "bf16 is not native" in (infeasible_reason(v, fp16_native=False, bf16_native=False) or "")

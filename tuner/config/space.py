@@ -174,7 +174,7 @@ class SearchSpace(Strict):
         """The dimension choices this hardware can run, as plain strings/ints.
 
         Returns the keys of `define_by_run`: precision, quantization, batch_size,
-        threads, compile, compile_int8, compile_dynamic, batch_split, layout. Raises SpaceError
+        threads, compile, compile_int8, compile_dynamic, precision_int8, batch_split, layout. Raises SpaceError
         when nothing is left.
         """
         d = self.dimensions
@@ -219,6 +219,7 @@ class SearchSpace(Strict):
             "compile": compile_fp,
             "compile_int8": compile_int8,
             "compile_dynamic": compile_dynamic,
+            "precision_int8": list(precision),  # OpenVINO int8: the precision of its layers left in float
             "batch_split": [b for b in d.batch_size if b >= 2],  # openvino_throughput splits a batch
             "batch_size": list(d.batch_size),
             "threads": threads,

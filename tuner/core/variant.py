@@ -107,10 +107,15 @@ class Variant:
             value = getattr(self, f)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`{f}` must be an integer >= 1; got {value!r}")
-        if self.quantization is not Quantization.NONE and self.precision is not Precision.FP32:
+        if (
+            self.quantization is not Quantization.NONE
+            and self.precision is not Precision.FP32
+            and self.compile not in OPENVINO_COMPILES
+        ):
             raise ConfigError(
-                f"`precision` must be fp32 when `quantization` is {self.quantization.value} "
-                f"(int8 variants keep fp32 activations); got {self.precision.value}"
+                f"`precision` must be fp32 when `quantization` is {self.quantization.value} and `compile` is "
+                f"{self.compile.value} (its layers left in float run fp32; only openvino and openvino_throughput "
+                f"run them at another precision); got {self.precision.value}"
             )
 
     @classmethod
@@ -130,6 +135,8 @@ class Variant:
     def label(self) -> str:
         """Human-readable name, used as MLflow run name and in progress lines."""
         kind = _SHORT.get(self.quantization, self.precision.value)
+        if self.quantization is not Quantization.NONE and self.precision is not Precision.FP32:
+            kind += f"+{self.precision.value}"  # int8, the layers left in float at this precision
         comp = _SHORT.get(self.compile, self.compile.value)
         return f"{kind} bs{self.batch_size} t{self.threads} {comp} {_SHORT[self.layout]}"
 
@@ -237,7 +244,12 @@ def variant_from_config(config: dict[str, Any]) -> Variant:
 
 # Optuna parameter -> Variant field, where a compile mode's choices differ from the others'
 # (a categorical parameter keeps the same choices in every trial): search/sampling.py.
-SAMPLER_ALIASES = {"compile_int8": "compile", "compile_dynamic": "compile", "batch_split": "batch_size"}
+SAMPLER_ALIASES = {
+    "compile_int8": "compile",
+    "compile_dynamic": "compile",
+    "batch_split": "batch_size",
+    "precision_int8": "precision",
+}
 
 
 def config_key(config: dict[str, Any]) -> str:

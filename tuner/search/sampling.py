@@ -38,8 +38,10 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.core.errors import ConfigError
 from tuner.core.variant import (
     BASELINE_FIELDS,
+    OPENVINO_COMPILES,
     TORCH_COMPILES,
     CompileMode,
     Layout,
@@ -151,7 +153,8 @@ def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] |
     and dynamic int8 sample theirs from `compile_int8` / `compile_dynamic`, other Optuna
     parameters, since a categorical parameter's choices may not change between trials); the
     precision only where the runtime has a choice (int8 keeps fp32 activations, ONNX Runtime
-    runs fp32); `openvino_throughput` its batch from `batch_split` (at least 2); the layout
+    runs fp32; OpenVINO int8 draws `precision_int8`, its layers left in float);
+    `openvino_throughput` its batch from `batch_split` (at least 2); the layout
     only for torch's own compile modes. The returned dict holds the constants Ray adds to
     the trial config (`SAMPLER_ALIASES` maps the parameters back to Variant fields).
     """
@@ -164,9 +167,12 @@ def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] |
         else:
             trial.suggest_categorical("precision", choices["precision"])
     else:
-        const["precision"] = Precision.FP32.value
         name = "compile_int8" if quant == Quantization.STATIC_INT8.value else "compile_dynamic"
         compile_ = trial.suggest_categorical(name, choices[name])
+        if CompileMode(compile_) in OPENVINO_COMPILES:  # its layers left in float: f32 or bf16
+            trial.suggest_categorical("precision_int8", choices["precision_int8"])
+        else:
+            const["precision"] = Precision.FP32.value
     if compile_ == CompileMode.OPENVINO_THROUGHPUT.value:
         trial.suggest_categorical("batch_split", choices["batch_split"])
     else:
@@ -194,6 +200,8 @@ def to_params(variant: dict[str, Any]) -> dict[str, Any]:
             params["precision"] = v.precision.value
     else:
         params["compile_int8" if v.quantization is Quantization.STATIC_INT8 else "compile_dynamic"] = v.compile.value
+        if v.compile in OPENVINO_COMPILES:
+            params["precision_int8"] = v.precision.value
     params["batch_split" if v.compile is CompileMode.OPENVINO_THROUGHPUT else "batch_size"] = v.batch_size
     params["threads"] = v.threads
     if v.compile in TORCH_COMPILES:
@@ -215,8 +223,6 @@ def all_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
     points: dict[str, dict[str, Any]] = {}
     for values in itertools.product(*pools):
         flat = dict(zip(names, values, strict=True))
-        if flat["quantization"] != Quantization.NONE.value and flat["precision"] != Precision.FP32.value:
-            continue
         if not feasible(flat):
             continue
         params = to_params(flat)
@@ -235,7 +241,10 @@ def feasible(config: dict[str, Any]) -> bool:
     """Whether a sampled config is a variant at all (the pairs `infeasible_reason` rules
     out). Each value on its own is already feasible on this hardware: `choices` holds only
     those (config/space.py), so the hardware flags are not asked again here."""
-    v = variant_from_config(config)
+    try:
+        v = variant_from_config(config)
+    except ConfigError:  # e.g. int8 with bf16 on a runtime that runs its float layers in fp32
+        return False
     return infeasible_reason(v, device="cpu", fp16_native=True, bf16_native=True) is None
 
 
@@ -245,7 +254,9 @@ def feasible(config: dict[str, Any]) -> bool:
 # Runtime QDQ), so that the sampler has seen every runtime early; then float families.
 PROBES: tuple[dict[str, Any], ...] = (  # flat variants (Variant fields), as search.enqueue
     {"quantization": "static_int8", "compile": "torchscript", "layout": "contiguous"},
-    {"quantization": "static_int8", "compile": "openvino", "layout": "contiguous"},
+    # OpenVINO's CPU plugin runs an int8 model's float layers in bf16 by default where the CPU
+    # has it (faster than f32 here); fp32 where it has not.
+    {"quantization": "static_int8", "compile": "openvino", "precision": "bf16", "layout": "contiguous"},
     {"quantization": "static_int8", "compile": "inductor", "layout": "contiguous"},
     {"quantization": "static_int8", "compile": "onnxruntime", "layout": "contiguous"},
     {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
@@ -255,8 +266,16 @@ PROBES: tuple[dict[str, Any], ...] = (  # flat variants (Variant fields), as sea
 # For the throughput objective, OpenVINO int8 at a batch, with one stream and with the
 # THROUGHPUT hint's several (on resnet50 here: 98 and 90-100 items/s, against 88 at batch 1).
 THROUGHPUT_PROBES = (
-    ({"quantization": "static_int8", "compile": "openvino", "layout": "contiguous"}, "batch_size", 8),
-    ({"quantization": "static_int8", "compile": "openvino_throughput", "layout": "contiguous"}, "batch_split", 16),
+    (
+        {"quantization": "static_int8", "compile": "openvino", "precision": "bf16", "layout": "contiguous"},
+        "batch_size",
+        8,
+    ),
+    (
+        {"quantization": "static_int8", "compile": "openvino_throughput", "precision": "bf16", "layout": "contiguous"},
+        "batch_split",
+        16,
+    ),
 )
 
 
@@ -295,11 +314,11 @@ def initial_points(
     for probe in probes:
         if len(points) > trials // 4:
             break
-        flat = {**flat_base, **probe}
-        if not feasible(flat):
-            continue
-        point = to_params(flat)
-        if in_space(point, choices) and config_key(point) not in seen:
-            seen.add(config_key(point))
-            points.append(point)
+        for flat in ({**flat_base, **probe}, {**flat_base, **probe, "precision": "fp32"}):  # bf16, else fp32
+            point = to_params(flat) if feasible(flat) else None
+            if point is not None and in_space(point, choices):
+                if config_key(point) not in seen:
+                    seen.add(config_key(point))
+                    points.append(point)
+                break
     return points
