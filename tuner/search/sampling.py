@@ -259,6 +259,9 @@ PROBES: tuple[dict[str, Any], ...] = (  # flat variants (Variant fields), as sea
     {"quantization": "static_int8", "compile": "openvino", "precision": "bf16", "layout": "contiguous"},
     {"quantization": "static_int8", "compile": "inductor", "layout": "contiguous"},
     {"quantization": "static_int8", "compile": "onnxruntime", "layout": "contiguous"},
+    # fp32 on the other runtimes, for models whose int8 (or bf16) loses too much accuracy
+    {"precision": "fp32", "compile": "openvino", "layout": "contiguous"},
+    {"precision": "fp32", "compile": "onnxruntime", "layout": "contiguous"},
     {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
     {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
     {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
@@ -285,7 +288,7 @@ def initial_points(
     enqueue: list[dict[str, Any]] | tuple[()] = (),
     objective: str = "latency",
 ) -> list[dict[str, Any]]:
-    """The baseline, then the space's `search.enqueue` configs, then up to a quarter of the
+    """The baseline, then the space's `search.enqueue` configs, then up to a third of the
     budget of PROBES that this space and this hardware allow (batch 1, all threads), so that
     the sampler starts from diverse known-good points (every runtime from 16 trials on)."""
     base = baseline_point(choices)
@@ -312,7 +315,7 @@ def initial_points(
             if batches:
                 probes.insert(1, {**probe, "batch_size": max(batches)})
     for probe in probes:
-        if len(points) > trials // 4:
+        if len(points) > trials // 3:
             break
         for flat in ({**flat_base, **probe}, {**flat_base, **probe, "precision": "fp32"}):  # bf16, else fp32
             point = to_params(flat) if feasible(flat) else None
