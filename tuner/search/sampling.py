@@ -318,10 +318,10 @@ def initial_points(
         if len(points) > trials // 3:
             break
         for flat in ({**flat_base, **probe}, {**flat_base, **probe, "precision": "fp32"}):  # bf16, else fp32
-            point = to_params(flat) if feasible(flat) else None
-            if point is not None and in_space(point, choices):
-                if config_key(point) not in seen:
-                    seen.add(config_key(point))
-                    points.append(point)
+            params = to_params(flat) if feasible(flat) else None
+            if params is not None and in_space(params, choices):
+                if config_key(params) not in seen:
+                    seen.add(config_key(params))
+                    points.append(params)
                 break
     return points
