@@ -20,9 +20,9 @@ from torch import nn
 
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
-from tuner.build.quantize import QUANTIZERS
+from tuner.build.quantize import quantize
 from tuner.build.runtime import Runtime, example_batch
-from tuner.core.variant import INDUCTOR_COMPILES, CompileMode, Layout, Precision, Quantization, Variant
+from tuner.core.variant import CompileMode, Layout, Precision, Variant
 
 
 def _onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
@@ -90,9 +90,8 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     start = time.perf_counter()
     if variant.compile in RUNTIMES:
         rt = RUNTIMES[variant.compile](model.eval(), variant, calibration.cpu())
-        rt.run(
-            example_batch(calibration.cpu(), variant.batch_size)
-        )  # first call: the runtime's own lazy set-up, counted as build time
+        # first call: the runtime's own lazy set-up, counted as build time
+        rt.run(example_batch(calibration.cpu(), variant.batch_size))
         return BuiltVariant(variant, rt.run, model, DTYPES[Precision.FP32], torch.contiguous_format,
                             torch.device("cpu"), time.perf_counter() - start, rt.figures, rt.size_mb)  # fmt: skip
 
@@ -101,12 +100,7 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
     dtype = DTYPES[variant.precision]
 
     model = apply_precision(model.eval().to(dev), variant.precision)
-    if variant.compile in INDUCTOR_COMPILES and variant.quantization is not Quantization.NONE:
-        from tuner.build.pt2e import quantize_pt2e  # torchao loads only when used
-
-        model = quantize_pt2e(model, calibration.to(dev), variant.batch_size, variant.quantization)
-    else:
-        model = QUANTIZERS[variant.quantization](model, calibration.to(dev), variant.batch_size)
+    model = quantize(model, variant, calibration.to(dev))
     if variant.layout is Layout.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import Quantization
+from tuner.core.variant import INDUCTOR_COMPILES, Quantization, Variant
 
 
 def _none(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> nn.Module:
@@ -65,3 +65,16 @@ QUANTIZERS: dict[Quantization, Callable[[nn.Module, torch.Tensor, int], nn.Modul
     Quantization.DYNAMIC_INT8: _dynamic_int8,
     Quantization.STATIC_INT8: _static_int8,
 }
+
+
+def _pt2e(model: nn.Module, calibration: torch.Tensor, batch_size: int, quantization: Quantization) -> nn.Module:
+    from tuner.build.pt2e import quantize_pt2e  # torchao loads only when used
+
+    return quantize_pt2e(model, calibration, batch_size, quantization)
+
+
+def quantize(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> nn.Module:
+    """The variant's int8 path: PT2E where inductor compiles it, FX (`QUANTIZERS`) otherwise."""
+    if variant.compile in INDUCTOR_COMPILES and variant.quantization is not Quantization.NONE:
+        return _pt2e(model, calibration, variant.batch_size, variant.quantization)
+    return QUANTIZERS[variant.quantization](model, calibration, variant.batch_size)
