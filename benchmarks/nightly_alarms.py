@@ -72,7 +72,7 @@ def main() -> None:
     try:
         clean_fn = ray_confirm(ref, settings, cores)
         slow_fn = ray_confirm(ref, slowed, cores)
-        accepted_m = measure(clean_fn, champion, cores, args.rounds, ref.flops_per_item)
+        accepted_m = measure(clean_fn, champion, cores, args.rounds, ref.flops_per_item, cores)
         if accepted_m is None:
             raise SystemExit("the acceptance measurement failed")
         accepted = accepted_m.figures()

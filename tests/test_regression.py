@@ -6,6 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tuner.measure.hardware import usable_cores
+from tuner.nightly.check import probe_threads_of
 from tuner.nightly.regression import decide_champion, judge
 
 ACCEPTED = {"p50_ms": 10.0, "p50_ms_low": 9.8, "p50_ms_high": 10.2, "throughput_ips": 100.0,
@@ -104,7 +106,12 @@ def test_accepted_figures_carry_the_normalised_figures_and_references():
          "quantization": "static_int8", "latency_p50_ms": 12.5, "throughput_ips": 79.0, **cols},
     ])  # fmt: skip
     df.attrs["probe_p50_ms"] = {"int8": 2.5, "fp32": 14.0}
+    df.attrs["probe_threads"] = 2
     f = accepted_figures(df.iloc[1], df)
     assert f["speedup"] == 4.5 and f["speedup_low"] == 4.4 and f["ceiling_fraction_high"] == 0.76
     assert f["baseline_p50_ms"] == 54.0 and f["probe_p50_ms"] == 2.5  # the int8 probe, not the fp32 one
+    # The nightly check runs its probe on the threads the accepted one ran on (a probe on
+    # one thread against an accepted two-thread probe reads as drift and hides a regression).
+    assert f["probe_threads"] == 2 and probe_threads_of(f) == 2
+    assert probe_threads_of({}) == usable_cores()  # accepted before the thread count was stored
     assert f["p50_ms"] == 12.0 and f["quality"] == 1.0

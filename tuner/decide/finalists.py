@@ -93,6 +93,7 @@ def confirm_finalists(
             )
     probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
     _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
+    df.attrs["probe_threads"] = probe_threads  # the nightly check measures its probe the same way
     candidates = [i for i in picks if i in confirmed]
     if not candidates:
         return Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept")

@@ -14,6 +14,7 @@ from typing import Any
 from tuner.core.console import say
 from tuner.core.variant import MachineProbe, Variant, baseline, ceiling_key
 from tuner.decide.finalists import ConfirmFn, confirmed_runs
+from tuner.measure.hardware import usable_cores
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
 
 
@@ -26,18 +27,26 @@ class CheckResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # each attempt's verdict
 
 
-def references(champion: Variant, threads: int) -> tuple[Variant, MachineProbe]:
-    """The baseline (fp32 eager, batch 1, all threads) and the probe of the champion's
-    precision (all threads, as the search's confirmation measures it)."""
+def references(champion: Variant, threads: int, probe_threads: int) -> tuple[Variant, MachineProbe]:
+    """The baseline (fp32 eager, batch 1, the search's threads) and the probe of the
+    champion's precision on `probe_threads`: the machine's cores, as the search's
+    confirmation measured the accepted probe (a probe on fewer threads runs slower and
+    would hide a regression as drift)."""
     key = ceiling_key(champion.precision.value, champion.quantization.value)
-    return baseline(threads), MachineProbe(key, threads)
+    return baseline(threads), MachineProbe(key, probe_threads)
+
+
+def probe_threads_of(accepted: dict[str, float]) -> int:
+    """The accepted probe's thread count (stored since its figures carry it), else the
+    machine's cores, which the search's confirmation has always used."""
+    return int(accepted.get("probe_threads") or usable_cores())
 
 
 def measure(
-    confirm_fn: ConfirmFn, champion: Variant, threads: int, rounds: int, flops_per_item: float
+    confirm_fn: ConfirmFn, champion: Variant, threads: int, rounds: int, flops_per_item: float, probe_threads: int
 ) -> Measured | None:
     """The three measured in `rounds` interleaved rounds; None if any of them failed."""
-    base, probe = references(champion, threads)
+    base, probe = references(champion, threads, probe_threads)
     res = confirm_fn([champion, base, probe], rounds)
     champ, base_times, probe_times = confirmed_runs(res, [champion.batch_size, 1, 1])
     if champ is None or base_times is None or probe_times is None:
@@ -60,7 +69,7 @@ def run_check(
     regression is called one. None when the measurement failed."""
     result: CheckResult | None = None
     for attempt in (1, 2):
-        measured = measure(confirm_fn, champion, threads, rounds, flops_per_item)
+        measured = measure(confirm_fn, champion, threads, rounds, flops_per_item, probe_threads_of(accepted))
         if measured is None:
             return result
         figures = measured.figures()

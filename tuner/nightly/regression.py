@@ -136,6 +136,7 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
     probe = df.attrs.get("probe_p50_ms", {}).get(ceiling_key(str(row["precision"]), str(row["quantization"])))
     if probe:
         figures["probe_p50_ms"] = float(probe)
+        figures["probe_threads"] = float(df.attrs["probe_threads"])  # the check's probe must match it
     return figures
 
 
