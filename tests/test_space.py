@@ -106,8 +106,12 @@ def test_initial_points_are_baseline_then_feasible_probes():
     assert len(points) <= 1 + 16 // 3
     assert "bf16 bs1 t2 inductor cl" in [variant_from_config(p).label for p in initial_points(choices, trials=24)]
     tput = [variant_from_config(p).label for p in initial_points(choices, trials=24, objective="throughput")]
-    assert tput[1:5] == ["int8-static bs1 t2 torchscript nchw", "int8-static+bf16 bs8 t2 ov nchw",
-                         "int8-static+bf16 bs16 t2 ov-tput nchw", "int8-static+bf16 bs1 t2 ov nchw"]  # fmt: skip
+    assert tput[1:6] == ["int8-static bs1 t2 torchscript nchw", "int8-static+bf16 bs8 t2 ov nchw",
+                         "int8-static+bf16 bs16 t2 ov-tput nchw", "fp32 bs8 t2 ort nchw",
+                         "int8-static+bf16 bs1 t2 ov nchw"]  # fmt: skip
+    # a 16-trial throughput search still reaches the fp32 ONNX Runtime batch probe
+    assert "fp32 bs8 t2 ort nchw" in [variant_from_config(p).label
+                                      for p in initial_points(choices, trials=16, objective="throughput")]  # fmt: skip
     assert initial_points(choices, trials=2) == [baseline_point(choices)]
     no_bf16 = SearchSpace().feasible_choices(cores=2, device="cpu", fp16_native=False, bf16_native=False)
     no_bf16_points = initial_points(no_bf16, trials=40)
