@@ -1,16 +1,23 @@
 """`python -m tuner measure MODEL --config VARIANT.yaml`: one variant built and measured in
-this process, outside Ray, with the search's protocol (trial/evaluate.py)."""
+this process, outside Ray, with the search's protocol (trial/evaluate.py).
+
+`python -m tuner measure --model-uri models:/tuner-resnet50@candidate`: a registered model's
+own artifact (deploy/), loaded through MLflow as a deployment loads it, measured with the
+same protocol against the reference it was registered with; its p50 is printed beside the
+confirmed p50 the search registered it on."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.cli.search import load_space
-from tuner.core.errors import ConfigError, TunerError
+from tuner.core.errors import ConfigError, TunerError, one_line
 from tuner.core.variant import Variant
 from tuner.measure.hardware import usable_cores
 
@@ -18,6 +25,10 @@ PRINTED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model_uri:
+        return _run_registered(args)
+    if not args.model:
+        raise ConfigError("measure --config: name the MODEL too (e.g. `measure resnet50 --config recommended.yaml`)")
     variant, doc = _read_variant(args)
     space, _ = load_space(args)
     weights = args.weights or doc.get("weights", "auto")
@@ -41,17 +52,110 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed or 0))
     ref = reference_for(spec, space.eval, args.data)
     result = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect())))
-    out = {**variant.to_dict(), **result.to_dict()}
+    return _print(args, variant, result, ref, {})
+
+
+def _print(args: argparse.Namespace, variant: Variant, result: Any, ref: Any, extra: dict[str, Any]) -> int:
+    import torch
+
+    out = {**variant.to_dict(), **result.to_dict(), **extra}
     out.pop("traceback")
     out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__)
     if args.json:
         print(json.dumps(out, default=float))
     else:
-        print(f"{variant.label}: status {result.status} {result.error}")
-        for k in PRINTED:
+        print(f"{extra.get('model_uri', variant.label)}: status {result.status} {result.error}")
+        for k in (*PRINTED, *extra):
             if out.get(k) is not None:
                 print(f"  {k:16s} {out[k]}")
     return EXIT_OK if result.status == "ok" else EXIT_NO_RESULT
+
+
+def _run_registered(args: argparse.Namespace) -> int:
+    """Measure a registered tuner model's artifact itself (see the module docstring)."""
+    from tuner.core.env import quiet_logs, service_env
+
+    service_env()
+    quiet_logs()
+    from tuner.core.env import pin_threads
+    from tuner.inputs.models import ModelSpec, resolve_weights
+    from tuner.inputs.reference import reference_for
+    from tuner.measure.ceiling import for_hardware as ceiling_for
+    from tuner.measure.hardware import detect
+    from tuner.trial.evaluate import TrialSettings, evaluate
+
+    uri = args.model_uri
+    local, config = _download(uri, args.tracking_uri)
+    try:
+        variant = Variant.from_dict(config["variant"])
+    except TunerError as e:
+        raise ConfigError(f"--model-uri {uri}: its variant is not one this tuner knows: {e}") from None
+    if args.model and args.model != config["model"]:
+        raise ConfigError(f"--model-uri {uri}: the model is `{config['model']}`, not `{args.model}`")
+    cores = usable_cores()
+    if variant.threads > cores:
+        raise ConfigError(f"--model-uri {uri}: it runs on {variant.threads} threads; this machine has {cores} cores")
+    pin_threads(variant.threads)  # before the artifact loads: inter-op threads are set before any parallel work
+    loaded = _load(uri, local)
+    args.model = config["model"]
+    space, _ = load_space(args)
+    spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
+    ref = reference_for(spec, space.eval, args.data)
+    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()))
+    result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
+    extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
+    confirmed = config.get("confirmed_p50_ms")
+    if confirmed and result.status == "ok":
+        extra.update(registered_confirmed_p50_ms=confirmed,
+                     p50_vs_confirmed=result.to_dict()["latency_p50_ms"] / confirmed)  # fmt: skip
+    return _print(args, variant, result, ref, extra)
+
+
+def _download(uri: str, tracking_uri: str | None) -> tuple[Path, dict[str, Any]]:
+    """The model's files (local) and the loader's config; errors name the URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from tuner.tracking.store import absolute_uri, default_tracking_uri
+
+    mlflow.set_tracking_uri(absolute_uri(tracking_uri or default_tracking_uri()))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        flavor = Model.load(str(local)).flavors.get("python_function", {})
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"--model-uri {uri}: no such model: {one_line(e)}") from None
+    config = flavor.get("model_config") or {}
+    if "artifact" not in config or "variant" not in config:
+        raise ConfigError(f"--model-uri {uri}: not a model tuner registered (its pyfunc config has no `artifact`)")
+    return local, config
+
+
+def _load(uri: str, local: Path) -> Any:
+    import mlflow.pyfunc
+
+    try:
+        return mlflow.pyfunc.load_model(str(local))
+    except ImportError as e:
+        raise ConfigError(
+            f"--model-uri {uri}: it needs the package `{e.name}`, which is not installed here "
+            f"(`pip install {e.name}`; the model's requirements.txt lists the versions)"
+        ) from None
+
+
+def registered_variant(variant: Variant, loaded: Any, local: Path) -> Any:
+    """A loaded pyfunc model as a BuiltVariant: what `evaluate` times and checks."""
+    import numpy as np
+    import torch
+
+    from tuner.build import BuiltVariant
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(loaded.predict(x.numpy())))
+
+    size_mb = sum(f.stat().st_size for f in (local / "artifacts").rglob("*") if f.is_file()) / 2**20
+    return BuiltVariant(variant, run, torch.nn.Identity(), torch.float32, torch.contiguous_format,
+                        torch.device("cpu"), 0.0, {}, size_mb)  # fmt: skip
 
 
 def _read_variant(args: argparse.Namespace) -> tuple[Variant, dict]:

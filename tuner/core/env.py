@@ -36,6 +36,7 @@ QUIET = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # mlflow sets its own level when imported
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts" bars, read at each transfer
 }
 
 

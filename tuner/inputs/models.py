@@ -18,9 +18,11 @@ The eval and calibration data are inputs/data.py's.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
+import io
 import logging
 import pickle
 import socket
@@ -144,7 +146,10 @@ def _pretrained_available(weights: Any) -> bool:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        weights.get_state_dict(progress=False)
+        # torch.hub writes `Downloading: "<url>"` to stderr before it tries: offline, that line
+        # came before the random-init banner and read like a download that had happened.
+        with contextlib.redirect_stderr(io.StringIO()):
+            weights.get_state_dict(progress=False)
         return True
     except (OSError, RuntimeError, ValueError) as e:  # URLError/timeouts are OSErrors; a bad hash is a RuntimeError
         log.debug("pretrained download failed: %s", e)

@@ -70,6 +70,11 @@ def describe(
             lines.append(
                 f"- model: `{tags['tuner.registered_model']}` (alias `candidate`), {tags['tuner.model_export']}"
             )
+            if "tuner.model_check" in tags:
+                lines.append(f"- {tags['tuner.model_artifact']}; loaded back: {tags['tuner.model_check']}")
+        if "tuner.profile_top" in tags:
+            lines.append(f"- where its time goes (profile of a few batches, on the recommended trial's run under "
+                         f"`profile/`): {tags['tuner.profile_top']}")  # fmt: skip
         lines.append("")
     else:
         lines += [f"### No recommendation: {reason}", ""]

@@ -5,7 +5,7 @@ the registered model, the parent run's summary and the terminal report.
       recheck     a trial above its ceiling: that ceiling re-measured, else the best achieved
       select      feasible rows, Pareto front, recommendation (decide/pareto.py)
       confirm     finalists re-measured interleaved (decide/finalists.py)
-      _tag_children, tables, recommended.yaml, plots, model (tracking/export.py)
+      _tag_children, tables, recommended.yaml, plots, model (deploy/register.py)
       _close      parent-run metrics, tags, description and artifacts; terminal summary
 """
 
@@ -82,9 +82,11 @@ def finalize(
         _write_recommended(recommended, rec, req, ref, parent_id)
     plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
     if recommended is not None and export:
-        from tuner.tracking.export import register_recommended
+        from tuner.deploy.register import register_recommended
 
-        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker))
+        hw = recorder.hw
+        hardware = f"{hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu}, fingerprint {hw.fingerprint}"
+        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware))
     wall = time.time() - started
     facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
                         sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip

@@ -237,12 +237,23 @@ class Tracker:
                 self.client.log_artifact(run_id, str(folder / f))
 
     @_tolerant
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    @_tolerant
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
     @_tolerant
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+    @_tolerant
+    def describe_version(self, name: str, version: str, description: str, tags: dict[str, str]) -> None:
+        """A registered model version's description (the registry page shows it) and tags."""
+        self.client.update_model_version(name, version, description=description)
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, version, k, v)
 
     # ---- reading back (report, history, sync) ----------------------------------------
     def run(self, run_id: str) -> Any:

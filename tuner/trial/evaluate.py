@@ -114,8 +114,14 @@ def _ceiling_figures(
     }
 
 
-def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> TrialResult:
-    """Build and measure one variant in this process."""
+def evaluate(
+    variant: Variant,
+    ref: Reference,
+    settings: TrialSettings,
+    builder: Callable[[torch.nn.Module], BuiltVariant] | None = None,
+) -> TrialResult:
+    """Build and measure one variant in this process. `builder` replaces `build()`: e.g.
+    `measure --model-uri` measures a registered model's own artifact under this protocol."""
     hw = detect()
     load_start = os.getloadavg()[0]
     reason = infeasible_reason(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
@@ -126,7 +132,8 @@ def evaluate(variant: Variant, ref: Reference, settings: TrialSettings) -> Trial
     x = ref.data.inputs
     build_s = None
     try:
-        built = slowed(build(model, variant, ref.data.calibration, hw.device), settings.faults, variant)
+        made = builder(model) if builder is not None else build(model, variant, ref.data.calibration, hw.device)
+        built = slowed(made, settings.faults, variant)
         build_s = built.build_s
         batches = full_batches(x, variant.batch_size)
         with torch.inference_mode():

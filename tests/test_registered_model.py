@@ -1,0 +1,233 @@
+"""The pick in its runtime's own form (tuner/deploy/), for each runtime, for real: saved from
+the built variant, logged and registered in a real MLflow store, loaded back in a process
+where tuner cannot be imported (as a deployment loads it) and compared with the variant's
+own outputs; measured back with `measure --model-uri`; served over HTTP by `mlflow models
+serve`; and a bad URI or a missing runtime is a clear error (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tuner.core.variant import Variant
+from tuner.deploy.native import artifact_kind
+from tuner.deploy.register import log_and_register
+from tuner.inputs.models import ModelSpec
+from tuner.inputs.reference import prepare_reference
+from tuner.tracking.store import Tracker, registered_name
+
+from conftest import TESTS, tuner, tuner_env, write_space
+
+pytestmark = pytest.mark.slow  # each variant is built twice (the variant and its artifact)
+
+MODEL = "tiny_models:small_cnn"
+NAME = registered_name(MODEL)
+VARIANTS = [  # (variant fields, the artifact that reproduces it)
+    (dict(compile="torchscript", quantization="static_int8"), "torchscript"),  # FX int8
+    (dict(compile="eager", batch_size=2), "exported"),
+    (dict(compile="inductor", layout="channels_last"), "aoti"),
+    (dict(compile="inductor", quantization="static_int8"), "aoti"),  # PT2E int8
+    (dict(compile="onnxruntime", quantization="static_int8"), "onnx"),
+    (dict(compile="openvino", quantization="static_int8"), "openvino"),
+    (dict(compile="openvino_throughput", quantization="static_int8", batch_size=4), "openvino"),
+]
+IDS = [f"{kind}-{i}" for i, (_, kind) in enumerate(VARIANTS)]
+
+# Loads every registered version where `import tuner` fails, and saves its outputs.
+LOAD_WITHOUT_TUNER = """
+import sys, json, warnings
+sys.modules["tuner"] = None  # any import of tuner now raises ImportError
+import numpy as np, mlflow.pyfunc
+warnings.simplefilter("default")  # a deprecation warning would be printed
+for uri, x_path, out_path in json.loads(sys.argv[1]):
+    np.save(out_path, mlflow.pyfunc.load_model(uri).predict(np.load(x_path)))
+"""
+
+
+def _variant(fields: dict) -> Variant:
+    return Variant.from_dict({"batch_size": 1, "threads": 1, **fields})
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """Each variant saved and registered as a version of `tuner-tiny_models_small_cnn`
+    (confirmed p50 1.0 ms, for the comparison `measure --model-uri` prints)."""
+    folder = tmp_path_factory.mktemp("registered")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    ref = prepare_reference(ModelSpec(MODEL, "random", 0), input_size=32, n_eval=8, n_calib=4)
+    tracker = Tracker(uri, f"tuner/{MODEL}")
+    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ci_low_ms": 0.9, "confirmed_p50_ci_high_ms": 1.1})
+    versions = {}
+    x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
+    np.save(folder / "x.npy", x)
+    for fields, kind in VARIANTS:
+        variant = _variant(fields)
+        parent = tracker.start_parent("export test", {}, {})
+        child = tracker.log_child(parent, variant.label, {}, {}, {})  # the recommended trial's run
+        tags = log_and_register(pd.Series({**row, "mlflow_run_id": child}), variant, ref, tracker, parent, MODEL,
+                                "test host (fingerprint x)")  # fmt: skip
+        version = tags["tuner.registered_model"].split("/")[1]
+        versions[variant.label] = (variant, kind, version, tags)
+    return folder, uri, ref, versions
+
+
+def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
+    folder, uri, ref, versions = registered
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    for variant, kind, version, tags in versions.values():
+        assert artifact_kind(variant) == kind
+        assert tags["tuner.model_artifact"].startswith(f"{kind} (")
+        # registering loads the model back through MLflow and compares it with the variant
+        assert tags["tuner.model_check"].startswith("same outputs as the built variant"), tags["tuner.model_check"]
+        mv = client.get_model_version(NAME, version)
+        assert variant.label in mv.description and "p50 ms 1 [0.9, 1.1]" in mv.description
+        assert mv.tags["tuner.artifact"] == kind and mv.tags["tuner.hardware"] == "test host (fingerprint x)"
+        assert mv.tags["tuner.weights"] == ref.weights_label and mv.tags["tuner.data"] == ref.data_label
+        reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{version}")).read_text().split()
+        package = {"onnx": "onnxruntime", "openvino": "openvino"}.get(kind, "torch")
+        assert any(r.startswith(f"{package}==") for r in reqs) and "numpy" in reqs, reqs
+        assert not any(r.startswith("tuner") for r in reqs)  # the loader travels with the model
+        # the profile of the pick, on the recommended trial's run, and its top operators
+        profile = {f.path.removeprefix("profile/") for f in client.list_artifacts(_child_of(client, mv.run_id), "profile")}
+        expected = {"onnx": {"onnxruntime_profile.json"}, "openvino": {"openvino_perf_counters.txt"}}
+        assert profile == expected.get(kind, {"profile.json", "profile_top20.txt"}), (kind, profile)
+        top = tags["tuner.profile_top"].split(", ")
+        assert 1 <= len(top) <= 5 and all(t.endswith("%") for t in top), tags["tuner.profile_top"]
+    alias = client.get_model_version_by_alias(NAME, "candidate")
+    assert alias.version == max(v for *_, v, _ in versions.values())  # the last registration
+
+
+def _child_of(client: MlflowClient, parent: str) -> str:
+    run = client.get_run(parent)
+    (child,) = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    return child.info.run_id
+
+
+def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered):
+    folder, uri, ref, versions = registered
+    x = torch.from_numpy(np.load(folder / "x.npy"))
+    jobs = [(f"models:/{NAME}/{version}", str(folder / "x.npy"), str(folder / f"out-{version}.npy"))
+            for _, _, version, _ in versions.values()]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": ""}
+    r = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_TUNER, json.dumps(jobs)], env=env, capture_output=True,
+                       text=True, timeout=600, cwd=folder)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for word in ("FutureWarning", "DeprecationWarning", "deprecated"):
+        assert word not in r.stderr, r.stderr[-3000:]
+    from tuner.build import build
+
+    for variant, kind, version, _ in versions.values():
+        got = torch.from_numpy(np.load(folder / f"out-{version}.npy"))
+        built = build(ref.load_module(), variant, ref.data.calibration)
+        padded = torch.cat([x, x[: (-len(x)) % variant.batch_size]])
+        with torch.inference_mode():
+            want = torch.cat([built.run(built.prepare(b)).float() for b in padded.split(variant.batch_size)])[: len(x)]
+        assert got.shape == want.shape, (variant.label, kind)
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (variant.label, kind, (got - want).abs().max())
+
+
+def test_measure_model_uri_measures_the_artifact_itself(registered, tmp_path):
+    folder, uri, ref, versions = registered
+    space = write_space(tmp_path / "space.yaml", eval={"samples": 8, "calibration_samples": 4, "input_size": 32})
+    for variant, kind, version, _ in versions.values():
+        if kind not in ("onnx", "aoti"):
+            continue
+        m = tuner("measure", "--model-uri", f"models:/{NAME}/{version}", "--tracking-uri", uri, "--space", str(space),
+                  "--weights", "random", "--json", cwd=tmp_path)  # fmt: skip
+        assert m.returncode == 0, m.stdout + m.stderr
+        fig = json.loads(m.stdout.strip().splitlines()[-1])
+        assert fig["status"] == "ok", fig["error"]
+        assert fig["artifact"] == kind and fig["model_uri"] == f"models:/{NAME}/{version}"
+        assert {k: fig[k] for k in variant.to_dict()} == variant.to_dict()
+        assert fig["latency_p50_ms"] > 0 and fig["p50_vs_confirmed"] == pytest.approx(fig["latency_p50_ms"] / 1.0)
+        assert fig["top1_agreement"] >= 0.75  # against the fp32 reference (int8 on a random model)
+
+
+@pytest.mark.parametrize(
+    "uri, fragment",
+    [
+        ("models:/tuner-no_such_model@candidate", "no such model"),
+        (f"models:/{NAME}@no_such_alias", "no such model"),
+    ],
+)
+def test_a_bad_model_uri_is_a_clear_error(registered, tmp_path, uri, fragment):
+    folder, tracking, *_ = registered
+    m = tuner("measure", "--model-uri", uri, "--tracking-uri", tracking, cwd=tmp_path)
+    assert m.returncode == 2, m.stdout + m.stderr
+    assert f"--model-uri {uri}" in m.stderr and fragment in m.stderr and "Traceback" not in m.stderr
+
+
+def test_a_missing_runtime_is_a_clear_error(registered, tmp_path):
+    folder, tracking, ref, versions = registered
+    version = next(v for _, kind, v, _ in versions.values() if kind == "onnx")
+    uri = f"models:/{NAME}/{version}"
+    code = ("import sys; sys.modules['onnxruntime'] = None; from tuner.cli.main import main; "
+            f"sys.exit(main(['measure', '--model-uri', {uri!r}, '--tracking-uri', {tracking!r}]))")  # fmt: skip
+    m = subprocess.run([sys.executable, "-c", code], env=tuner_env(tmp_path), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert m.returncode == 2, m.stdout + m.stderr
+    assert f"--model-uri {uri}" in m.stderr and "`onnxruntime`" in m.stderr and "Traceback" not in m.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["onnx", "aoti"])
+def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
+    """`mlflow models serve` answers a real request with the variant's outputs."""
+    folder, uri, ref, versions = registered
+    variant, _, version, _ = next(v for v in versions.values() if v[1] == kind)
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(TESTS)}
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/{version}",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not answer within 120 s: " + (tmp_path / "serve.log").read_text())
+        x = np.load(folder / "x.npy")
+        body = json.dumps({"inputs": x.tolist()}).encode()
+        req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    got = torch.tensor(answer["predictions"])
+    from tuner.build import build
+
+    built = build(ref.load_module(), variant, ref.data.calibration)
+    xs = torch.from_numpy(x)
+    with torch.inference_mode():
+        want = torch.cat([built.run(built.prepare(xs[i : i + 1])).float() for i in range(len(xs))])
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (got - want).abs().max()

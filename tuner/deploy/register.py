@@ -1,0 +1,151 @@
+"""The recommended variant as a deployable MLflow model (README "The recommended model").
+
+The variant is saved in its runtime's own form (deploy/native.py) and logged under the
+search's parent run with `mlflow.pyfunc.log_model` as "models from code": the loader
+deploy/pyfunc_model.py travels with the model and imports no tuner module, so the model
+loads where mlflow, numpy and the runtime's package are installed. Its `pip_requirements`
+are exactly those. It is registered as `tuner-<model>` with the alias `candidate` (the
+nightly job moves `champion`); the version's description and tags carry the variant, the
+confirmed figures with their intervals, the hardware fingerprint, and the weights and
+data labels.
+
+After logging, the model is loaded back through MLflow and its outputs compared with the
+built variant's (`tuner.model_check` on the parent run): a model that does not reproduce
+what was measured is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tuner.core.console import say
+from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.variant import Variant
+from tuner.deploy.native import Native, save_native
+from tuner.inputs.reference import Reference
+from tuner.tracking.store import Tracker, registered_name
+
+LOADER = Path(__file__).with_name("pyfunc_model.py")
+
+# What the version's description and tags carry from the recommended row.
+CONFIRMED = (
+    ("p50 ms", "confirmed_p50_ms", "confirmed_p50_ci_low_ms", "confirmed_p50_ci_high_ms"),
+    ("items/s", "confirmed_throughput_ips", "confirmed_throughput_ci_low", "confirmed_throughput_ci_high"),
+    ("speedup x", "confirmed_speedup_vs_baseline", "confirmed_speedup_ci_low", "confirmed_speedup_ci_high"),
+)
+
+
+def confirmed_text(row: pd.Series) -> str:
+    parts = []
+    for name, value, low, high in CONFIRMED:
+        if pd.notna(row.get(value, float("nan"))):
+            parts.append(f"{name} {row[value]:.4g} [{row[low]:.4g}, {row[high]:.4g}]")
+    return ", ".join(parts) or "not confirmed (search-time figures only)"
+
+
+def log_and_register(
+    row: pd.Series, variant: Variant, ref: Reference, tracker: Tracker, parent_id: str, model: str, hardware: str
+) -> dict[str, str]:
+    """Save, log under the parent run, register as `tuner-<model>` @ candidate, describe the
+    version, load it back and compare. Returns tags for the parent run."""
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracker.uri)
+    name = registered_name(model)
+    with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
+        native = save_native(variant, ref, Path(tmp) / "artifact")
+        config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
+                  "weights_label": ref.weights_label, "data": ref.data_label, "hardware": hardware,
+                  "confirmed_p50_ms": _float(row.get("confirmed_p50_ms"))}  # fmt: skip
+        signature = infer_signature(native.example.numpy(), native.outputs.numpy())
+        with mlflow.start_run(run_id=parent_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(LOADER),
+                artifacts={"model": str(native.path)},
+                model_config=config,
+                signature=signature,
+                pip_requirements=native.requirements,
+                registered_model_name=name,
+            )
+        size_mb = native.size_mb
+        version = str(info.registered_model_version)
+        tracker.set_alias(name, "candidate", version)
+        check = _check(info.model_uri, native)
+        prof = _profile(native, Path(tmp) / "profile", tracker, str(row.get("mlflow_run_id") or ""))
+    description = (
+        f"{variant.label}: {native.how}.\n\nConfirmed on {hardware}: {confirmed_text(row)}.\n\n"
+        f"Weights: {ref.weights_label}. Data: {ref.data_label}. Artifact: {size_mb:.1f} MB. "
+        f"Loaded back through MLflow: {check}."
+    )
+    tracker.describe_version(name, version, description, {
+        "tuner.variant": variant.label, "tuner.artifact": native.config["artifact"], "tuner.hardware": hardware,
+        "tuner.confirmed": confirmed_text(row), "tuner.weights": ref.weights_label, "tuner.data": ref.data_label,
+        "tuner.search_run": parent_id,
+    })  # fmt: skip
+    return {
+        "tuner.model_uri": info.model_uri,
+        "tuner.registered_model": f"{name}/{version}",
+        "tuner.model_export": native.how,
+        "tuner.model_artifact": f"{native.config['artifact']} ({size_mb:.1f} MB)",
+        "tuner.model_check": check,
+        **({"tuner.profile_top": prof} if prof else {}),
+    }
+
+
+def _profile(native: Native, folder: Path, tracker: Tracker, run_id: str) -> str:
+    """Profile the pick (deploy/profile.py) onto the recommended trial's run, under
+    `profile/`; returns its five most expensive operators ("" without a trial run)."""
+    from tuner.deploy.profile import profile
+
+    if not run_id:
+        return ""
+    prof = profile(native, native.built, folder)
+    for f in prof.files:
+        tracker.log_artifact(run_id, f, "profile")
+    return prof.text()
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if v is not None and pd.notna(v) else None
+
+
+def _check(uri: str, native: Native) -> str:
+    """The registered model, loaded through MLflow, against the built variant's outputs."""
+    import mlflow.pyfunc
+
+    got = torch.from_numpy(np.asarray(mlflow.pyfunc.load_model(uri).predict(native.example.numpy())))
+    diff = float((got - native.outputs).abs().max())
+    scale = float(native.outputs.abs().max()) or 1.0
+    verdict = "same outputs" if diff <= 1e-3 * scale + 1e-4 else "OUTPUTS DIFFER"
+    return f"{verdict} as the built variant (max |diff| {diff:.3g} on {len(native.example)} inputs)"
+
+
+def register_recommended(
+    rec: pd.Series, ref: Reference, parent_id: str, model: str, tracker: Tracker, hardware: str
+) -> dict[str, str]:
+    """Log the recommended row's variant as an MLflow model and register it; the parent
+    run's tags say how it went. A variant that cannot be exported costs the search nothing
+    else: its results are written already."""
+    from mlflow.exceptions import MlflowException
+
+    from tuner.decide.pareto import variant_of
+
+    if tracker.down:
+        return {"tuner.model_export": "skipped: the MLflow store was unreachable"}
+    say("saving the recommended variant in its runtime's own form and registering it ...")
+    try:
+        tags = log_and_register(rec, variant_of(rec), ref, tracker, parent_id, model, hardware)
+    except (VariantUnsupported, RuntimeError, MlflowException, OSError, ImportError) as e:
+        say(f"warning: the recommended model was not logged: {one_line(e)}")
+        return {"tuner.model_export": f"failed: {one_line(e)}"}
+    say(f"model:   {tags['tuner.model_uri']} registered as {tags['tuner.registered_model']} (alias candidate)")
+    say(f"         {tags['tuner.model_artifact']}: {tags['tuner.model_export']}; {tags['tuner.model_check']}")
+    return tags
