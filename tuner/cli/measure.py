@@ -125,7 +125,7 @@ def _download(uri: str, tracking_uri: str | None) -> tuple[Path, dict[str, Any]]
         flavor = Model.load(str(local)).flavors.get("python_function", {})
     except (MlflowException, OSError) as e:
         raise ConfigError(f"--model-uri {uri}: no such model: {one_line(e)}") from None
-    config = flavor.get("model_config") or {}
+    config = flavor.get("config") or {}  # MLmodel's name for the model_config it was logged with
     if "artifact" not in config or "variant" not in config:
         raise ConfigError(f"--model-uri {uri}: not a model tuner registered (its pyfunc config has no `artifact`)")
     return local, config

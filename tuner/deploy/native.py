@@ -145,7 +145,8 @@ def _save_torch(
     layout); `build` itself then compiles a copy for the outputs the artifact is checked on."""
     built = build(model, variant, calibration)
     module = built.module  # precision, int8 and layout applied; not compiled
-    x = built.prepare(example_batch(calibration, variant.batch_size))
+    # A plain tensor, not built.prepare()'s inference tensor: torch.export traces with autograd on.
+    x = example_batch(calibration, variant.batch_size).to(built.input_dtype).contiguous(memory_format=built.memory_format)
     try:
         if kind == "aoti":
             return built, _aoti(module, x, variant, folder), (

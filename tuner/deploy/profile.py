@@ -14,8 +14,12 @@ the parent run's description lists them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,21 @@ def _top(times: Counter[str], n: int = 5) -> list[tuple[str, float]]:
     return [(op, t / total) for op, t in times.most_common(n)]
 
 
+@contextlib.contextmanager
+def native_stderr_dropped() -> Iterator[None]:
+    """The profiler's native library (kineto) prints to file descriptor 2 ("profiler_start",
+    "gpuGetDeviceCount failed" on a CPU-only box): dropped, so the terminal shows tuner's lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def profile(native: Native, built: BuiltVariant, folder: Path) -> Profile:
     folder.mkdir(parents=True, exist_ok=True)
     x = native.example.numpy()
@@ -61,7 +80,7 @@ def _torch(built: BuiltVariant, example: torch.Tensor, folder: Path) -> Profile:
     x = built.prepare(example)
     with torch.inference_mode():
         built.run(x)  # warm
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with native_stderr_dropped(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(BATCHES):
                 built.run(x)
     trace, table = folder / "profile.json", folder / "profile_top20.txt"

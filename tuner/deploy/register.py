@@ -16,7 +16,10 @@ what was measured is reported, not hidden.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,12 @@ def log_and_register(
                   "weights_label": ref.weights_label, "data": ref.data_label, "hardware": hardware,
                   "confirmed_p50_ms": _float(row.get("confirmed_p50_ms"))}  # fmt: skip
         signature = infer_signature(native.example.numpy(), native.outputs.numpy())
-        with mlflow.start_run(run_id=parent_id):
+        # No input example: MLflow would load the model to check it while logging (and warns
+        # without one); the signature says what it takes, and `_check` loads it back anyway.
+        # MLflow prints "Successfully registered model ..." / "Created version ..." on stderr;
+        # the line tuner prints after it says the same, with the alias.
+        with mlflow.start_run(run_id=parent_id), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(LOADER),
