@@ -31,7 +31,7 @@ from tuner.tracking.store import Tracker, registered_name
 
 from conftest import TESTS, tuner, tuner_env, write_space
 
-pytestmark = pytest.mark.slow  # each variant is built twice (the variant and its artifact)
+slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 
 MODEL = "tiny_models:small_cnn"
 NAME = registered_name(MODEL)
@@ -87,6 +87,7 @@ def registered(tmp_path_factory):
     return folder, uri, ref, versions
 
 
+@slow
 def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
     folder, uri, ref, versions = registered
     client = MlflowClient(uri)
@@ -105,7 +106,9 @@ def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
         assert any(r.startswith(f"{package}==") for r in reqs) and "numpy" in reqs, reqs
         assert not any(r.startswith("tuner") for r in reqs)  # the loader travels with the model
         # the profile of the pick, on the recommended trial's run, and its top operators
-        profile = {f.path.removeprefix("profile/") for f in client.list_artifacts(_child_of(client, mv.run_id), "profile")}
+        profile = {
+            f.path.removeprefix("profile/") for f in client.list_artifacts(_child_of(client, mv.run_id), "profile")
+        }
         expected = {"onnx": {"onnxruntime_profile.json"}, "openvino": {"openvino_perf_counters.txt"}}
         assert profile == expected.get(kind, {"profile.json", "profile_top20.txt"}), (kind, profile)
         top = tags["tuner.profile_top"].split(", ")
@@ -114,12 +117,43 @@ def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
     assert str(alias.version) == max(versions.values(), key=lambda v: int(v[2]))[2]  # the last registration
 
 
+@pytest.mark.parametrize(
+    "fields, kind",
+    [*VARIANTS, (dict(compile="eager", quantization="dynamic_int8"), "torchscript"),
+     (dict(compile="torchscript"), "torchscript"), (dict(compile="inductor_max_autotune"), "aoti")],
+)  # fmt: skip
+def test_each_compile_mode_has_its_artifact(fields, kind):
+    assert artifact_kind(_variant(fields)) == kind
+
+
+def test_the_loader_runs_full_batches_and_trims_the_padding():
+    """deploy/pyfunc_model.py's predict: any number of rows, in full batches of the measured
+    size (the last padded by wrapping around, as the trials did), one output row per input."""
+    from tuner.deploy.pyfunc_model import TunedModel
+
+    calls = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.reshape(len(x), -1)[:, :2] * 2
+
+    model = TunedModel()
+    model.batch_size, model.runner = 4, runner
+    x = np.arange(5 * 3, dtype=np.float32).reshape(5, 3, 1, 1)
+    out = model.predict(None, x)
+    assert calls == [4, 4] and out.shape == (5, 2) and out.dtype == np.float32
+    assert np.array_equal(out, x.reshape(5, 3)[:, :2] * 2)
+    with pytest.raises(ValueError, match="empty"):
+        model.predict(None, x[:0])
+
+
 def _child_of(client: MlflowClient, parent: str) -> str:
     run = client.get_run(parent)
     (child,) = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     return child.info.run_id
 
 
+@slow
 def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered):
     folder, uri, ref, versions = registered
     x = torch.from_numpy(np.load(folder / "x.npy"))
@@ -145,6 +179,7 @@ def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (variant.label, kind, (got - want).abs().max())
 
 
+@slow
 def test_measure_model_uri_measures_the_artifact_itself(registered, tmp_path):
     folder, uri, ref, versions = registered
     space = write_space(tmp_path / "space.yaml", eval={"samples": 8, "calibration_samples": 4, "input_size": 32})
@@ -169,6 +204,7 @@ def test_measure_model_uri_measures_the_artifact_itself(registered, tmp_path):
         (f"models:/{NAME}@no_such_alias", "no such model"),
     ],
 )
+@slow
 def test_a_bad_model_uri_is_a_clear_error(registered, tmp_path, uri, fragment):
     folder, tracking, *_ = registered
     m = tuner("measure", "--model-uri", uri, "--tracking-uri", tracking, cwd=tmp_path)
@@ -176,6 +212,7 @@ def test_a_bad_model_uri_is_a_clear_error(registered, tmp_path, uri, fragment):
     assert f"--model-uri {uri}" in m.stderr and fragment in m.stderr and "Traceback" not in m.stderr
 
 
+@slow
 def test_a_missing_runtime_is_a_clear_error(registered, tmp_path):
     folder, tracking, ref, versions = registered
     version = next(v for _, kind, v, _ in versions.values() if kind == "onnx")
@@ -194,6 +231,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@slow
 @pytest.mark.parametrize("kind", ["onnx", "aoti"])
 def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
     """`mlflow models serve` answers a real request with the variant's outputs."""

@@ -46,12 +46,18 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted search from its output folder (every setting as it was)",
     )
 
-    m = sub.add_parser("measure", help="measure one variant, or a registered model, outside Ray, with the same protocol")
+    m = sub.add_parser(
+        "measure", help="measure one variant, or a registered model, outside Ray, with the same protocol"
+    )
     m.add_argument("model", nargs="?", help="the model (with --config; --model-uri knows its own)")
     how = m.add_mutually_exclusive_group(required=True)
     how.add_argument("--config", type=Path, help="variant YAML, e.g. <output>/recommended.yaml")
-    how.add_argument("--model-uri", metavar="URI", help="a registered tuner model, e.g. models:/tuner-resnet50@candidate")
-    m.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    how.add_argument(
+        "--model-uri", metavar="URI", help="a registered tuner model, e.g. models:/tuner-resnet50@candidate"
+    )
+    m.add_argument(
+        "--tracking-uri", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
     m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
     _add_model_args(m)
     m.add_argument("--json", action="store_true", help="print one JSON object with the figures")

@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
             f"--config {args.config}: `variant.threads` is {variant.threads}; this machine has {cores} cores"
         )
 
-    import torch
-
     from tuner.core.env import pin_threads
     from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
     from tuner.inputs.reference import reference_for

@@ -114,8 +114,12 @@ def _save_runtime(
             for f in folder.glob("*.onnx"):
                 if f != path:
                     f.unlink()
-        config["session"] = {"intra_op_num_threads": variant.threads, "inter_op_num_threads": 1,
-                             "execution_mode": "ORT_SEQUENTIAL", "graph_optimization_level": "ORT_ENABLE_ALL"}  # fmt: skip
+        config["session"] = {
+            "intra_op_num_threads": variant.threads,
+            "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL",
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+        }
         return path, "the ONNX file the trial ran, with its session settings", [_version("onnxruntime")]
     import openvino as ov
 
@@ -133,9 +137,11 @@ def _save_runtime(
     else:
         props.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=requests, requests=requests)
     config["compile"] = props
-    return path, "the OpenVINO IR the trial compiled (fp32 weights kept), with its compile properties", [
-        _version("openvino")
-    ]
+    return (
+        path,
+        "the OpenVINO IR the trial compiled (fp32 weights kept), with its compile properties",
+        [_version("openvino")],
+    )
 
 
 def _save_torch(
@@ -146,12 +152,17 @@ def _save_torch(
     built = build(model, variant, calibration)
     module = built.module  # precision, int8 and layout applied; not compiled
     # A plain tensor, not built.prepare()'s inference tensor: torch.export traces with autograd on.
-    x = example_batch(calibration, variant.batch_size).to(built.input_dtype).contiguous(memory_format=built.memory_format)
+    x = example_batch(calibration, variant.batch_size).to(built.input_dtype)
+    x = x.contiguous(memory_format=built.memory_format)
     try:
         if kind == "aoti":
-            return built, _aoti(module, x, variant, folder), (
-                f"an AOTInductor package (torch.export + aoti_compile_and_package, freezing, "
-                f"{variant.threads} thread(s))"
+            return (
+                built,
+                _aoti(module, x, variant, folder),
+                (
+                    f"an AOTInductor package (torch.export + aoti_compile_and_package, freezing, "
+                    f"{variant.threads} thread(s))"
+                ),
             )
         if kind == "exported":
             ep = torch.export.export(module, (x,))
@@ -184,4 +195,3 @@ def _aoti(module: nn.Module, x: torch.Tensor, variant: Variant, folder: Path) ->
         ep = torch.export.export(module, (x,))
         torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=configs)
     return path
-

@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import sys
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +42,9 @@ class Profile:
         return ", ".join(f"{op} {share:.0%}" for op, share in self.top)
 
 
-def _top(times: Counter[str], n: int = 5) -> list[tuple[str, float]]:
+def _top(times: dict[str, float], n: int = 5) -> list[tuple[str, float]]:
     total = sum(times.values()) or 1.0
-    return [(op, t / total) for op, t in times.most_common(n)]
+    return [(op, t / total) for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:n]]
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ def _torch(built: BuiltVariant, example: torch.Tensor, folder: Path) -> Profile:
     prof.export_chrome_trace(str(trace))
     averages = prof.key_averages()
     table.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=20))
-    times = Counter({e.key: float(e.self_cpu_time_total) for e in averages if e.self_cpu_time_total > 0})
+    times = {e.key: float(e.self_cpu_time_total) for e in averages if e.self_cpu_time_total > 0}
     return Profile([trace, table], _top(times))
 
 
@@ -109,7 +109,7 @@ def _onnx(native: Native, x: np.ndarray, folder: Path) -> Profile:
         session.run(None, {name: x})
     path = Path(session.end_profiling())
     final = path.rename(folder / "onnxruntime_profile.json")
-    times: Counter[str] = Counter()
+    times: dict[str, float] = defaultdict(float)  # microseconds per operator type
     for event in json.loads(final.read_text()):
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             times[event.get("args", {}).get("op_name", "?")] += float(event.get("dur", 0))
@@ -127,7 +127,7 @@ def _openvino(native: Native, x: np.ndarray, folder: Path) -> Profile:
     model.reshape([batch, *shape[1:]])
     compiled = ov.Core().compile_model(model, "CPU", {**props, "PERF_COUNT": True})
     request = compiled.create_infer_request()
-    times: Counter[str] = Counter()
+    times: dict[str, float] = defaultdict(float)  # microseconds per operator type
     lines = ["node_name\tnode_type\texec_type\treal_time_us"]
     for _ in range(BATCHES):
         request.infer([np.ascontiguousarray(x[:batch])])
