@@ -156,4 +156,6 @@ def register_recommended(
         return {"tuner.model_export": f"failed: {one_line(e)}"}
     say(f"model:   {tags['tuner.model_uri']} registered as {tags['tuner.registered_model']} (alias candidate)")
     say(f"         {tags['tuner.model_artifact']}: {tags['tuner.model_export']}; {tags['tuner.model_check']}")
+    if "tuner.profile_top" in tags:
+        say(f"         where its time goes (profile on the recommended trial's run): {tags['tuner.profile_top']}")
     return tags

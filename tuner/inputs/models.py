@@ -146,9 +146,9 @@ def _pretrained_available(weights: Any) -> bool:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        # torch.hub writes `Downloading: "<url>"` to stderr before it tries: offline, that line
+        # torch.hub writes `Downloading: "<url>"` to stdout before it tries: offline, that line
         # came before the random-init banner and read like a download that had happened.
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             weights.get_state_dict(progress=False)
         return True
     except (OSError, RuntimeError, ValueError) as e:  # URLError/timeouts are OSErrors; a bad hash is a RuntimeError
