@@ -184,8 +184,6 @@ def test_measure_model_uri_measures_the_artifact_itself(registered, tmp_path):
     folder, uri, ref, versions = registered
     space = write_space(tmp_path / "space.yaml", eval={"samples": 8, "calibration_samples": 4, "input_size": 32})
     for variant, kind, version, _ in versions.values():
-        if kind not in ("onnx", "aoti"):
-            continue
         m = tuner("measure", "--model-uri", f"models:/{NAME}/{version}", "--tracking-uri", uri, "--space", str(space),
                   "--weights", "random", "--json", cwd=tmp_path)  # fmt: skip
         assert m.returncode == 0, m.stdout + m.stderr
@@ -232,7 +230,7 @@ def _free_port() -> int:
 
 
 @slow
-@pytest.mark.parametrize("kind", ["onnx", "aoti"])
+@pytest.mark.parametrize("kind", ["torchscript", "exported", "aoti", "onnx", "openvino"])
 def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
     """`mlflow models serve` answers a real request with the variant's outputs."""
     folder, uri, ref, versions = registered
