@@ -139,7 +139,10 @@ def test_a_slower_machine_is_drift_not_a_regression(nights):
     assert out.returncode == 0, out.stdout + out.stderr  # drift alone never fails the job
     assert rep["regression"] is False
     drift = rep["regression_check"]["drift"]
-    assert drift["together"] and drift["machine"] > 0.5, drift  # twice as slow: about +100%
+    # Twice as slow: about +100% against references measured in a quiet phase. The references
+    # are absolute p50s of another night, so a slow phase of the host then shrinks it (one CI-like
+    # run here: the accepted night's probe ran at 2.1 ms instead of 1.1, and drift read +45%).
+    assert drift["together"] and drift["machine"] > 0.25, drift
     assert drift["text"].startswith("machine slower by ") and drift["warning"]  # beyond the 15% default
     assert rep["regression_check"]["absolute"]["p50_ms"]["change"] > 0.5  # the old check would have alarmed
     assert "machine drift: machine slower by" in out.stdout and "warning: the machine drifted" in out.stdout
