@@ -117,11 +117,16 @@ def mlflow_server(folder: Path, port: int | None = None):
             raise RuntimeError("mlflow server did not answer within 60 s")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def tuner_env(cwd: Path) -> dict[str, str]:

@@ -29,7 +29,7 @@ from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
 from tuner.tracking.store import Tracker, registered_name
 
-from conftest import TESTS, tuner, tuner_env, write_space
+from conftest import TESTS, stop, tuner, tuner_env, write_space
 
 slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 
@@ -259,11 +259,7 @@ def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
         req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
     got = torch.tensor(answer["predictions"])
     from tuner.build import build

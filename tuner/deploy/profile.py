@@ -92,18 +92,9 @@ def _torch(built: BuiltVariant, example: torch.Tensor, folder: Path) -> Profile:
 
 
 def _onnx(native: Native, x: np.ndarray, folder: Path) -> Profile:
-    import onnxruntime as ort
+    from tuner.deploy.pyfunc_model import onnx_session
 
-    s = native.config["session"]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = s["intra_op_num_threads"]
-    so.inter_op_num_threads = s["inter_op_num_threads"]
-    so.execution_mode = getattr(ort.ExecutionMode, s["execution_mode"])
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, s["graph_optimization_level"])
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = str(folder / "onnxruntime_profile")
-    session = ort.InferenceSession(str(native.path), so, providers=["CPUExecutionProvider"])
+    session = onnx_session(str(native.path), native.config, profile_prefix=str(folder / "onnxruntime_profile"))
     name = session.get_inputs()[0].name
     for _ in range(BATCHES):
         session.run(None, {name: x})

@@ -35,7 +35,9 @@ from mlflow.pyfunc import PythonModel
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _onnx(path: str, cfg: dict[str, Any]) -> Runner:
+def onnx_session(path: str, cfg: dict[str, Any], profile_prefix: str | None = None) -> Any:
+    """An InferenceSession on the CPU with the measured settings (tuner's profile of the pick
+    uses it too, with ONNX Runtime's profiling on)."""
     import onnxruntime as ort
 
     s = cfg["session"]
@@ -45,7 +47,14 @@ def _onnx(path: str, cfg: dict[str, Any]) -> Runner:
     so.execution_mode = getattr(ort.ExecutionMode, s["execution_mode"])
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, s["graph_optimization_level"])
     so.log_severity_level = 3
-    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _onnx(path: str, cfg: dict[str, Any]) -> Runner:
+    session = onnx_session(path, cfg)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
