@@ -270,3 +270,18 @@ def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
         want = torch.cat([built.run(built.prepare(xs[i : i + 1])).float() for i in range(len(xs))])
     assert got.shape == want.shape
     assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (got - want).abs().max()
+
+
+def test_an_artifact_that_fails_to_export_is_tagged_and_the_search_goes_on(tmp_path, monkeypatch):
+    """register_recommended: an export failure is the parent's `tuner.model_export: failed:
+    ...` tag and a warning line, never an exception (the search's results are written already)."""
+    from tuner.deploy.register import register_recommended
+
+    monkeypatch.chdir(tmp_path)  # a local store keeps its artifacts in ./mlartifacts
+    ref = prepare_reference(ModelSpec("tiny_models:Unexportable", "random", 0), input_size=32, n_eval=4, n_calib=2)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tuner/unexportable")
+    parent = tracker.start_parent("export failure", {}, {})
+    row = pd.Series({**_variant(dict(compile="onnxruntime")).to_dict(), "mlflow_run_id": ""})
+    tags = register_recommended(row, ref, parent, "tiny_models:Unexportable", tracker, "test host")
+    assert tags["tuner.model_export"].startswith("failed: ") and "ONNX export failed" in tags["tuner.model_export"]
+    assert "tuner.registered_model" not in tags
