@@ -24,7 +24,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -83,6 +83,17 @@ def quantize_onnx(src: Path, dst: Path, quantization: Quantization, calibration:
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
     except Exception as e:  # onnxruntime.quantization raises plain Exceptions of many kinds
         raise VariantUnsupported(f"ONNX Runtime {quantization.value} quantization failed: {one_line(e)}") from e
+
+
+def session_settings(threads: int) -> dict[str, Any]:
+    """`session_options` as plain values (what the registered model's loader rebuilds them from)."""
+    so = session_options(threads)
+    return {
+        "intra_op_num_threads": so.intra_op_num_threads,
+        "inter_op_num_threads": so.inter_op_num_threads,
+        "execution_mode": so.execution_mode.name,
+        "graph_optimization_level": so.graph_optimization_level.name,
+    }
 
 
 def session_options(threads: int) -> onnxruntime.SessionOptions:

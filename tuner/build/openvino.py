@@ -83,12 +83,11 @@ def _compile(ov_model: ov.Model, batch: int, config: dict[str, Any]) -> ov.Compi
 def build_openvino(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
     ov_model = convert(model, variant, calibration)
     size_mb = sum(op.get_byte_size() for op in ov_model.get_ops() if op.get_type_name() == "Constant") / 2**20
-    config = {"INFERENCE_NUM_THREADS": variant.threads, "INFERENCE_PRECISION_HINT": PRECISION_HINT[variant.precision]}
     if variant.compile is CompileMode.OPENVINO:
-        compiled = _compile(ov_model, variant.batch_size, {**config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        compiled = _compile(ov_model, variant.batch_size, compile_properties(variant, 1))
         run, requests = _latency_runner(compiled), 1
     else:
-        run, compiled, requests = _throughput_runner(ov_model, variant.batch_size, config)
+        run, compiled, requests = _throughput_runner(ov_model, variant)
     figures = {
         "runtime_threads": float(compiled.get_property("INFERENCE_NUM_THREADS")),
         "runtime_requests": float(requests),
@@ -105,16 +104,28 @@ def _latency_runner(compiled: ov.CompiledModel) -> Runner:
     return run
 
 
-def _throughput_runner(ov_model: ov.Model, batch: int, config: dict[str, Any]) -> tuple[Runner, ov.CompiledModel, int]:
+def compile_properties(variant: Variant, requests: int) -> dict[str, Any]:
+    """What `compile_model` gets for this variant (the registered IR is compiled with the same):
+    the trial's threads and precision hint; LATENCY with one stream, or THROUGHPUT with one
+    stream per request."""
+    props: dict[str, Any] = {"INFERENCE_NUM_THREADS": variant.threads,
+                             "INFERENCE_PRECISION_HINT": PRECISION_HINT[variant.precision]}  # fmt: skip
+    if variant.compile is CompileMode.OPENVINO:
+        return {**props, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    return {**props, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": requests}
+
+
+def _throughput_runner(ov_model: ov.Model, variant: Variant) -> tuple[Runner, ov.CompiledModel, int]:
     """The batch split over the requests the THROUGHPUT hint asks for, run asynchronously."""
     import openvino as ov
 
-    hinted = _compile(ov_model, batch, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+    batch = variant.batch_size
+    hint = {k: v for k, v in compile_properties(variant, 0).items() if k != "NUM_STREAMS"}
+    hinted = _compile(ov_model, batch, hint)
     requests = math.gcd(batch, int(hinted.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     # One stream per request, sharing all of the trial's threads: the hint's own stream count
     # may not divide the batch, and streams without a request would leave threads idle.
-    compiled = _compile(ov_model, batch // requests, {**config, "PERFORMANCE_HINT": "THROUGHPUT",
-                                                      "NUM_STREAMS": requests})  # fmt: skip
+    compiled = _compile(ov_model, batch // requests, compile_properties(variant, requests))
     queue = ov.AsyncInferQueue(compiled, requests)
     outputs: list[np.ndarray | None] = [None] * requests
     queue.set_callback(lambda request, i: outputs.__setitem__(i, request.get_output_tensor(0).data.copy()))

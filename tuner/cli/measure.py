@@ -32,11 +32,7 @@ def run(args: argparse.Namespace) -> int:
     variant, doc = _read_variant(args)
     space, _ = load_space(args)
     weights = args.weights or doc.get("weights", "auto")
-    cores = usable_cores()  # taskset and cgroup limits count
-    if variant.threads > cores:
-        raise ConfigError(
-            f"--config {args.config}: `variant.threads` is {variant.threads}; this machine has {cores} cores"
-        )
+    _check_threads(variant, f"--config {args.config}")
 
     from tuner.core.env import pin_threads
     from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
@@ -51,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     ref = reference_for(spec, space.eval, args.data)
     result = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect())))
     return _print(args, variant, result, ref, {})
+
+
+def _check_threads(variant: Variant, source: str) -> None:
+    cores = usable_cores()  # taskset and cgroup limits count
+    if variant.threads > cores:
+        raise ConfigError(f"{source}: `variant.threads` is {variant.threads}; this machine has {cores} cores")
 
 
 def _print(args: argparse.Namespace, variant: Variant, result: Any, ref: Any, extra: dict[str, Any]) -> int:
@@ -90,9 +92,7 @@ def _run_registered(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model-uri {uri}: its variant is not one this tuner knows: {e}") from None
     if args.model and args.model != config["model"]:
         raise ConfigError(f"--model-uri {uri}: the model is `{config['model']}`, not `{args.model}`")
-    cores = usable_cores()
-    if variant.threads > cores:
-        raise ConfigError(f"--model-uri {uri}: it runs on {variant.threads} threads; this machine has {cores} cores")
+    _check_threads(variant, f"--model-uri {uri}")
     pin_threads(variant.threads)  # before the artifact loads: inter-op threads are set before any parallel work
     loaded = _load(uri, local)
     args.model = config["model"]

@@ -104,7 +104,7 @@ def _save_runtime(
     config: dict[str, Any],
 ) -> tuple[Path, str, list[str]]:  # fmt: skip
     if kind == "onnx":
-        from tuner.build.onnxrt import export_onnx, quantize_onnx
+        from tuner.build.onnxrt import export_onnx, quantize_onnx, session_settings
 
         path = folder / "model.onnx"
         export_onnx(model.eval(), example_batch(calibration, variant.batch_size), path)
@@ -114,28 +114,18 @@ def _save_runtime(
             for f in folder.glob("*.onnx"):
                 if f != path:
                     f.unlink()
-        config["session"] = {
-            "intra_op_num_threads": variant.threads,
-            "inter_op_num_threads": 1,
-            "execution_mode": "ORT_SEQUENTIAL",
-            "graph_optimization_level": "ORT_ENABLE_ALL",
-        }
+        config["session"] = session_settings(variant.threads)
         return path, "the ONNX file the trial ran, with its session settings", [_version("onnxruntime")]
     import openvino as ov
 
-    from tuner.build.openvino import PRECISION_HINT, convert
+    from tuner.build.openvino import compile_properties, convert
 
     ov_model = convert(model.eval(), variant, calibration)
     path = folder / "openvino"
     path.mkdir(exist_ok=True)
     ov.save_model(ov_model, str(path / "model.xml"), compress_to_fp16=False)  # fp16 weights by default
-    props: dict[str, Any] = {"INFERENCE_NUM_THREADS": variant.threads,
-                             "INFERENCE_PRECISION_HINT": PRECISION_HINT[variant.precision]}  # fmt: skip
     requests = int(built.figures.get("runtime_requests", 1))
-    if variant.compile is CompileMode.OPENVINO:
-        props.update(PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1)
-    else:
-        props.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=requests, requests=requests)
+    props = {**compile_properties(variant, requests), "requests": requests}
     config["compile"] = props
     return (
         path,
