@@ -32,6 +32,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tuner.outputs.tables import read_trials
+
 BASELINE = {"precision": "fp32", "quantization": "none", "batch_size": 1, "compile": "eager", "layout": "contiguous"}
 INT8 = {**BASELINE, "quantization": "static_int8", "compile": "torchscript"}
 
@@ -156,7 +158,7 @@ def ranking(searches: list[tuple[Path, float]]) -> None:
 def overhead(searches: list[tuple[Path, float]]) -> None:
     rows = []
     for dest, wall in searches:
-        t = pd.read_csv(dest / "trials.csv")
+        t = read_trials(dest / "trials.csv")
         t = t[t["status"] == "ok"]
         per_trial = t["process_wall_s"] + t["mlflow_s"] - t["build_s"] - t["measure_s"]
         # As the user sees it: time from one trial's end to the next one's, minus its work.

@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tuner.outputs.tables import read_trials
+
 
 def hypervolume(points: list[tuple[float, float]], ref_latency: float) -> float:
     """Area dominated by (latency, throughput) points (lower latency, higher throughput is
@@ -44,7 +46,7 @@ def run(job: Path, work: Path) -> tuple[pd.DataFrame, float, str]:
         sys.exit(f"nightly failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     run_dir = sorted((work / "runs").iterdir())[-1]
     rep = json.loads((run_dir / "nightly-report.json").read_text())["models"][0]
-    df = pd.read_csv(Path(rep["output"]) / "trials.csv")
+    df = read_trials(Path(rep["output"]) / "trials.csv")
     warm = next((ln for ln in r.stdout.splitlines() if ln.startswith("warm start")), "")
     return df, time.time() - start, warm
 

@@ -16,6 +16,7 @@ from tuner.core.schema import TrialResult
 from tuner.core.variant import Variant
 from tuner.measure.ceiling import CeilingEntry, keys_over_one, refit_fractions
 from tuner.measure.hardware import detect
+from tuner.outputs.tables import read_trials
 from tuner.search import finalize as finalize_mod
 
 CONV = "quantized::conv2d 3x3 256ch 28x28 (x86)"
@@ -142,7 +143,7 @@ def test_finalize_writes_the_corrected_fractions(tmp_path, monkeypatch):
     req = SearchRequest("tiny", SearchSpace(), tmp_path / "s.yaml", "random", None, uri, "tuner/ceiling", out)
     outcome = finalize_mod.finalize(rec, tracker, parent, req, ref, time.time(), export=False)  # type: ignore[arg-type]
     assert asked == [["int8"]]
-    written = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    written = read_trials(out / "trials.csv").set_index("trial_id")
     assert written.loc["t1", "ceiling_fraction"] == pytest.approx(1.0)
     assert written.loc["t0", "ceiling_fraction"] == pytest.approx(0.5)
     assert outcome.table["ceiling_fraction"].max() <= 1.0

@@ -18,6 +18,7 @@ from tuner.config.space import Constraints
 from tuner.core.schema import STATUSES
 from tuner.core.variant import Variant
 from tuner.decide.pareto import feasible_mask, pareto_mask
+from tuner.outputs.tables import read_trials
 
 from conftest import tuner, write_space
 from tiny_models import train_small_cnn
@@ -54,7 +55,7 @@ def test_progress_lines_and_recommendation(search):
 
 def test_outputs(search):
     work, out, uri, r = search
-    trials = pd.read_csv(out / "trials.csv")
+    trials = read_trials(out / "trials.csv")
     assert len(trials) == TRIALS
     first = trials.iloc[0]
     assert bool(first["is_baseline"]) and first["label"] == "fp32 bs1 t2 eager nchw"
@@ -62,7 +63,7 @@ def test_outputs(search):
                 "latency_p90_ms", "latency_p99_ms", "throughput_ips", "top1_agreement", "status", "error"):  # fmt: skip
         assert col in trials.columns, col
     assert set(trials["status"]) <= {"ok", "failed", "infeasible", "inaccurate"}
-    pareto = pd.read_csv(out / "pareto.csv")
+    pareto = read_trials(out / "pareto.csv")
     assert set(pareto["trial_id"]) == set(trials[trials["pareto"]]["trial_id"])
 
     # The recommended row is non-dominated and meets the constraints (recomputed here).
@@ -98,7 +99,7 @@ def test_mlflow_tree(search):
     assert len(children) == TRIALS
     assert len({c.data.tags["ray.trial_id"] for c in children}) == TRIALS
     assert sum(c.data.tags["tuner.recommended"] == "true" for c in children) == 1
-    trials = pd.read_csv(out / "trials.csv")
+    trials = read_trials(out / "trials.csv")
     n_pareto = len(client.search_runs([exp.experiment_id], "tags.`tuner.pareto` = 'true'"))
     assert n_pareto == int(trials["pareto"].sum()) >= 1
     for c in children:
@@ -161,14 +162,14 @@ def test_report_reads_the_search_back(search):
     parent = rec["mlflow"]["parent_run_id"]
     assert f"search {parent} (tuner/resnet18), {TRIALS} trials" in rep.stdout
     assert f"RECOMMENDED: {rec['label']}" in rep.stdout
-    trials = pd.read_csv(out / "trials.csv")
+    trials = read_trials(out / "trials.csv")
     assert len(trials) == TRIALS and trials["trial_id"].is_unique
     assert trials["status"].isin(STATUSES).all(), trials["status"]
     assert (trials["status"] == "ok").sum() >= 1 and bool(trials.loc[trials["recommended"], "status"].eq("ok").all())
     # What MLflow holds, read back by `report`, is trial for trial what trials.csv says.
     csv = tuner("report", "--format", "csv", cwd=work)
     assert csv.returncode == 0, csv.stderr
-    back = pd.read_csv(io.StringIO(csv.stdout))
+    back = read_trials(io.StringIO(csv.stdout))
     assert dict(zip(back["trial_id"], back["status"], strict=True)) == dict(
         zip(trials["trial_id"], trials["status"], strict=True)
     )
@@ -177,10 +178,10 @@ def test_report_reads_the_search_back(search):
 
 def test_report_formats_and_comparison(search):
     work, out, uri, r = search
-    trials = pd.read_csv(out / "trials.csv")
+    trials = read_trials(out / "trials.csv")
     csv = tuner("report", "--format", "csv", cwd=work)
     assert csv.returncode == 0, csv.stderr
-    table = pd.read_csv(io.StringIO(csv.stdout))
+    table = read_trials(io.StringIO(csv.stdout))
     assert sorted(table["trial_id"]) == sorted(trials["trial_id"])
     records = json.loads(tuner("report", "--format", "json", cwd=work).stdout)
     assert {r["label"] for r in records} == set(trials["label"])
@@ -209,7 +210,7 @@ def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):
     r = tuner("search", "tiny_models:untraceable", "--space", str(space), "--weights", "random", "--output", "out",
               cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     failed = trials[trials["status"] == "failed"]
     assert len(trials) == 4 and len(failed) >= 1
     assert failed["error"].str.contains("FX static quantization").all()
@@ -229,7 +230,7 @@ def test_user_model_with_its_checkpoint_and_labeled_data(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"weights: file:{tmp_path / 'small_cnn.pt'}" in r.stdout
     assert f"data:    labeled folder {tmp_path / 'val'} (3 classes, mapped by integer folder names)" in r.stdout
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     ok = trials[trials["status"] == "ok"]
     assert len(ok) == 3 and (ok["quality"] == ok["top1"]).all() and ok["top5"].notna().all()
     assert ok["top1"].iloc[0] >= 0.9  # the baseline on real labels: the model learned the classes
@@ -243,7 +244,7 @@ def test_time_budget_stops_the_search_and_keeps_what_finished(tmp_path):
     )
     r = tuner("search", "resnet18", "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     assert 1 <= len(trials) < 30
     assert f"the time budget stopped the search after {len(trials)} of 30 trials" in r.stdout
     assert trials["recommended"].sum() == 1

@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tuner.outputs.tables import read_trials
 
 from conftest import mlflow_server, tuner, tuner_env, write_space
 
@@ -54,7 +55,7 @@ def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
     )
     r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv").set_index("batch_size")
+    trials = read_trials(tmp_path / "out" / "trials.csv").set_index("batch_size")
     assert trials.loc[1, "status"] == "ok" and bool(trials.loc[1, "recommended"])
     assert trials.loc[2, "status"] == "failed" and "RuntimeError: injected fault: raise" in trials.loc[2, "error"]
     assert trials.loc[4, "status"] == "failed" and "trial process crashed: Aborted" in trials.loc[4, "error"]
@@ -107,7 +108,7 @@ def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
         assert proc.wait(timeout=120) == 130
     first = (tmp_path / "first.log").read_text()
     assert f"interrupted by {sig.name}" in first and f"--resume {tmp_path / 'out'}" in first
-    kept = pd.read_csv(tmp_path / "out" / "trials.csv")
+    kept = read_trials(tmp_path / "out" / "trials.csv")
     assert 2 <= len(kept) < 5
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, children = runs(uri)
@@ -120,7 +121,7 @@ def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
     r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming: {len(kept)} finished trial(s) kept" in r.stdout
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     assert len(trials) == 5 and trials["trial_id"].is_unique and trials["label"].is_unique  # nothing twice
     assert set(kept["trial_id"]) <= set(trials["trial_id"])
     parent, children = runs(uri)
@@ -146,7 +147,7 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
     assert proc.wait(timeout=600) == 0, (tmp_path / "search.log").read_text()
     out = (tmp_path / "search.log").read_text()
     assert f"the MLflow store {url} stopped answering" in out and "report --sync" in out
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     assert len(trials) == 4 and trials["recommended"].sum() == 1
     missing = trials["mlflow_run_id"].isna().sum()
     assert missing >= 1  # these were measured while the store was down
@@ -163,7 +164,7 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
         assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
         rec = [c for c in children if c.data.tags["tuner.recommended"] == "true"]
         assert len(rec) == 1
-        synced = pd.read_csv(tmp_path / "out" / "trials.csv")
+        synced = read_trials(tmp_path / "out" / "trials.csv")
         assert synced["mlflow_run_id"].notna().all()
 
 

@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from tuner.nightly.job import EXIT_LOCKED, EXIT_REGRESSION
+from tuner.outputs.tables import read_trials
 
 from conftest import FAST_TIMING, TEST_CACHE, tuner, tuner_env
 
@@ -121,7 +121,7 @@ def test_second_night_warm_starts_and_finds_no_regression(nights):
     first, second = parents(work)[:2]
     assert f"from search {first.info.run_id}" in out.stdout
     assert rep["warm_start_from"] == first.info.run_id and rep["warm_start_configs"] >= 1
-    trials = pd.read_csv(Path(rep["output"]) / "trials.csv")
+    trials = read_trials(Path(rep["output"]) / "trials.csv")
     assert trials.loc[1, "label"] == r1["champion"]  # the champion runs right after the baseline
     assert "regression check of" in out.stdout and rep["regression"] is False
     check = rep["regression_check"]
@@ -183,7 +183,7 @@ def test_interrupted_job_resumes_without_repeating_a_trial(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming the interrupted search" in r.stdout
     rep, run = last_report(tmp_path)
-    trials = pd.read_csv(Path(rep["output"]) / "trials.csv")
+    trials = read_trials(Path(rep["output"]) / "trials.csv")
     assert len(trials) == 5 and trials["trial_id"].is_unique
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,) = parents(tmp_path)

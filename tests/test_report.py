@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from tuner.outputs.compare import compare, render
+from tuner.outputs.tables import read_trials, write_tables
 
 
 def trials(rows):
@@ -41,3 +42,15 @@ def test_render_markdown_formats_changes_as_percentages():
     cmp = compare(trials([["a", "ok", 11.0, 11.0, 10.0, 1.0]]), trials([["a", "ok", 10.0, 10.0, 10.0, 1.0]]))
     md = render(cmp, "markdown").splitlines()
     assert md[0].startswith("| label | latency_p50_ms |") and "+10.0%" in md[2]
+
+
+def test_trial_ids_that_look_like_numbers_come_back_as_the_same_text(tmp_path):
+    # Ray's trial ids are 8 hex digits; CI once drew "66674806", which read back as an int,
+    # and "12345e67" would read back as a float. Resume and sync match ids as text.
+    ids = ["66674806", "12345e67", "01234567", "a1b2c3d4"]
+    df = pd.DataFrame({"trial_id": ids, "mlflow_run_id": ["0" * 32, "", "1" * 32, "ab" * 16], "pareto": [True] * 4})
+    write_tables(df, tmp_path)
+    for name in ("trials.csv", "pareto.csv"):
+        back = read_trials(tmp_path / name)
+        assert list(back["trial_id"]) == ids
+        assert back["mlflow_run_id"].iloc[0] == "0" * 32 and pd.isna(back["mlflow_run_id"].iloc[1])

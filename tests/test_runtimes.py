@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,6 +19,7 @@ from tuner.core.variant import Variant
 from tuner.inputs.models import ModelSpec, resolve_weights
 from tuner.inputs.reference import prepare_reference
 from tuner.measure.hardware import detect
+from tuner.outputs.tables import read_trials
 from tuner.trial.evaluate import TrialSettings, evaluate
 
 from conftest import FAST_TIMING, tuner, write_space
@@ -133,7 +133,7 @@ def test_a_search_measures_every_runtime_end_to_end(tmp_path):
     r = tuner("search", "tiny_models:small_cnn", "--space", str(space), "--weights", "random", "--output", "out",
               cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    trials = read_trials(tmp_path / "out" / "trials.csv")
     ok = trials[trials["status"] == "ok"]
     assert set(ok["compile"]) == {"eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"}, trials
     assert (ok["runtime_threads"] == 1).all()  # each runtime reports the trial's one thread

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -22,6 +21,7 @@ from tuner.core.schema import TrialResult
 from tuner.core.variant import MachineProbe, Variant
 from tuner.decide.confirm import interleaved
 from tuner.measure.hardware import detect
+from tuner.outputs.tables import read_trials
 from tuner.search.finalize import finalize
 from tuner.tracking.recorder import TrialRecorder, close_parent
 from tuner.tracking.store import Tracker
@@ -117,13 +117,13 @@ def test_child_runs_follow_the_schema(logged_search):
 def test_pareto_and_recommendation_tags_match_the_outputs(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
     tags = {c.data.tags["ray.trial_id"]: c.data.tags for c in tracker.children(parent)}
-    table = pd.read_csv(out / "trials.csv")
+    table = read_trials(out / "trials.csv")
     assert list(table["trial_id"]) == ["t0", "t1", "t2"] and bool(table.loc[0, "is_baseline"])
     for _, r in table.iterrows():
         assert tags[r["trial_id"]]["tuner.pareto"] == str(bool(r["pareto"])).lower()
         assert tags[r["trial_id"]]["tuner.recommended"] == str(bool(r["recommended"])).lower()
     assert table["recommended"].sum() == 1
-    assert set(pd.read_csv(out / "pareto.csv")["trial_id"]) == set(table[table["pareto"]]["trial_id"])
+    assert set(read_trials(out / "pareto.csv")["trial_id"]) == set(table[table["pareto"]]["trial_id"])
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert rec["mlflow"]["parent_run_id"] == parent
     assert rec["variant"]["batch_size"] in (1, 4)
@@ -193,7 +193,7 @@ def test_recommended_model_is_registered_and_reproduces_the_variant(logged_searc
 @pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
 def test_finalists_are_confirmed_with_intervals(logged_search):
     client, tracker, parent, outcome, out, ref = logged_search
-    table = pd.read_csv(out / "trials.csv")
+    table = read_trials(out / "trials.csv")
     confirmed = table[table["confirmed_p50_ms"].notna()]
     # The recommendation and the baseline are always re-measured (the failed trial never).
     assert bool(table.loc[table["recommended"], "confirmed_p50_ms"].notna().all())
@@ -214,7 +214,7 @@ def test_the_machine_probe_runs_in_the_confirmation_rounds(logged_search):
     """Every confirmed row has its fraction of the ceiling measured in the same rounds (the
     nightly check's reference), and the probe's p50 is on the parent run."""
     client, tracker, parent, outcome, out, ref = logged_search
-    confirmed = pd.read_csv(out / "trials.csv").query("confirmed_p50_ms.notna()")
+    confirmed = read_trials(out / "trials.csv").query("confirmed_p50_ms.notna()")
     low, mid, high = (confirmed[f"confirmed_ceiling_fraction{s}"] for s in ("_ci_low", "", "_ci_high"))
     assert ((0 < low) & (low <= mid) & (mid <= high)).all(), confirmed
     # One probe for both (fp32): each fraction is k x batch / p50 over the same probe p50.
@@ -244,7 +244,7 @@ def test_recorder_writes_each_trial_to_the_store_the_table_and_the_terminal(tmp_
     rec.record("t1", other.to_dict(), died)
     close_parent(tracker, parent, rec.table().iloc[0])
 
-    table = pd.read_csv(out / "trials.csv")
+    table = read_trials(out / "trials.csv")
     assert list(table["trial_id"]) == ["t0", "t1"] and list(table["status"]) == ["ok", "failed"]
     assert list(table["label"]) == [base.label, other.label] and list(table["is_baseline"]) == [True, False]
     assert table.loc[0, "speedup_vs_baseline"] == 1.0 and table.loc[0, "process_wall_s"] > 0

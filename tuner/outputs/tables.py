@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 import yaml
@@ -23,6 +23,16 @@ def ordered(df: pd.DataFrame) -> pd.DataFrame:
     """trials.csv column order: identity, variant fields, metrics, status columns."""
     cols = [c for c in COLUMNS if c in df.columns]
     return df[cols + [c for c in df.columns if c not in cols and c != "traceback"]]
+
+
+# Read as text, never as numbers: Ray's trial ids are 8 hex digits, and one like
+# "66674806" or "12345e67" would otherwise come back as an int or a float.
+ID_COLUMNS = ("trial_id", "mlflow_run_id")
+
+
+def read_trials(source: Path | TextIO) -> pd.DataFrame:
+    """trials.csv, pareto.csv or `report --format csv`, read back: ids as strings, "" as missing."""
+    return pd.read_csv(source, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(ID_COLUMNS, str))
 
 
 def write_tables(df: pd.DataFrame, out: Path) -> None:

@@ -154,7 +154,7 @@ class TrialRecorder:
         path = self.out / "trials.csv"
         if not path.exists():
             return
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        df = tables.read_trials(path)
         drop = [c for c in SELECTION_COLUMNS if c in df]  # recomputed at the end
         self.rows = [
             {k: (None if pd.isna(v) else v) for k, v in r.items()} for r in df.drop(columns=drop).to_dict("records")

@@ -32,7 +32,7 @@ def sync(output: Path) -> int:
     inherited = {
         k: v for k, v in parent.data.tags.items() if k.startswith("hw.") or k in ("tuner.weights", "tuner.data")
     }
-    df = pd.read_csv(output / "trials.csv", keep_default_na=False, na_values=[""])
+    df = tables.read_trials(output / "trials.csv")
     logged = {c.data.tags.get("ray.trial_id"): c.info.run_id for c in tracker.children(parent_id)}
     uploaded = 0
     for i, row in df.iterrows():
