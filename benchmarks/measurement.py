@@ -89,6 +89,7 @@ def ratio(model: str, repeats: int, rounds: int) -> None:
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware
     from tuner.measure.hardware import detect
+    from tuner.search.cluster import place
     from tuner.search.confirm_ray import ray_confirm
     from tuner.trial.evaluate import TrialSettings
 
@@ -102,9 +103,10 @@ def ratio(model: str, repeats: int, rounds: int) -> None:
     pair = [Variant.from_dict({**INT8, "threads": cores}), Variant.from_dict({**BASELINE, "threads": cores})]
     rows = []
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    klass, _ = place(None)
     try:
         for k in range(repeats):
-            got = ray_confirm(ref, settings, cores)(pair, rounds)
+            got = ray_confirm(ref, settings, klass)(pair, rounds)
             p50 = [float(np.median(np.concatenate([m["times_s"] for m in got[i]]))) * 1e3 for i in (0, 1)]
             rows.append({"repeat": k + 1, "int8_p50_ms": p50[0], "baseline_p50_ms": p50[1], "speedup": p50[1] / p50[0]})
             print(f"  repeat {k + 1}/{repeats}: int8 {p50[0]:.2f} ms, baseline {p50[1]:.2f} ms", flush=True)

@@ -53,6 +53,7 @@ def main() -> None:
     from tuner.measure.hardware import detect
     from tuner.nightly.check import measure, run_check
     from tuner.nightly.regression import judge
+    from tuner.search.cluster import place
     from tuner.search.confirm_ray import ray_confirm
     from tuner.trial.evaluate import TrialSettings
 
@@ -68,10 +69,11 @@ def main() -> None:
     print(f"{args.model} on {hw.cpu_model} ({hw.isa}), {cores} cores; champion {champion.label}; "
           f"weights {ref.weights_label}; data {ref.data_label}")  # fmt: skip
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    klass, _ = place(None)
     rows = []
     try:
-        clean_fn = ray_confirm(ref, settings, cores)
-        slow_fn = ray_confirm(ref, slowed, cores)
+        clean_fn = ray_confirm(ref, settings, klass)
+        slow_fn = ray_confirm(ref, slowed, klass)
         accepted_m = measure(clean_fn, champion, cores, args.rounds, ref.flops_per_item, cores)
         if accepted_m is None:
             raise SystemExit("the acceptance measurement failed")

@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, help="output folder (default: ./tuner-results/<model>-<timestamp>)")
     s.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
     s.add_argument(
+        "--hardware",
+        metavar="CLASS",
+        help="the cluster's hardware class to tune for: a `tuner.io/hardware` node label or hw-<fingerprint>"
+        " (default: the driver's own; README: Running on a Ray cluster)",
+    )
+    s.add_argument(
         "--resume",
         type=Path,
         metavar="OUTPUT_DIR",

@@ -59,6 +59,7 @@ def _new(args: argparse.Namespace) -> SearchRequest:
         output=output,
         seed=args.seed or 0,
         address=args.address,
+        hardware=args.hardware,
     )
 
 
@@ -101,4 +102,5 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--experiment", args.experiment, req.experiment),
         ("--output", args.output.resolve() if args.output else None, req.output),
         ("--address", args.address, req.address),
+        ("--hardware", args.hardware, req.hardware),
     ]

@@ -30,6 +30,7 @@ class SearchRequest:
     output: Path
     seed: int = 0
     address: str | None = None
+    hardware: str | None = None  # the Ray hardware class (search/cluster.py); None: the driver's own
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
     # Nightly jobs (nightly/model.py): extra parent-run tags, and configs (labels) the
     # confirmation must include (the champion, measured in the same rounds).
@@ -63,6 +64,7 @@ def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float
         "experiment": req.experiment,
         "seed": req.seed,
         "address": req.address,
+        "hardware": req.hardware,
         "parent_run_id": parent_id,
         "status": status,  # running | interrupted | finished
         "elapsed_s": elapsed_s,
@@ -92,5 +94,6 @@ def load_request(output: Path) -> SearchRequest:
         output=output,
         seed=st["seed"],
         address=st["address"],
+        hardware=st.get("hardware"),  # absent in searches saved before hardware classes
         resume=True,
     )

@@ -56,6 +56,8 @@ class TrialResult:
     interference: bool = False  # other CPU use while timing (measure/interference.py)
     remeasured: bool = False  # timed again because the box was busy
     busy_processes: str = ""  # who was busy, if anyone
+    node: str = ""  # the Ray node that measured it (search/cluster.py `node_name`)
+    node_fingerprint: str = ""  # that node's hardware fingerprint
 
     # ---- figures, in trials.csv column order ------------------------------------------
     latency_p50_ms: float | None = metric("ms", "median call latency", shown="p50 ms")
@@ -182,7 +184,17 @@ VARIANT_COLUMNS: tuple[str, ...] = tuple(Variant.__dataclass_fields__)
 LEAD_COLUMNS = ("trial", "trial_id", "is_baseline", "label")
 STATUS_COLUMNS = ("status", "stable", "interference", "remeasured")
 SELECTION_COLUMNS = ("feasible", "pareto", "recommended")  # recomputed at the end of a search
-TAIL_COLUMNS = (*CONFIRMED_COLUMNS, *STATUS_COLUMNS, *SELECTION_COLUMNS, "error", "mlflow_run_id", "finished_at")
+# Where it was measured: the trial's node, and the nodes of its confirmation measurements.
+PLACE_COLUMNS = ("node", "node_fingerprint", "confirmed_nodes")
+TAIL_COLUMNS = (
+    *CONFIRMED_COLUMNS,
+    *STATUS_COLUMNS,
+    *SELECTION_COLUMNS,
+    *PLACE_COLUMNS,
+    "error",
+    "mlflow_run_id",
+    "finished_at",
+)
 COLUMNS = (*LEAD_COLUMNS, *VARIANT_COLUMNS, *METRICS, *TAIL_COLUMNS)
 
 # The terminal/report table: heading and format per column.
@@ -205,7 +217,11 @@ TAGS = {
     "is_baseline": "tuner.baseline",
     "trial": "tuner.trial_index",
     "error": "tuner.error",
+    "node": "tuner.node",
+    "node_fingerprint": "tuner.node_fingerprint",
+    "confirmed_nodes": "tuner.confirmed_nodes",
 }
+TEXT_COLUMNS = ("error", *PLACE_COLUMNS)  # tagged only when not empty
 FLAG_COLUMNS = ("stable", "interference", "remeasured", "pareto", "recommended", "is_baseline")  # "true"/"false"
 
 
@@ -221,7 +237,7 @@ def trial_tags(row: Any) -> dict[str, str]:
         v = row.get(col)
         if col in FLAG_COLUMNS:
             tags[tag] = _flag(v)
-        elif col == "error":
+        elif col in TEXT_COLUMNS:
             if isinstance(v, str) and v:
                 tags[tag] = v[:5000]
         else:

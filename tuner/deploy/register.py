@@ -53,7 +53,14 @@ def confirmed_text(row: pd.Series) -> str:
 
 
 def log_and_register(
-    row: pd.Series, variant: Variant, ref: Reference, tracker: Tracker, parent_id: str, model: str, hardware: str
+    row: pd.Series,
+    variant: Variant,
+    ref: Reference,
+    tracker: Tracker,
+    parent_id: str,
+    model: str,
+    hardware: str,
+    hardware_class: str = "",
 ) -> dict[str, str]:
     """Save, log under the parent run, register as `tuner-<model>` @ candidate, describe the
     version, load it back and compare. Returns tags for the parent run."""
@@ -96,7 +103,7 @@ def log_and_register(
     tracker.describe_version(name, version, description, {
         "tuner.variant": variant.label, "tuner.artifact": native.config["artifact"], "tuner.hardware": hardware,
         "tuner.confirmed": confirmed_text(row), "tuner.weights": ref.weights_label, "tuner.data": ref.data_label,
-        "tuner.search_run": parent_id,
+        "tuner.search_run": parent_id, **({"tuner.hardware_class": hardware_class} if hardware_class else {}),
     })  # fmt: skip
     return {
         "tuner.model_uri": info.model_uri,
@@ -137,7 +144,13 @@ def _check(uri: str, native: Native) -> str:
 
 
 def register_recommended(
-    rec: pd.Series, ref: Reference, parent_id: str, model: str, tracker: Tracker, hardware: str
+    rec: pd.Series,
+    ref: Reference,
+    parent_id: str,
+    model: str,
+    tracker: Tracker,
+    hardware: str,
+    hardware_class: str = "",
 ) -> dict[str, str]:
     """Log the recommended row's variant as an MLflow model and register it; the parent
     run's tags say how it went. A variant that cannot be exported costs the search nothing
@@ -150,7 +163,7 @@ def register_recommended(
         return {"tuner.model_export": "skipped: the MLflow store was unreachable"}
     say("saving the recommended variant in its runtime's own form and registering it ...")
     try:
-        tags = log_and_register(rec, variant_of(rec), ref, tracker, parent_id, model, hardware)
+        tags = log_and_register(rec, variant_of(rec), ref, tracker, parent_id, model, hardware, hardware_class)
     except (VariantUnsupported, RuntimeError, MlflowException, OSError, ImportError) as e:
         say(f"warning: the recommended model was not logged: {one_line(e)}")
         return {"tuner.model_export": f"failed: {one_line(e)}"}

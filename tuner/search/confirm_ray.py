@@ -1,6 +1,7 @@
 """Confirmation measurements on Ray (the `ConfirmFn` that `decide.finalists.confirm_finalists` calls):
-one Ray actor holding all CPUs of a node, one fresh forked process per measurement
-(trial/process.py), in the interleaved A B C A B C order of `confirm.interleaved`."""
+one Ray actor holding all CPUs of a node of the search's hardware class, one fresh forked
+process per measurement (trial/process.py), in the interleaved A B C A B C order of
+`confirm.interleaved`. Each measurement names the node and fingerprint that took it."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from tuner.core.variant import MachineProbe
 from tuner.decide.confirm import interleaved
 from tuner.decide.finalists import ConfirmFn, Measurable
 from tuner.inputs.reference import Reference
+from tuner.search.cluster import HardwareClass, node_hardware, node_name
 from tuner.trial.evaluate import TrialSettings, time_probe, time_variant
 from tuner.trial.process import fresh_process
 
 
-def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmFn:
-    """Confirmation measurements, run one after another in A B C A B C order, all CPUs of a
-    node each. One Ray actor per confirmation run; each measurement is a fresh process forked
+def ray_confirm(ref: Reference, settings: TrialSettings, klass: HardwareClass) -> ConfirmFn:
+    """Confirmation measurements, run one after another in A B C A B C order, on a whole node
+    of `klass` each. One Ray actor per confirmation run; each measurement is a fresh process forked
     from it (trial/process.py), with the trials' time and memory limits."""
     import ray
 
@@ -34,14 +36,19 @@ def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmF
 
             with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as folder:
                 if isinstance(item, MachineProbe):
-                    return fresh_process(time_probe, (item, settings), folder, settings.timeout_s, settings.memory_mb)
-                args = (item, ref, settings)
-                return fresh_process(time_variant, args, folder, settings.timeout_s, settings.memory_mb)
+                    res = fresh_process(time_probe, (item, settings), folder, settings.timeout_s, settings.memory_mb)
+                else:
+                    args = (item, ref, settings)
+                    res = fresh_process(time_variant, args, folder, settings.timeout_s, settings.memory_mb)
+            node_id = ray.get_runtime_context().get_node_id()
+            return {**res, "node": node_name(node_id), "node_fingerprint": node_hardware(klass.cores).fingerprint}
 
     def run(variants: Sequence[Measurable], rounds: int) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
         schedule = interleaved(variants, rounds)
-        actor = _Confirmer.options(num_cpus=cores).remote()  # type: ignore[attr-defined]
+        actor = _Confirmer.options(  # type: ignore[attr-defined]
+            num_cpus=klass.cores, label_selector=klass.selector()
+        ).remote()
         try:
             for n, (r, i) in enumerate(schedule, 1):
                 try:
@@ -53,7 +60,10 @@ def ray_confirm(ref: Reference, settings: TrialSettings, cores: int) -> ConfirmF
                     continue
                 out[i].append({**res, "round": r})
                 p50 = float(np.median(res["times_s"])) * 1e3
-                say(f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms")
+                say(
+                    f"  confirm {n:>2}/{len(schedule)} round {r + 1} {variants[i].label:<38} p50 {p50:8.1f} ms"
+                    f"  on {res['node']}"
+                )
         finally:
             ray.kill(actor)  # frees the node's CPUs for Tune (the nightly check runs before the search)
         return out

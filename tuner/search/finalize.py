@@ -26,7 +26,6 @@ from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
 from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
-from tuner.measure.hardware import detect
 from tuner.outputs import tables
 from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
 from tuner.tracking.recorder import TrialRecorder, close_parent
@@ -51,6 +50,7 @@ def finalize(
     started: float,
     confirm_fn: ConfirmFn | None = None,
     export: bool = True,
+    remeasure: Callable[[list[str]], dict[str, CeilingEntry]] | None = None,
 ) -> SearchOutcome:
     """Selection, tags on the child runs, output files and plots, the recommended model
     (logged and registered), parent-run summary and description."""
@@ -62,7 +62,9 @@ def finalize(
         say("no trial finished (time budget too small?)")
         return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
 
-    recheck_ceiling(df, tracker, parent_id, lambda keys: entries_for(recorder.hw, keys, remeasure=True))
+    # `remeasure`: the ceiling probes again on the trials' hardware class (search/cluster.py)
+    remeasure = remeasure or (lambda keys: entries_for(recorder.hw, keys, remeasure=True))
+    recheck_ceiling(df, tracker, parent_id, remeasure)
     df["feasible"] = feasible_mask(df, sp.constraints)
     df["pareto"] = pareto_mask(df, df["feasible"])
     rec = recommend(df, sp.search.objective, sp.constraints)
@@ -79,14 +81,18 @@ def finalize(
     if failures:
         parent_tags["tuner.failures"] = failures
     if recommended is not None:
-        _write_recommended(recommended, rec, req, ref, parent_id)
+        _write_recommended(recommended, rec, req, ref, parent_id, recorder.hw.fingerprint)
     plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
     if recommended is not None and export:
         from tuner.deploy.register import register_recommended
 
         hw = recorder.hw
-        hardware = f"{hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu}, fingerprint {hw.fingerprint}"
-        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware))
+        hardware = (
+            f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu},"
+            f" fingerprint {hw.fingerprint}"
+        )
+        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware,
+                                                req.hardware or ""))  # fmt: skip
     wall = time.time() - started
     facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
                         sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip
@@ -139,7 +145,10 @@ def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
     confirmed = df[df["confirmed_rounds"].notna()] if "confirmed_rounds" in df else df.iloc[:0]
     for _, row in confirmed[confirmed["mlflow_run_id"].astype(bool)].iterrows():
         metrics = {k: row[k] for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k])}
-        tracker.log(row["mlflow_run_id"], metrics=metrics, tags={"tuner.confirmed": "true"})
+        tags = {"tuner.confirmed": "true"}
+        if row.get("confirmed_nodes"):
+            tags["tuner.confirmed_nodes"] = str(row["confirmed_nodes"])
+        tracker.log(row["mlflow_run_id"], metrics=metrics, tags=tags)
     for _, row in df.iterrows():
         if (row["pareto"] or row["recommended"]) and row["mlflow_run_id"]:
             tracker.log(row["mlflow_run_id"], tags=selection_tags(row))
@@ -168,7 +177,7 @@ def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: floa
 
 
 def _write_recommended(
-    recommended: pd.Series, rec: Recommendation, req: SearchRequest, ref: Reference, parent_id: str
+    recommended: pd.Series, rec: Recommendation, req: SearchRequest, ref: Reference, parent_id: str, fingerprint: str
 ) -> None:
     tables.write_recommended(
         recommended,
@@ -180,7 +189,8 @@ def _write_recommended(
             "data": ref.data_label,
             "space_file": str(req.space_file),
             "reason": rec.reason,
-            "hardware": detect().fingerprint,
+            "hardware": fingerprint,
+            "hardware_class": req.hardware,
             "mlflow": {
                 "tracking_uri": req.tracking_uri,
                 "experiment": req.experiment,

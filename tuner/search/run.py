@@ -16,14 +16,14 @@ A signal in any phase closes the parent run as interrupted and keeps the state f
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import pandas as pd
 
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
 from tuner.core.console import say
@@ -32,9 +32,12 @@ from tuner.core.variant import config_key, unavailable_runtimes
 from tuner.decide.finalists import ConfirmFn
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
-from tuner.measure.ceiling import cache_path, entries_for
-from tuner.measure.hardware import Hardware, detect
+from tuner.measure.ceiling import cache_path
+from tuner.measure.hardware import Hardware
+from tuner.outputs import tables
+from tuner.search import cluster
 from tuner.search import tune as tune_wiring
+from tuner.search.cluster import HardwareClass
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize
 from tuner.search.sampling import initial_points
@@ -85,31 +88,41 @@ def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
     except TrackingError as e:
         say(f"warning: the parent run could not be marked interrupted: {e}")
     table = req.output / "trials.csv"
-    kept = len(pd.read_csv(table)) if table.exists() else 0
+    kept = len(tables.read_trials(table)) if table.exists() else 0
     say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
     say(f"resume with: {hint}")
 
 
 @dataclass
-class _Prepared:
+class _Started:
     started: float  # wall-clock start, moved back by the time an interrupted run already spent
     previous: dict[str, Any] | None  # the saved state of the search being resumed
     ref: Reference
-    hw: Hardware
-    ceiling: dict[str, float]  # GFLOP/s per precision
+
+
+@dataclass
+class _Prepared(_Started):
+    klass: HardwareClass  # where the trials run
+    ceiling: dict[str, float]  # GFLOP/s per precision, measured on that class
     ceiling_probes: dict[str, str]  # the probe that measured each
+
+    @property
+    def hw(self) -> Hardware:
+        return self.klass.hw
 
 
 def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> SearchOutcome:
-    prep = _prepare(req)
+    begun = _prepare(req)
     import ray
 
     ray.init(address=req.address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     catch_sigterm()  # ray.init replaced it with sys.exit
     try:
-        cores = tune_wiring.cores_per_trial()
+        prep = _place(req, begun)
+        klass = prep.klass
+        req = dataclasses.replace(req, hardware=klass.name)  # saved with the state: `--resume` keeps it
         choices = req.space.feasible_choices(
-            cores=cores,
+            cores=klass.cores,
             device=prep.hw.device,
             fp16_native=prep.hw.fp16_native,
             bf16_native=prep.hw.bf16_native,
@@ -117,22 +130,23 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
         )
         for compile_, install in unavailable_runtimes(req.space.dimensions.compile).items():
             print(f"note: `{compile_}` dropped from the space: it is not installed here ({install})")
-        tracker, parent_id, recorder = _open(req, prep, cores)
-        settings = _trial_settings(req, prep.ceiling)
-        confirm = ray_confirm(prep.ref, settings, cores)  # one copy of the reference in Ray's store
+        tracker, parent_id, recorder = _open(req, prep)
+        settings = _trial_settings(req, prep.ceiling, klass.cores)
+        confirm = ray_confirm(prep.ref, settings, klass)  # one copy of the reference in Ray's store
         if before_search is not None:
             before_search(confirm, prep.ref, choices)
-        redraws = _trials(req, prep, choices, cores, settings, recorder, parent_id)
+        redraws = _trials(req, prep, choices, settings, recorder, parent_id)
         tracker.log(parent_id, metrics={"sampler_redraws": float(redraws)})
-        outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm)
+        remeasure = functools.partial(cluster.ceiling_on, klass, remeasure=True)
+        outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm, remeasure=remeasure)
         save_state(req, parent_id, "finished", time.time() - prep.started)
         return outcome
     finally:
         ray.shutdown()
 
 
-def _prepare(req: SearchRequest) -> _Prepared:
-    """The reference, the hardware and its ceiling; printed as the search's header."""
+def _prepare(req: SearchRequest) -> _Started:
+    """The reference, before Ray starts; printed as the search's header."""
     started = time.time()
     previous = load_state(req.output) if req.resume else None
     if previous is not None:
@@ -141,20 +155,35 @@ def _prepare(req: SearchRequest) -> _Prepared:
     say(f"tuner: {req.model}  space {req.space_file}  output {req.output}")
     say("preparing the fp32 eager reference ...")
     ref = reference_for(spec, req.space.eval, req.data)
-    hw = detect()
-    entries = entries_for(hw)
     say(f"  weights: {ref.weights_label}")
     say(f"  data:    {ref.data_label}")
-    say(f"  machine: {hw.cpu_model}, {hw.cores} cores, gpu {hw.gpu}, torch {hw.torch_version}")
+    return _Started(started, previous, ref)
+
+
+def _place(req: SearchRequest, begun: _Started) -> _Prepared:
+    """The hardware class the trials run on (search/cluster.py) and its ceiling, measured on
+    one of its nodes."""
+    klass, nodes = cluster.place(req.hardware)
+    hw = klass.hw
+    say(f"  machine: {hw.cpu_model}, {hw.cores} cores per trial, gpu {hw.gpu}, torch {hw.torch_version}")
+    n_classes = len({n.hardware_class for n in nodes})
+    say(f"  hardware class {klass.name}: {len(klass.nodes)} of the cluster's {len(nodes)} node(s), "
+        f"{n_classes} class(es) ({', '.join(n.name for n in klass.nodes)})")  # fmt: skip
+    warning = cluster.niceness_warning(list(klass.nodes))
+    if warning:
+        say(warning)
+    entries = cluster.ceiling_on(klass)
     rates = ", ".join(f"{k} {e.gflops:.0f} GFLOP/s" for k, e in entries.items())
-    say(f"  ceiling: {rates} (cache {cache_path(hw.fingerprint)}; `python -m tuner ceiling` for probes and age)")
+    say(f"  ceiling: {rates} (measured on the class's node; cache {cache_path(hw.fingerprint)} there)")
     ceiling = {k: e.gflops for k, e in entries.items()}
-    return _Prepared(started, previous, ref, hw, ceiling, {k: e.probe for k, e in entries.items()})
+    return _Prepared(
+        **vars(begun), klass=klass, ceiling=ceiling, ceiling_probes={k: e.probe for k, e in entries.items()}
+    )
 
 
-def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str, TrialRecorder]:
+def _open(req: SearchRequest, prep: _Prepared) -> tuple[Tracker, str, TrialRecorder]:
     """The MLflow parent run (new, or the resumed search's) and the trial recorder."""
-    sp, ref = req.space, prep.ref
+    sp, ref, klass = req.space, prep.ref, prep.klass
     tracker = Tracker(req.tracking_uri, req.experiment)
     params = {
         "model": req.model,
@@ -166,7 +195,8 @@ def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str
         "seed": req.seed,
         **{f"constraint.{k}": v for k, v in sp.constraints.model_dump().items()},
         **{f"eval.{k}": v for k, v in sp.eval.model_dump().items()},
-        "cores_per_trial": cores,
+        "cores_per_trial": klass.cores,
+        "hardware_class": klass.name,
         "flops_per_item": ref.flops_per_item,
         **{f"ceiling_gflops.{k}": v for k, v in prep.ceiling.items()},
         "output": str(req.output),
@@ -176,7 +206,7 @@ def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str
         "tuner.weights": ref.weights_label,
         "tuner.data": ref.data_label,
         "tuner.output": str(req.output),
-        **prep.hw.tags(),
+        **klass.tags(),
         **{f"tuner.ceiling_source.{k}": v for k, v in prep.ceiling_probes.items()},
         **dict(req.tags),
     }
@@ -194,7 +224,7 @@ def _open(req: SearchRequest, prep: _Prepared, cores: int) -> tuple[Tracker, str
     return tracker, parent_id, recorder
 
 
-def _trial_settings(req: SearchRequest, ceiling: dict[str, float]) -> TrialSettings:
+def _trial_settings(req: SearchRequest, ceiling: dict[str, float], cores: int) -> TrialSettings:
     sp = req.space
     settings = TrialSettings(
         sp.timing,
@@ -203,6 +233,7 @@ def _trial_settings(req: SearchRequest, ceiling: dict[str, float]) -> TrialSetti
         timeout_s=sp.limits.trial_timeout_s or default_timeout_s(sp.search.time_budget_minutes, sp.search.trials),
         memory_mb=sp.limits.trial_memory_mb or default_memory_mb(),
         faults=tuple(sp.inject_faults),
+        cores=cores,
     )
     say(
         f"  limits:  {settings.timeout_s:.0f} s and {settings.memory_mb:.0f} MB resident per trial"
@@ -215,7 +246,6 @@ def _trials(
     req: SearchRequest,
     prep: _Prepared,
     choices: dict[str, list[Any]],
-    cores: int,
     settings: TrialSettings,
     recorder: TrialRecorder,
     parent_id: str,
@@ -229,7 +259,7 @@ def _trials(
     say(
         f"searching: {remaining} of {sp.search.trials} trials, time budget {budget} min"
         + (f" ({budget_left_s / 60:.1f} left)" if prep.previous is not None and budget_left_s is not None else "")
-        + f", one at a time on {cores} core(s)"
+        + f", {len(prep.klass.nodes)} at a time (one per node of {prep.klass.name}), {settings.cores} core(s) each"
     )
     known = recorder.known_keys()
     points = [
@@ -242,7 +272,7 @@ def _trials(
         search_alg.remember(key, objectives)  # a resumed search never re-measures a config
     interrupt = Interrupt()
     if remaining > 0 and (budget_left_s is None or budget_left_s > 0):
-        tune_wiring.fit(prep.ref, settings, cores, search_alg, remaining, budget_left_s, req.output, recorder,
+        tune_wiring.fit(prep.ref, settings, prep.klass, search_alg, remaining, budget_left_s, req.output, recorder,
                         interrupt)  # fmt: skip
     if interrupt.signal is not None:
         save_state(req, parent_id, "running", time.time() - prep.started)  # the budget spent so far

@@ -1,7 +1,7 @@
 """Ray Tune wiring: the trainable, the callback that records each finished trial in the
 driver, the sampler, and the `Tuner` itself. Ray does all scheduling; nothing here decides
-where or when a trial runs beyond what Tune is asked for (one trial at a time, all cores of
-a node each).
+where or when a trial runs beyond what Tune is asked for: all CPUs of a node of the search's
+hardware class per trial (search/cluster.py), so as many trials at once as the class has nodes.
 
 The Tune actor is reused from trial to trial (`reuse_actors=True`); each trial runs in a
 fresh process forked from that actor's forkserver (trial/process.py), so a trial costs
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES, TrialResult
 from tuner.core.variant import Variant, config_key, variant_from_config
 from tuner.inputs.reference import Reference
+from tuner.search.cluster import HardwareClass, node_hardware, node_name
 from tuner.trial.evaluate import TrialSettings, evaluate
 from tuner.trial.faults import inject
 from tuner.trial.process import classify, fresh_process
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSettings) -> None:
     """The Ray Tune function trainable (wrapped with `tune.with_parameters`): one trial in a
     fresh process, which also turns crashes, hangs and memory blow-ups into results."""
+    import ray
     from ray import tune
 
     started = time.perf_counter()
@@ -44,6 +46,8 @@ def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSetti
     )
     result = TrialResult.from_report(out)  # the process raised or died: a result all the same
     result.trial_wall_s = time.perf_counter() - started
+    result.node = node_name(ray.get_runtime_context().get_node_id())
+    result.node_fingerprint = node_hardware(settings.cores).fingerprint
     tune.report(result.report())
 
 
@@ -74,15 +78,6 @@ def as_callback(recorder: TrialRecorder) -> Any:
             recorder.record(trial.trial_id, trial.config, TrialResult.from_report(died))
 
     return _Cb()
-
-
-def cores_per_trial() -> int:
-    """All CPUs of the smallest alive node: one measured trial per node at a time, and never
-    a request Ray cannot satisfy (Ray hangs silently on those)."""
-    import ray
-
-    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    return max(1, int(min(cpus))) if cpus else 1
 
 
 def searcher(
@@ -130,7 +125,7 @@ def searcher(
 def fit(
     ref: Reference,
     settings: TrialSettings,
-    cores: int,
+    klass: HardwareClass,
     search_alg: DedupOptunaSearch,
     trials: int,
     budget_s: float | None,
@@ -138,17 +133,20 @@ def fit(
     recorder: TrialRecorder,
     interrupt: Interrupt,
 ) -> None:
-    """Run `trials` trials, one at a time, each on all `cores` of a node; returns when they
-    are done, the time budget is spent, or `interrupt` stopped Tune."""
+    """Run `trials` trials on the nodes of `klass`, each reserving a whole node, so one at a time
+    per node; returns when they are done, the time budget is spent, or `interrupt` stopped Tune."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, reference=ref, settings=settings), {"cpu": cores})
+    whole_node = tune.PlacementGroupFactory(
+        [{"CPU": klass.cores}], strategy="PACK", bundle_label_selector=[klass.selector()]
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, reference=ref, settings=settings), whole_node)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             num_samples=trials,
-            max_concurrent_trials=1,
+            max_concurrent_trials=len(klass.nodes),
             reuse_actors=True,  # trials still get a fresh process each (trial/process.py)
             time_budget_s=budget_s,
         ),

@@ -86,9 +86,15 @@ class TrialRecorder:
         self.seen.add(trial_id)
         variant = variant_from_config(config)
         index = len(self.rows)
-        is_baseline = index == 0 and variant == baseline(variant.threads)
+        # The baseline is the first point proposed; with several nodes it need not finish first.
+        is_baseline = variant == baseline(variant.threads) and not any(r["is_baseline"] for r in self.rows)
         if is_baseline and result.status == "ok":
             self.baseline_p50 = result.latency_p50_ms
+            for r in self.rows:  # the trials that finished before it
+                if r["latency_p50_ms"] and r["speedup_vs_baseline"] is None:
+                    r["speedup_vs_baseline"] = self.baseline_p50 / r["latency_p50_ms"]
+                    if r["mlflow_run_id"]:
+                        self.tracker.log(r["mlflow_run_id"], metrics={"speedup_vs_baseline": r["speedup_vs_baseline"]})
         if result.latency_p50_ms and self.baseline_p50:
             result.speedup_vs_baseline = self.baseline_p50 / result.latency_p50_ms
         if trial_id in self.started:
@@ -104,6 +110,8 @@ class TrialRecorder:
             "stable": result.stable,
             "interference": result.interference,
             "remeasured": result.remeasured,
+            "node": result.node,
+            "node_fingerprint": result.node_fingerprint,
             "error": result.error,
             "mlflow_run_id": "",
             "finished_at": time.time(),
@@ -137,7 +145,7 @@ class TrialRecorder:
 
     def progress_line(self, row: dict[str, Any]) -> str:
         n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
-        head = f"{n} {row['status']:<10} {row['label']:<38}"
+        head = f"{n} on {row['node'] or '?'}  {row['status']:<10} {row['label']:<38}"
         if row["status"] != "ok":
             return f"{head} {row['error'][:90]}"
         return (

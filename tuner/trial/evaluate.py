@@ -55,6 +55,7 @@ class TrialSettings:
     timeout_s: float | None = None  # per-trial wall-time limit (trial/process.py)
     memory_mb: float | None = None  # per-trial resident-memory cap (trial/process.py)
     faults: tuple[Any, ...] = ()  # test-only fault injection rules (space `inject_faults:`)
+    cores: int = 0  # the CPUs a trial reserves: a whole node of the search's class (0: not on Ray)
 
 
 def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
