@@ -188,3 +188,20 @@ def place(wanted: str | None) -> tuple[HardwareClass, list[Node]]:
 
     nodes = survey()
     return choose(classes_of(nodes), wanted, ray.get_runtime_context().get_node_id(), detect()), nodes
+
+
+def lost_nodes(klass: HardwareClass, wait_s: float = 30.0) -> list[Node]:
+    """The class's nodes that Ray reports dead, waiting up to `wait_s` for its verdict: a trial's
+    actor errors as soon as its node's socket closes, seconds before Ray's health checks mark
+    the node dead."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        gone = [n for n in klass.nodes if n.node_id not in alive]
+        if gone or time.monotonic() > deadline:
+            return gone
+        time.sleep(1.0)

@@ -10,15 +10,17 @@ about 50 ms of process start instead of the 3 s a new actor costs.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner.core.errors import last_line
 from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES, TrialResult
 from tuner.core.variant import Variant, config_key, variant_from_config
 from tuner.inputs.reference import Reference
-from tuner.search.cluster import HardwareClass, node_hardware, node_name
+from tuner.search.cluster import HardwareClass, lost_nodes, node_hardware, node_name
 from tuner.trial.evaluate import TrialSettings, evaluate
 from tuner.trial.faults import inject
 from tuner.trial.process import classify, fresh_process
@@ -27,6 +29,14 @@ if TYPE_CHECKING:
     from tuner.search.sampling import DedupOptunaSearch
     from tuner.search.stopping import Interrupt
     from tuner.tracking.recorder import TrialRecorder
+
+
+# How Ray words a trial whose actor went away: its node may have died (the raylet, or the
+# whole machine), which `cluster.lost_nodes` then confirms.
+ACTOR_GONE = re.compile(
+    r"ActorDiedError|ActorUnavailableError|actor .{0,80}(unavailable|died)|RpcError|node (has )?died|NodeDiedError",
+    re.I,
+)
 
 
 def run_trial(config: dict[str, Any], reference: Reference, settings: TrialSettings) -> None:
@@ -57,8 +67,9 @@ def _trial_body(variant: Variant, reference: Reference, settings: TrialSettings)
     return evaluate(variant, reference, settings).to_dict()
 
 
-def as_callback(recorder: TrialRecorder) -> Any:
-    """The recorder as a Tune callback (the recorder itself stays free of Ray types)."""
+def as_callback(recorder: TrialRecorder, klass: HardwareClass) -> Any:
+    """The recorder as a Tune callback (the recorder itself stays free of Ray types). A trial
+    whose node died is `failed` with "node lost"; Tune goes on with the nodes that remain."""
     from ray.tune import Callback
 
     class _Cb(Callback):
@@ -75,6 +86,10 @@ def as_callback(recorder: TrialRecorder) -> Any:
             if trial.error_file and Path(trial.error_file).exists():
                 err = Path(trial.error_file).read_text()
             died = classify(trial.local_path, err or "trial errored")
+            gone = lost_nodes(klass) if ACTOR_GONE.search(err) else []
+            if gone:  # not the config's fault: say so, and where
+                names = ", ".join(n.name for n in gone)
+                died = {**died, "status": "failed", "node": names, "error": f"node lost ({names}): {last_line(err)}"}
             recorder.record(trial.trial_id, trial.config, TrialResult.from_report(died))
 
     return _Cb()
@@ -154,7 +169,7 @@ def fit(
             name=f"ray-{int(time.time())}",  # a fresh Tune experiment per (resumed) run
             storage_path=str(output.resolve()),
             verbose=0,
-            callbacks=[as_callback(recorder)],
+            callbacks=[as_callback(recorder, klass)],
             stop=interrupt.stopper(),
             failure_config=tune.FailureConfig(max_failures=0),
         ),

@@ -145,7 +145,8 @@ class TrialRecorder:
 
     def progress_line(self, row: dict[str, Any]) -> str:
         n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
-        head = f"{n} on {row['node'] or '?'}  {row['status']:<10} {row['label']:<38}"
+        where = f" on {row['node']} " if row.get("node") else ""
+        head = f"{n}{where} {row['status']:<10} {row['label']:<38}"
         if row["status"] != "ok":
             return f"{head} {row['error'][:90]}"
         return (
