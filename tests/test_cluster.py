@@ -8,6 +8,7 @@ Two hardware classes by label: "a" (two nodes) and "b" (one node, started withou
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from tuner.outputs.tables import read_trials
 from tuner.search.cluster import CLASS_LABEL
 
-from conftest import TESTS, tuner, tuner_env, write_space
+from conftest import FAST_TIMING, TESTS, mlflow_server, tuner, tuner_env, write_space
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny_models:small_cnn"
@@ -167,3 +168,46 @@ def test_a_lost_node_fails_its_trial_and_the_search_finishes_on_the_others(tmp_p
     assert len(ok) == 3 and node_ids_of(ok["node"]) == {first}  # the rest on the node that remained
     assert bool(trials["recommended"].any())
     assert "--resume" not in stdout
+
+
+def test_a_nightly_job_runs_its_classes_at_the_same_time_each_with_its_own_champion(two_classes, tmp_path):
+    import yaml
+
+    cluster, ids = two_classes
+    model = {
+        "model": MODEL, "weights": "random", "trials": 2, "time_budget_minutes": 5,
+        "overrides": {
+            "dimensions": {"batch_size": [1, 2], "compile": ["eager"]},
+            "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
+            "timing": FAST_TIMING, "confirm": {"finalists": 1, "rounds": 1},
+        },
+    }  # fmt: skip
+    with mlflow_server(tmp_path) as url:  # a server: searches of two classes write at the same time
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump({
+            "tracking_uri": url, "output": str(tmp_path / "runs"),
+            "models": [{**model, "hardware": "a"}, {**model, "hardware": "b"}],
+        }))  # fmt: skip
+        env = {**tuner_env(tmp_path), "RAY_ADDRESS": cluster.address}  # how `ray job submit` runs it
+        r = subprocess.run([sys.executable, "-m", "tuner", "nightly", str(job)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "running 2 hardware classes at the same time: a, b" in r.stdout
+        assert "[a] " in r.stdout and "[b] " in r.stdout
+
+        (run,) = (tmp_path / "runs").iterdir()
+        report = json.loads((run / "nightly-report.json").read_text())["models"]
+        assert [(m["hardware"], bool(m["recommended"])) for m in report] == [("a", True), ("b", True)]
+
+        client = MlflowClient(url)
+        exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+        runs = {p.data.tags["tuner.hardware_class"]: p for p in client.search_runs([exp.experiment_id],
+                "tags.`tuner.nightly` = 'true'")}  # fmt: skip
+        assert set(runs) == {"a", "b"}
+        a, b = runs["a"].info, runs["b"].info
+        assert a.start_time < b.end_time and b.start_time < a.end_time  # they ran at the same time
+        for k, p in runs.items():
+            name, number = p.data.tags["tuner.registered_model"].rsplit("/", 1)
+            assert client.get_model_version_by_alias(name, f"champion-{k}").version == number
+            trials = read_trials(Path(p.data.tags["tuner.output"]) / "trials.csv")
+            assert node_ids_of(trials["node"]) <= short(ids[k])

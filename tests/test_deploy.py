@@ -74,3 +74,30 @@ def test_shipped_job_files_are_valid(job):
     for m in loaded.models:
         if m.space:
             assert (job.parent / m.space).exists()
+
+
+def test_kuberay_cluster_has_one_labelled_worker_group_per_hardware_class():
+    doc = yaml.safe_load((DEPLOY / "tuner-raycluster.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    assert doc["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head runs no trial
+    classes = []
+    for group in doc["spec"]["workerGroupSpecs"]:
+        classes.append(group["labels"]["tuner.io/hardware"])
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RAY_worker_niceness"] == "0"
+        assert container["resources"]["requests"] == container["resources"]["limits"]  # whole cores per trial
+    assert len(set(classes)) == len(classes) >= 2
+
+    job = yaml.safe_load((DEPLOY / "tuner-nightly-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == doc["metadata"]["name"]
+    entry = job["spec"]["entrypoint"]
+    assert entry.startswith("python -m tuner nightly ") and entry in README
+    from tuner.nightly.job import load_job
+
+    loaded = load_job(ROOT / entry.split()[-1])  # the job it runs tunes for the cluster's classes
+    assert {m.hardware for m in loaded.models} == set(classes)
+    for name in ("deploy/tuner-raycluster.yaml", "deploy/tuner-nightly-rayjob.yaml", "tuner.io/hardware"):
+        assert name in README

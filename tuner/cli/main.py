@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
     n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")
     n.add_argument("--resume", action="store_true", help="continue the job's last interrupted run")
+    # How a job with several hardware classes runs each class in a process of its own.
+    n.add_argument("--only-class", help=argparse.SUPPRESS)
+    n.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
 
     r = sub.add_parser("report", help="print the trial table and Pareto front of a logged search")
     r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "nightly":
             from tuner.nightly.job import run_job
 
-            return run_job(args.job, resume=args.resume)
+            return run_job(args.job, resume=args.resume, only_class=args.only_class, run_dir=args.run_dir)
         if args.command == "ceiling":
             from tuner.cli import ceiling
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
+from tuner.core.console import safe_name
 from tuner.core.errors import ConfigError
 
 
@@ -23,6 +24,14 @@ class ModelJob(Strict):
     data: str | None = None  # relative to the job file
     weights: str = "auto"
     seed: int = 0
+    # The Ray hardware class to tune for (README "Running on a Ray cluster"): its own history,
+    # champion and regression check. Models of different classes run at the same time.
+    hardware: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """Its output folder in a nightly run: one per model and class."""
+        return safe_name(self.model if self.hardware is None else f"{self.model}@{self.hardware}")
 
 
 class RegressionSettings(Strict):

@@ -32,13 +32,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from tuner.config.job import Job, load_job
-from tuner.core.console import safe_name, say
+from tuner.config.job import Job, ModelJob, load_job
+from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import ConfigError, TunerError
 from tuner.nightly.report import write_report
@@ -76,7 +78,10 @@ def lock_path() -> Path:
     return cache / "nightly.lock"
 
 
-def run_job(path: Path, resume: bool = False) -> int:
+def run_job(path: Path, resume: bool = False, only_class: str | None = None, run_dir: Path | None = None) -> int:
+    """The job in `path`. With `only_class` and `run_dir` (how `_run_classes` starts one
+    process per hardware class; "" is the driver's own class), only that class's models, into
+    the parent's run folder, under the parent's lock, with no report of their own."""
     from filelock import FileLock, Timeout
 
     service_env()
@@ -84,6 +89,10 @@ def run_job(path: Path, resume: bool = False) -> int:
     quiet_logs()
     path = path.resolve()
     job = load_job(path)
+    if only_class is not None and run_dir is not None:
+        state = json.loads((run_dir / NIGHTLY_STATE).read_text())
+        _run_models(job, path, run_dir, _by_class(job)[only_class], _deadline(job, state), resume)
+        return 0
     lock = FileLock(str(lock_path()))
     try:
         lock.acquire(timeout=0)
@@ -100,9 +109,19 @@ def run_job(path: Path, resume: bool = False) -> int:
         lock.release()
 
 
-def _run_locked(job: Job, path: Path, resume: bool) -> int:
-    from tuner.nightly.model import run_model
+def _by_class(job: Job) -> dict[str, list[ModelJob]]:
+    """The job's models by hardware class ("": the driver's own), in job order."""
+    groups: dict[str, list[ModelJob]] = {}
+    for mj in job.models:
+        groups.setdefault(mj.hardware or "", []).append(mj)
+    return groups
 
+
+def _deadline(job: Job, state: dict[str, Any]) -> float | None:
+    return float(state["started"]) + job.time_budget_minutes * 60 if job.time_budget_minutes else None
+
+
+def _run_locked(job: Job, path: Path, resume: bool) -> int:
     root = Path(job.output).resolve()
     root.mkdir(parents=True, exist_ok=True)
     run_dir = _last_unfinished(root) if resume else None
@@ -116,31 +135,21 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
     )
     state["status"] = "running"
     state_file.write_text(json.dumps(state, indent=2))
-    deadline = state["started"] + job.time_budget_minutes * 60 if job.time_budget_minutes else None
     results: list[dict[str, Any]] = []
+    groups = _by_class(job)
     with open(run_dir / "nightly.log", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
         say(f"nightly: {path} -> {run_dir} (log: {run_dir / 'nightly.log'})")
         try:
-            for mj in job.models:
-                safe = safe_name(mj.model)
-                done = run_dir / safe / "nightly-model.json"
-                if done.exists():
-                    results.append(json.loads(done.read_text()))
-                    say(f"\n== {mj.model}: already done in this run")
-                    continue
-                try:
-                    res = run_model(job, mj, path, run_dir / safe, deadline, resume)
-                except KeyboardInterrupt:
-                    state["status"] = "interrupted"
-                    state_file.write_text(json.dumps(state, indent=2))
-                    say(f"nightly interrupted; resume with: python -m tuner nightly {path} --resume")
-                    raise
-                except TunerError as e:
-                    res = {"model": mj.model, "status": f"error: {e}"}
-                    say(f"\n== {mj.model}: error: {e}")
-                (run_dir / safe).mkdir(exist_ok=True)
-                done.write_text(json.dumps(res, indent=2, default=str))
-                results.append(res)
+            if len(groups) > 1:
+                _run_classes(path, run_dir, groups, resume)
+                results = [_result_of(run_dir, mj) for mj in job.models]
+            else:
+                results = _run_models(job, path, run_dir, job.models, _deadline(job, state), resume)
+        except KeyboardInterrupt:
+            state["status"] = "interrupted"
+            state_file.write_text(json.dumps(state, indent=2))
+            say(f"nightly interrupted; resume with: python -m tuner nightly {path} --resume")
+            raise
         finally:
             if results:
                 write_report(results, run_dir, time.time() - state["started"], job.time_budget_minutes)
@@ -149,6 +158,79 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
     if any(r.get("regression") for r in results):
         return EXIT_REGRESSION
     return 0 if all(r.get("recommended") for r in results) else 1
+
+
+def _run_models(
+    job: Job, path: Path, run_dir: Path, models: list[ModelJob], deadline: float | None, resume: bool
+) -> list[dict[str, Any]]:
+    """The models one after another (one hardware class); each one's result is also written
+    to its folder (`nightly-model.json`), which `--resume` and `_run_classes` read."""
+    from tuner.nightly.model import run_model
+
+    results = []
+    for mj in models:
+        done = run_dir / mj.folder / "nightly-model.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+            say(f"\n== {mj.model}: already done in this run")
+            continue
+        try:
+            res = run_model(job, mj, path, run_dir / mj.folder, deadline, resume)
+        except TunerError as e:
+            res = {"model": mj.model, "hardware": mj.hardware, "status": f"error: {e}"}
+            say(f"\n== {mj.model}: error: {e}")
+        (run_dir / mj.folder).mkdir(exist_ok=True)
+        done.write_text(json.dumps(res, indent=2, default=str))
+        results.append(res)
+    return results
+
+
+def _run_classes(path: Path, run_dir: Path, groups: dict[str, list[ModelJob]], resume: bool) -> None:
+    """One process per hardware class, all at once (each runs its class's models in turn, on
+    that class's nodes); their lines are printed as they come, prefixed with the class."""
+    procs = {}
+    for name in groups:
+        cmd = [sys.executable, "-m", "tuner", "nightly", str(path), "--only-class", name, "--run-dir", str(run_dir)]
+        procs[name] = subprocess.Popen(
+            cmd + (["--resume"] if resume else []),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )  # fmt: skip
+    say(f"running {len(procs)} hardware classes at the same time: {', '.join(n or '(this machine)' for n in procs)}")
+    out = sys.stdout
+
+    def relay(name: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(f"[{name or 'here'}] {line}")
+
+    threads = [threading.Thread(target=relay, args=(n, p), daemon=True) for n, p in procs.items()]
+    for t in threads:
+        t.start()
+    try:
+        for p in procs.values():
+            p.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the children too: let them save their state
+        for p in procs.values():
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    for name, p in procs.items():
+        if p.returncode not in (0, None):
+            say(f"hardware class {name or '(this machine)'}: its process exited with {p.returncode}")
+        if p.returncode == 130:
+            raise KeyboardInterrupt
+
+
+def _result_of(run_dir: Path, mj: ModelJob) -> dict[str, Any]:
+    done = run_dir / mj.folder / "nightly-model.json"
+    if done.exists():
+        return dict(json.loads(done.read_text()))
+    return {"model": mj.model, "hardware": mj.hardware, "status": "error: its hardware class's process ended early"}
 
 
 def _last_unfinished(root: Path) -> Path | None:

@@ -55,8 +55,8 @@ class _History:
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # warm start: champion + front
 
     @classmethod
-    def read(cls, tracker: Tracker, warm_start: bool) -> _History:
-        prev = previous_run(tracker, detect().fingerprint)
+    def read(cls, tracker: Tracker, warm_start: bool, hardware_class: str | None) -> _History:
+        prev = previous_run(tracker, detect().fingerprint, hardware_class)
         if prev is None:
             return cls()
         champion = Variant.from_dict(json.loads(prev.data.tags["tuner.champion_variant"]))
@@ -76,10 +76,10 @@ def run_model(
     file (space, data, weights) are relative to it."""
     uri = tracking_uri(job)
     experiment = f"{job.experiment_prefix}/{mj.model}"
-    result: dict[str, Any] = {"model": mj.model, "experiment": experiment, "output": str(out)}
+    result: dict[str, Any] = {"model": mj.model, "hardware": mj.hardware, "experiment": experiment, "output": str(out)}
     check_reachable(uri)
     tracker = Tracker(uri, experiment)
-    hist = _History.read(tracker, job.regression.warm_start)
+    hist = _History.read(tracker, job.regression.warm_start, mj.hardware)
     result["previous_search"] = hist.prev.info.run_id if hist.prev else None
     result["champion_before"] = hist.champion.label if hist.champion else None
 
@@ -98,7 +98,7 @@ def run_model(
     hook = _regression_hook(req, hist, job.regression, check)
     outcome = run_search(_with_history(req, hist), before_search=hook)
     champ = _judge(result, req, hist, check.get("result"), outcome.table, outcome.recommended, job.regression.threshold)
-    _record(tracker, outcome.parent_run_id, mj.model, result, champ)
+    _record(tracker, outcome.parent_run_id, mj.model, result, champ, mj.hardware)
     print_verdict(result, result["regression_check"])
     return result
 
@@ -140,6 +140,7 @@ def _request(
         experiment=experiment,
         output=out,
         seed=mj.seed,
+        hardware=mj.hardware,
     )
 
 
@@ -239,7 +240,9 @@ def _judge(
 _NORMALISED_KEYS = ("speedup", "ceiling_fraction", "baseline_p50_ms", "probe_p50_ms")
 
 
-def _record(tracker: Tracker, parent_id: str, model: str, result: dict[str, Any], champ: _Champion) -> None:
+def _record(
+    tracker: Tracker, parent_id: str, model: str, result: dict[str, Any], champ: _Champion, hardware: str | None
+) -> None:
     """The verdict and the champion as parent-run tags and metrics; the registry alias."""
     tags = {
         "tuner.regression": str(result["regression"]).lower(),
@@ -259,4 +262,4 @@ def _record(tracker: Tracker, parent_id: str, model: str, result: dict[str, Any]
         metrics.update(machine_drift=drift["machine"], baseline_drift=drift["baseline"], probe_drift=drift["probe"])
     tracker.log(parent_id, metrics=metrics, tags=tags)
     if champ.new:
-        promote(tracker, parent_id, model)
+        promote(tracker, parent_id, model, hardware)

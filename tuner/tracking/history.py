@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tuner.tracking.store import Tracker, registered_name
 
 
-def previous_run(tracker: Tracker, fingerprint: str) -> Any | None:
-    """The latest finished nightly search of this experiment on this hardware, with a champion."""
+def previous_run(tracker: Tracker, fingerprint: str, hardware_class: str | None = None) -> Any | None:
+    """The latest finished nightly search of this experiment on this hardware, with a champion:
+    of the Ray hardware class when one is named, else of this machine's fingerprint."""
+    where = (
+        f"tags.`tuner.hardware_class` = '{hardware_class}'"
+        if hardware_class
+        else f"tags.`hw.fingerprint` = '{fingerprint}'"
+    )
     runs = tracker.search(
-        f"tags.`tuner.nightly` = 'true' and tags.`hw.fingerprint` = '{fingerprint}' and attributes.status = 'FINISHED'",
+        f"tags.`tuner.nightly` = 'true' and {where} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
@@ -30,13 +37,19 @@ def previous_front(tracker: Tracker, run: Any) -> list[dict[str, Any]]:
     return out
 
 
-def promote(tracker: Tracker, parent_id: str, model: str) -> None:
-    """Move the registry alias `champion` to this search's registered model version."""
+def champion_alias(hardware_class: str | None) -> str:
+    """The registry alias of a nightly champion: `champion`, or `champion-<class>` per class."""
+    return "champion" if not hardware_class else "champion-" + re.sub(r"[^\w-]", "-", hardware_class)
+
+
+def promote(tracker: Tracker, parent_id: str, model: str, hardware_class: str | None = None) -> None:
+    """Move the registry alias `champion` (per class: `champion_alias`) to this search's
+    registered model version."""
     run = tracker.run(parent_id)
     tag = run.data.tags.get("tuner.registered_model") if run is not None else None
     if not tag:
         return
     name, _, version = tag.rpartition("/")
     if name == registered_name(model):
-        tracker.set_alias(name, "champion", version)
+        tracker.set_alias(name, champion_alias(hardware_class), version)
         tracker.log(parent_id, tags={"tuner.champion_model": f"{name}/{version}"})
