@@ -185,7 +185,7 @@ LEAD_COLUMNS = ("trial", "trial_id", "is_baseline", "label")
 STATUS_COLUMNS = ("status", "stable", "interference", "remeasured")
 SELECTION_COLUMNS = ("feasible", "pareto", "recommended")  # recomputed at the end of a search
 # Where it was measured: the trial's node, and the nodes of its confirmation measurements.
-PLACE_COLUMNS = ("node", "node_fingerprint", "confirmed_nodes")
+PLACE_COLUMNS = ("node", "node_fingerprint", "confirmed_nodes", "confirmed_fingerprints")
 TAIL_COLUMNS = (
     *CONFIRMED_COLUMNS,
     *STATUS_COLUMNS,
@@ -220,6 +220,7 @@ TAGS = {
     "node": "tuner.node",
     "node_fingerprint": "tuner.node_fingerprint",
     "confirmed_nodes": "tuner.confirmed_nodes",
+    "confirmed_fingerprints": "tuner.confirmed_fingerprints",
 }
 TEXT_COLUMNS = ("error", *PLACE_COLUMNS)  # tagged only when not empty
 FLAG_COLUMNS = ("stable", "interference", "remeasured", "pareto", "recommended", "is_baseline")  # "true"/"false"

@@ -82,9 +82,11 @@ def confirm_finalists(
     for i, c in confirmed.items():
         for col, v in c.columns().items():
             df.loc[i, col] = v
-    df["confirmed_nodes"] = df["confirmed_nodes"].fillna("").astype(str) if "confirmed_nodes" in df else ""
-    for k, i in enumerate(rows):  # where its measurements ran (search/cluster.py names nodes)
-        df.loc[i, "confirmed_nodes"] = ",".join(sorted({str(r["node"]) for r in results.get(k, []) if r.get("node")}))
+    for col, key in (("confirmed_nodes", "node"), ("confirmed_fingerprints", "node_fingerprint")):
+        # where its measurements ran (search/cluster.py names the nodes), and on what hardware
+        df[col] = df[col].fillna("").astype(str) if col in df else ""
+        for k, i in enumerate(rows):
+            df.loc[i, col] = ",".join(sorted({str(r[key]) for r in results.get(k, []) if r.get(key)}))
     if len(base) and base[0] in confirmed:
         for i in confirmed:
             _put(

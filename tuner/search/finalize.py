@@ -21,7 +21,7 @@ import pandas as pd
 from tuner.config.request import SearchRequest
 from tuner.core.console import say
 from tuner.core.errors import one_line
-from tuner.core.schema import CONFIRMED_COLUMNS, selection_tags
+from tuner.core.schema import CONFIRMED_COLUMNS, TAGS, selection_tags
 from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
@@ -146,8 +146,9 @@ def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
     for _, row in confirmed[confirmed["mlflow_run_id"].astype(bool)].iterrows():
         metrics = {k: row[k] for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k])}
         tags = {"tuner.confirmed": "true"}
-        if row.get("confirmed_nodes"):
-            tags["tuner.confirmed_nodes"] = str(row["confirmed_nodes"])
+        for col in ("confirmed_nodes", "confirmed_fingerprints"):
+            if row.get(col):
+                tags[TAGS[col]] = str(row[col])
         tracker.log(row["mlflow_run_id"], metrics=metrics, tags=tags)
     for _, row in df.iterrows():
         if (row["pareto"] or row["recommended"]) and row["mlflow_run_id"]:

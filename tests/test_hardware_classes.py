@@ -1,0 +1,67 @@
+"""Hardware classes (search/cluster.py) as pure logic: grouping, the default class, the errors
+that list the classes, the niceness warning, the selector. The same code on a real multi-node
+Ray cluster: tests/test_cluster.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tuner.core.errors import ConfigError
+from tuner.measure.hardware import Hardware
+from tuner.search.cluster import CLASS_LABEL, NODE_ID_LABEL, Node, choose, classes_of, niceness_warning
+from tuner.tracking.history import champion_alias
+
+ZEN4 = Hardware("AMD EPYC 9R14", 4, "avx2,fma,avx512f,avx512_vnni,avx512_bf16", "none", "2.14.1", "none", "3.11")
+ZEN3 = Hardware("AMD EPYC 7R13", 4, "avx2,fma", "none", "2.14.1", "none", "3.11")
+
+
+def node(i: int, hw: Hardware, label: str = "", nice: int = 0, cpus: int = 4) -> Node:
+    return Node(
+        f"{i:02d}" * 28, f"host{i}:{i:02d}{i:02d}{i:02d}", cpus, dataclasses.replace(hw, cores=cpus), label, nice
+    )
+
+
+def test_nodes_group_by_label_else_by_fingerprint():
+    nodes = [node(1, ZEN4), node(2, ZEN4), node(3, ZEN3), node(4, ZEN4, "fast"), node(5, ZEN3, "fast")]
+    classes = classes_of(nodes)
+    assert set(classes) == {f"hw-{dataclasses.replace(ZEN4).fingerprint}", f"hw-{ZEN3.fingerprint}", "fast"}
+    fp4 = classes[f"hw-{ZEN4.fingerprint}"]
+    assert [n.name for n in fp4.nodes] == ["host1:010101", "host2:020202"] and fp4.cores == 4
+    assert fp4.selector() == {NODE_ID_LABEL: f"in({'01' * 28},{'02' * 28})"}
+    assert classes["fast"].selector() == {CLASS_LABEL: "fast"}  # also takes labelled nodes that join later
+    tags = fp4.tags()
+    assert tags["tuner.hardware_class"] == fp4.name and tags["hw.fingerprint"] == ZEN4.fingerprint
+
+
+def test_a_class_reserves_its_smallest_node_and_a_different_size_is_another_class():
+    small = node(2, ZEN4, cpus=2)
+    assert small.hw.fingerprint != node(1, ZEN4).hw.fingerprint  # the CPUs Ray gives count
+    labelled = classes_of([node(1, ZEN4, "x"), node(2, ZEN4, "x", cpus=2)])["x"]
+    assert labelled.cores == 2 and labelled.hw.cores == 2
+
+
+def test_the_default_is_the_drivers_node_class_else_its_cpu_else_an_error_listing_the_classes():
+    nodes = [node(1, ZEN4, "a"), node(2, ZEN3, "b")]
+    classes = classes_of(nodes)
+    assert choose(classes, None, nodes[1].node_id, ZEN4).name == "b"  # the driver's node decides
+    assert choose(classes, None, "head", ZEN3).name == "b"  # a head without CPUs: the driver's CPU
+    assert choose(classes, "a", "head", ZEN3).name == "a"
+    with pytest.raises(ConfigError, match="choose one with --hardware CLASS") as e:
+        choose(classes_of([node(1, ZEN4, "a"), node(2, ZEN4, "b")]), None, "head", ZEN4)
+    assert "a: 1 node(s) of 4 CPU(s), AMD EPYC 9R14" in str(e.value) and "\n  b: " in str(e.value)
+    with pytest.raises(ConfigError, match="--hardware c: no such hardware class"):
+        choose(classes, "c", "head", ZEN4)
+
+
+def test_niced_workers_get_one_warning_naming_the_nodes_and_the_fix():
+    assert niceness_warning([node(1, ZEN4)]) is None
+    text = niceness_warning([node(1, ZEN4), node(2, ZEN4, nice=15)])
+    assert text is not None and "nice 15 on 1 node(s) (host2:020202)" in text
+    assert "RAY_worker_niceness=0 ray start" in text
+
+
+def test_champion_alias_per_class():
+    assert champion_alias(None) == "champion" and champion_alias("zen4") == "champion-zen4"
+    assert champion_alias("gpu.a100") == "champion-gpu-a100"  # registry aliases take no dots
