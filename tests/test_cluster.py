@@ -114,7 +114,7 @@ def test_two_searches_for_two_classes_run_side_by_side_each_on_its_own_nodes(two
         assert len(confirmed) and node_ids_of(confirmed) <= short(ids[k])
         fingerprints = set(trials["confirmed_fingerprints"].dropna().str.split(",").explode())
         assert fingerprints == set(trials["node_fingerprint"])  # one class: one fingerprint
-        assert f"hardware class {k}: {len(ids[k])} of the cluster's 3 node(s), 2 class(es)" in stdout
+        assert f"hardware class {k}: {len(ids[k])} of the cluster's 3 node(s) with CPUs, 2 class(es)" in stdout
         assert "[1/" in stdout and " on " in stdout.split("[1/", 1)[1].splitlines()[0]
 
         client = MlflowClient(f"sqlite:///{tmp_path / k / 'mlflow.db'}")

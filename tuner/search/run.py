@@ -167,7 +167,7 @@ def _place(req: SearchRequest, begun: _Started) -> _Prepared:
     hw = klass.hw
     say(f"  machine: {hw.cpu_model}, {hw.cores} cores per trial, gpu {hw.gpu}, torch {hw.torch_version}")
     n_classes = len({n.hardware_class for n in nodes})
-    say(f"  hardware class {klass.name}: {len(klass.nodes)} of the cluster's {len(nodes)} node(s), "
+    say(f"  hardware class {klass.name}: {len(klass.nodes)} of the cluster's {len(nodes)} node(s) with CPUs, "
         f"{n_classes} class(es) ({', '.join(n.name for n in klass.nodes)})")  # fmt: skip
     warning = cluster.niceness_warning(list(klass.nodes))
     if warning:
