@@ -11,6 +11,7 @@ from tuner.decide.confirm import (
     choose,
     hierarchical_bootstrap,
     interleaved,
+    lead_over,
     paired_ratio_bootstrap,
 )
 
@@ -81,3 +82,37 @@ def test_speedup_uses_only_rounds_both_ran_in():
     assert c.speedup_over(Confirmed(((0.06,) * 5, (0.09,) * 5), 1, (0, 1))).value == pytest.approx(3.0)
     with pytest.raises(ValueError, match="no round"):
         paired_ratio_bootstrap({0: [0.06]}, {1: [0.03]})
+
+
+def test_a_lead_paired_by_round_survives_a_slow_phase_that_unpaired_intervals_call_a_tie():
+    # batch 8 at 340 items/s against batch 4 at 300, measured in the same three rounds; the
+    # host ran 1.5x slower in rounds 2 and 3 (mobilenet's throughput confirmation, issue 13).
+    rng = np.random.default_rng(1)
+    slow = (1.0, 1.5, 1.5)
+
+    def runs(batch: int, ips: float) -> Confirmed:
+        per_call = batch / ips
+        return Confirmed(tuple(tuple(rng.normal(per_call * f, per_call * 0.01, 30)) for f in slow), batch, (0, 1, 2))
+
+    bs8, bs4 = runs(8, 340.0), runs(4, 300.0)
+    intervals = {0: bs8.throughput_ips, 1: bs4.throughput_ips}
+    assert intervals[0].overlaps(intervals[1])  # each on its own: a tie, and the simpler batch 4 would win
+    simpler = {0: (1, 0, 8, 2), 1: (1, 0, 4, 2)}
+    assert choose(intervals, simpler, lower_is_better=False)[0] == 1
+
+    lead = lead_over(bs8, bs4, lower_is_better=False)
+    assert lead.low > 1.08 and lead.value == pytest.approx(340 / 300, rel=0.02)
+    key, why = choose(intervals, simpler, lower_is_better=False, lead=lambda b, k: lead_over(
+        (bs8, bs4)[b], (bs8, bs4)[k], lower_is_better=False))  # fmt: skip
+    assert key == 0 and why == "best confirmed figure (its lead is significant by round)"
+
+
+def test_a_paired_lead_within_noise_is_still_a_tie():
+    rng = np.random.default_rng(2)
+    a = Confirmed(tuple(tuple(rng.normal(0.0100, 0.0008, 30)) for _ in range(3)), 1, (0, 1, 2))
+    b = Confirmed(tuple(tuple(rng.normal(0.0101, 0.0008, 30)) for _ in range(3)), 1, (0, 1, 2))
+    lead = lead_over(a, b, lower_is_better=True)
+    assert lead.low <= 1.0 <= lead.high
+    key, why = choose({0: a.p50_ms, 1: b.p50_ms}, {0: COMPILED, 1: EAGER}, lower_is_better=True,
+                      lead=lambda best, k: lead_over((a, b)[best], (a, b)[k], lower_is_better=True))  # fmt: skip
+    assert key == 1 and ("not significant by round" in why or "simplest of 2 tied" in why)  # the simpler one

@@ -145,18 +145,42 @@ def probe_fraction(measured: Confirmed, probe: Confirmed, flops_per_item: float,
     return Interval(k * iv.value, k * iv.low, k * iv.high)
 
 
+def lead_over(best: Confirmed, other: Confirmed, lower_is_better: bool) -> Interval:
+    """How many times better `best` is than `other`, from measurements paired by round (> 1:
+    better): other's p50 / best's p50 for latency; best's items/s / other's for throughput
+    (from the per-call medians and the batch sizes). Raises ValueError without a common round.
+
+    Paired like `speedup_over`: a slow phase of the host that slows a whole round slows both,
+    so the lead's interval is far narrower than the two figures' own intervals suggest."""
+    ratio = paired_ratio_bootstrap(other.by_round(), best.by_round())  # median(other) / median(best)
+    k = 1.0 if lower_is_better else best.batch_size / other.batch_size
+    return Interval(k * ratio.value, k * ratio.low, k * ratio.high)
+
+
 def choose(
-    intervals: Mapping[int, Interval], complexity: Mapping[int, tuple[int, ...]], lower_is_better: bool
+    intervals: Mapping[int, Interval],
+    complexity: Mapping[int, tuple[int, ...]],
+    lower_is_better: bool,
+    lead: Callable[[int, int], Interval | None] | None = None,
 ) -> tuple[int, str]:
     """The best finalist by its confirmed figure; but if its lead over others is not
-    significant (intervals overlap), the simplest of those tied with it.
-    Returns (key, reason)."""
+    significant, the simplest of those tied with it. With `lead(best, k)` (`lead_over`, paired
+    by round), a lead is significant when its interval lies above 1; without it, or when it
+    gives None, when the two intervals do not overlap. Returns (key, reason)."""
     sign = 1 if lower_is_better else -1
     best = min(intervals, key=lambda k: sign * intervals[k].value)
-    tied = [k for k in intervals if k == best or intervals[k].overlaps(intervals[best])]
+
+    def tied_with_best(k: int) -> bool:
+        paired = lead(best, k) if lead is not None and k != best else None
+        if paired is not None:
+            return paired.low <= 1.0
+        return k == best or intervals[k].overlaps(intervals[best])
+
+    tied = [k for k in intervals if tied_with_best(k)]
     simplest = min(tied, key=lambda k: (complexity[k], sign * intervals[k].value))
+    how = " by round" if lead is not None else ""
     if simplest == best:
         n = len(tied) - 1
-        why = "its lead is significant" if n == 0 else f"also the simplest of {n + 1} tied finalists"
+        why = f"its lead is significant{how}" if n == 0 else f"also the simplest of {n + 1} tied finalists"
         return best, f"best confirmed figure ({why})"
-    return simplest, "the best finalist's lead was not significant (intervals overlap): chose the simpler config"
+    return simplest, f"the best finalist's lead was not significant{how}: chose the simpler config"

@@ -14,7 +14,7 @@ from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
 from tuner.core.variant import MachineProbe, Variant, ceiling_key
-from tuner.decide.confirm import Confirmed, Interval, choose, probe_fraction
+from tuner.decide.confirm import Confirmed, Interval, choose, lead_over, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
 
 # What confirmation measures: a variant, or the machine probe (nightly's regression check).
@@ -105,7 +105,15 @@ def confirm_finalists(
     latency = objective == "latency"
     intervals = {k: (confirmed[i].p50_ms if latency else confirmed[i].throughput_ips) for k, i in enumerate(candidates)}
     complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
-    k, why = choose(intervals, complexity, lower_is_better=latency)
+    runs = {k: confirmed[i] for k, i in enumerate(candidates)}
+
+    def lead(best: int, k: int) -> Interval | None:  # paired by round, where both have a round
+        try:
+            return lead_over(runs[best], runs[k], lower_is_better=latency)
+        except ValueError:
+            return None
+
+    k, why = choose(intervals, complexity, lower_is_better=latency, lead=lead)
     return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
 
 
