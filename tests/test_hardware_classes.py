@@ -10,7 +10,7 @@ import pytest
 
 from tuner.core.errors import ConfigError
 from tuner.measure.hardware import Hardware
-from tuner.search.cluster import CLASS_LABEL, NODE_ID_LABEL, Node, choose, classes_of, niceness_warning
+from tuner.search.cluster import CLASS_LABEL, NODE_ID_LABEL, Node, choose_class, classes_of, niceness_warning
 from tuner.tracking.history import champion_alias
 
 ZEN4 = Hardware("AMD EPYC 9R14", 4, "avx2,fma,avx512f,avx512_vnni,avx512_bf16", "none", "2.14.1", "none", "3.11")
@@ -45,14 +45,14 @@ def test_a_class_reserves_its_smallest_node_and_a_different_size_is_another_clas
 def test_the_default_is_the_drivers_node_class_else_its_cpu_else_an_error_listing_the_classes():
     nodes = [node(1, ZEN4, "a"), node(2, ZEN3, "b")]
     classes = classes_of(nodes)
-    assert choose(classes, None, nodes[1].node_id, ZEN4).name == "b"  # the driver's node decides
-    assert choose(classes, None, "head", ZEN3).name == "b"  # a head without CPUs: the driver's CPU
-    assert choose(classes, "a", "head", ZEN3).name == "a"
+    assert choose_class(classes, None, nodes[1].node_id, ZEN4).name == "b"  # the driver's node decides
+    assert choose_class(classes, None, "head", ZEN3).name == "b"  # a head without CPUs: the driver's CPU
+    assert choose_class(classes, "a", "head", ZEN3).name == "a"
     with pytest.raises(ConfigError, match="choose one with --hardware CLASS") as e:
-        choose(classes_of([node(1, ZEN4, "a"), node(2, ZEN4, "b")]), None, "head", ZEN4)
+        choose_class(classes_of([node(1, ZEN4, "a"), node(2, ZEN4, "b")]), None, "head", ZEN4)
     assert "a: 1 node(s) of 4 CPU(s), AMD EPYC 9R14" in str(e.value) and "\n  b: " in str(e.value)
     with pytest.raises(ConfigError, match="--hardware c: no such hardware class"):
-        choose(classes, "c", "head", ZEN4)
+        choose_class(classes, "c", "head", ZEN4)
 
 
 def test_niced_workers_get_one_warning_naming_the_nodes_and_the_fix():

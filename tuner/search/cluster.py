@@ -132,7 +132,7 @@ def classes_of(nodes: list[Node]) -> dict[str, HardwareClass]:
     return {name: HardwareClass(name, tuple(sorted(ns, key=lambda n: n.name))) for name, ns in sorted(grouped.items())}
 
 
-def choose(
+def choose_class(
     classes: dict[str, HardwareClass], wanted: str | None, driver_node: str, driver_hw: Hardware
 ) -> HardwareClass:
     """The class asked for; by default the driver's own: its node's class, or else the one
@@ -183,11 +183,11 @@ def ceiling_on(
 
 
 def place(wanted: str | None) -> tuple[HardwareClass, list[Node]]:
-    """The class a search runs on (`choose`), and every node surveyed (Ray must be up)."""
+    """The class a search runs on (`choose_class`), and every node surveyed (Ray must be up)."""
     import ray
 
     nodes = survey()
-    return choose(classes_of(nodes), wanted, ray.get_runtime_context().get_node_id(), detect()), nodes
+    return choose_class(classes_of(nodes), wanted, ray.get_runtime_context().get_node_id(), detect()), nodes
 
 
 def lost_nodes(klass: HardwareClass, wait_s: float = 30.0) -> list[Node]:
