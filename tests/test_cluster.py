@@ -93,50 +93,6 @@ def test_without_hardware_the_search_lists_the_classes_present(two_classes, tmp_
     assert bad.returncode == 2 and "--hardware c: no such hardware class" in bad.stderr
 
 
-def test_two_searches_for_two_classes_run_side_by_side_each_on_its_own_nodes(two_classes, tmp_path):
-    cluster, ids = two_classes
-    dims = {"dimensions": {"batch_size": [1, 2, 4], "compile": ["eager", "torchscript"]}}
-    procs = {
-        "a": start_search(tmp_path / "a", cluster.address, "a", 4, **dims),
-        "b": start_search(tmp_path / "b", cluster.address, "b", 2, **dims),
-    }
-    out = {k: p.communicate(timeout=900) for k, p in procs.items()}
-    for k, p in procs.items():
-        assert p.returncode == 0, out[k][0] + out[k][1]
-
-    for k in ("a", "b"):
-        stdout = out[k][0]
-        trials = read_trials(tmp_path / k / "out" / "trials.csv")
-        # Every trial and every confirmation measurement ran on the class's nodes, and says so.
-        assert node_ids_of(trials["node"]) <= short(ids[k]), trials["node"]
-        assert trials["node_fingerprint"].str.len().eq(12).all()
-        confirmed = trials["confirmed_nodes"].dropna().str.split(",").explode()
-        assert len(confirmed) and node_ids_of(confirmed) <= short(ids[k])
-        fingerprints = set(trials["confirmed_fingerprints"].dropna().str.split(",").explode())
-        assert fingerprints == set(trials["node_fingerprint"])  # one class: one fingerprint
-        assert f"hardware class {k}: {len(ids[k])} of the cluster's 3 node(s) with CPUs, 2 class(es)" in stdout
-        assert "[1/" in stdout and " on " in stdout.split("[1/", 1)[1].splitlines()[0]
-
-        client = MlflowClient(f"sqlite:///{tmp_path / k / 'mlflow.db'}")
-        exp = client.get_experiment_by_name(f"tuner/{MODEL}")
-        (parent,) = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'search'")
-        assert parent.data.tags["tuner.hardware_class"] == k and parent.data.params["hardware_class"] == k
-        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        assert node_ids_of(c.data.tags.get("tuner.node") for c in children) <= short(ids[k])
-        rec = trials[trials["recommended"]]
-        assert len(rec) == 1 and node_ids_of(rec["node"]) <= short(ids[k])
-        name, number = parent.data.tags["tuner.registered_model"].rsplit("/", 1)  # e.g. tuner-<model>/1
-        assert client.get_model_version(name, number).tags["tuner.hardware_class"] == k
-
-    # Class a has two nodes: two trials at a time, one per node.
-    assert node_ids_of(read_trials(tmp_path / "a" / "out" / "trials.csv")["node"]) == short(ids["a"])
-    assert "2 at a time (one per node of a)" in out["a"][0]
-    # Class b's node runs Ray's workers at nice 15: the search says so, and how to fix it.
-    assert "warning: Ray's workers run at nice 15 on 1 node(s)" in out["b"][0]
-    assert "RAY_worker_niceness=0 ray start" in out["b"][0]
-    assert "workers run at nice" not in out["a"][0]
-
-
 def test_a_lost_node_fails_its_trial_and_the_search_finishes_on_the_others(tmp_path):
     with ray_cluster({"a": 2}) as (cluster, ids):
         # The baseline runs on one node while the second trial (batch 2) hangs on the other; when
@@ -172,14 +128,16 @@ def test_a_lost_node_fails_its_trial_and_the_search_finishes_on_the_others(tmp_p
     assert "--resume" not in stdout
 
 
-def test_a_nightly_job_runs_its_classes_at_the_same_time_each_with_its_own_champion(two_classes, tmp_path):
+def test_a_nightly_job_runs_the_searches_of_two_classes_at_the_same_time_each_on_its_own_nodes(two_classes, tmp_path):
+    """Two searches, one per class, at the same time (the nightly job's processes): each runs,
+    confirms and recommends on its own class's nodes only, and each has its own champion."""
     import yaml
 
     cluster, ids = two_classes
     model = {
-        "model": MODEL, "weights": "random", "trials": 2, "time_budget_minutes": 5,
+        "model": MODEL, "weights": "random", "time_budget_minutes": 5,
         "overrides": {
-            "dimensions": {"batch_size": [1, 2], "compile": ["eager"]},
+            "dimensions": {"batch_size": [1, 2, 4], "compile": ["eager", "torchscript"]},
             "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
             "timing": FAST_TIMING, "confirm": {"finalists": 1, "rounds": 1},
         },
@@ -188,14 +146,14 @@ def test_a_nightly_job_runs_its_classes_at_the_same_time_each_with_its_own_champ
         job = tmp_path / "job.yaml"
         job.write_text(yaml.safe_dump({
             "tracking_uri": url, "output": str(tmp_path / "runs"),
-            "models": [{**model, "hardware": "a"}, {**model, "hardware": "b"}],
+            "models": [{**model, "hardware": "a", "trials": 4}, {**model, "hardware": "b", "trials": 2}],
         }))  # fmt: skip
         env = {**tuner_env(tmp_path), "RAY_ADDRESS": cluster.address}  # how `ray job submit` runs it
         r = subprocess.run([sys.executable, "-m", "tuner", "nightly", str(job)], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=900)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         assert "running 2 hardware classes at the same time: a, b" in r.stdout
-        assert "[a] " in r.stdout and "[b] " in r.stdout
+        out = {k: "".join(ln[4:] + "\n" for ln in r.stdout.splitlines() if ln.startswith(f"[{k}] ")) for k in "ab"}
 
         (run,) = (tmp_path / "runs").iterdir()
         report = json.loads((run / "nightly-report.json").read_text())["models"]
@@ -203,13 +161,38 @@ def test_a_nightly_job_runs_its_classes_at_the_same_time_each_with_its_own_champ
 
         client = MlflowClient(url)
         exp = client.get_experiment_by_name(f"tuner/{MODEL}")
-        runs = {p.data.tags["tuner.hardware_class"]: p for p in client.search_runs([exp.experiment_id],
-                "tags.`tuner.nightly` = 'true'")}  # fmt: skip
-        assert set(runs) == {"a", "b"}
-        a, b = runs["a"].info, runs["b"].info
+        parents = {p.data.tags["tuner.hardware_class"]: p for p in client.search_runs([exp.experiment_id],
+                   "tags.`tuner.nightly` = 'true'")}  # fmt: skip
+        assert set(parents) == {"a", "b"}
+        a, b = parents["a"].info, parents["b"].info
         assert a.start_time < b.end_time and b.start_time < a.end_time  # they ran at the same time
-        for k, p in runs.items():
-            name, number = p.data.tags["tuner.registered_model"].rsplit("/", 1)
+        for k, parent in parents.items():
+            assert parent.data.params["hardware_class"] == k
+            trials = read_trials(Path(parent.data.tags["tuner.output"]) / "trials.csv")
+            # Every trial and every confirmation measurement ran on the class's nodes, and says so.
+            assert node_ids_of(trials["node"]) <= short(ids[k]), trials["node"]
+            assert trials["node_fingerprint"].str.len().eq(12).all()
+            confirmed = trials["confirmed_nodes"].dropna().str.split(",").explode()
+            assert len(confirmed) and node_ids_of(confirmed) <= short(ids[k])
+            fingerprints = set(trials["confirmed_fingerprints"].dropna().str.split(",").explode())
+            assert fingerprints == set(trials["node_fingerprint"])  # one class: one fingerprint
+            rec = trials[trials["recommended"]]
+            assert len(rec) == 1 and node_ids_of(rec["node"]) <= short(ids[k])
+            children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+            assert node_ids_of(c.data.tags.get("tuner.node") for c in children) <= short(ids[k])
+            assert f"hardware class {k}: {len(ids[k])} of the cluster's 3 node(s) with CPUs, 2 class(es)" in out[k]
+            assert " on " in out[k].split("[1/", 1)[1].splitlines()[0]  # the progress line names the node
+            # The registered version names its class; each class has its own champion.
+            name, number = parent.data.tags["tuner.registered_model"].rsplit("/", 1)  # e.g. tuner-<model>/1
+            assert client.get_model_version(name, number).tags["tuner.hardware_class"] == k
             assert client.get_model_version_by_alias(name, f"champion-{k}").version == number
-            trials = read_trials(Path(p.data.tags["tuner.output"]) / "trials.csv")
-            assert node_ids_of(trials["node"]) <= short(ids[k])
+
+    # Class a has two nodes: two trials at a time, one per node.
+    assert node_ids_of(read_trials(Path(parents["a"].data.tags["tuner.output"]) / "trials.csv")["node"]) == short(
+        ids["a"]
+    )
+    assert "2 at a time (one per node of a)" in out["a"]
+    # Class b's node runs Ray's workers at nice 15: the search says so, and how to fix it.
+    assert "warning: Ray's workers run at nice 15 on 1 node(s)" in out["b"]
+    assert "RAY_worker_niceness=0 ray start" in out["b"]
+    assert "workers run at nice" not in out["a"]
