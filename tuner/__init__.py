@@ -4,7 +4,9 @@ One search, as the folders read (README "Layout", DESIGN.md §1), top to bottom:
 
     cli/        parse a command, hand it on
     nightly/    a job of searches with a history, regression check and champion
-    search/     one search: Ray Tune + Optuna, confirmation, outputs
+    search/     one search on one hardware class of a Ray cluster: Ray Tune + Optuna,
+                confirmation, outputs
+    deploy/     the pick in its runtime's own form, logged, registered and checked
     tracking/   MLflow: parent and child runs, sync, the registered model, history
     outputs/    trials.csv and friends, the terminal and MLflow descriptions, plots
     decide/     Pareto front, recommendation, confirmation statistics (pure pandas)
