@@ -65,3 +65,25 @@ def test_niced_workers_get_one_warning_naming_the_nodes_and_the_fix():
 def test_champion_alias_per_class():
     assert champion_alias(None) == "champion" and champion_alias("zen4") == "champion-zen4"
     assert champion_alias("gpu.a100") == "champion-gpu-a100"  # registry aliases take no dots
+
+
+def test_nightly_history_is_the_class_s_when_a_class_is_named_else_the_fingerprint_s(tmp_path, monkeypatch):
+    """tracking/history.previous_run on a real sqlite MLflow store: three finished nightly
+    searches (class a, class b, no class), each with a champion."""
+    from tuner.tracking.history import previous_run
+    from tuner.tracking.store import Tracker
+
+    monkeypatch.chdir(tmp_path)  # a local store's artifacts go to ./mlartifacts
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tuner/m")
+    ids = {}
+    for name, tags in (
+        ("a", {"tuner.hardware_class": "a", "hw.fingerprint": "f00000000001"}),
+        ("b", {"tuner.hardware_class": "b", "hw.fingerprint": "f00000000001"}),  # same machine type, own class
+        ("here", {"hw.fingerprint": "f00000000002"}),  # a search before classes, or on one machine
+    ):
+        ids[name] = tracker.start_parent(name, {}, {**tags, "tuner.nightly": "true", "tuner.champion_variant": "{}"})
+        tracker.finish(ids[name])
+    assert previous_run(tracker, "f00000000002", "a").info.run_id == ids["a"]
+    assert previous_run(tracker, "f00000000002", "b").info.run_id == ids["b"]
+    assert previous_run(tracker, "f00000000002").info.run_id == ids["here"]
+    assert previous_run(tracker, "f00000000002", "c") is None

@@ -26,6 +26,7 @@ from tuner.decide.finalists import ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
 from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
+from tuner.measure.hardware import detect
 from tuner.outputs import tables
 from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
 from tuner.tracking.recorder import TrialRecorder, close_parent
@@ -91,6 +92,15 @@ def finalize(
             f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu},"
             f" fingerprint {hw.fingerprint}"
         )
+        here = detect()
+        if (here.cpu_model, here.isa, here.gpu) != (hw.cpu_model, hw.isa, hw.gpu):
+            # The artifact is saved and checked by this driver (deploy/), not on a node of the class.
+            built_on = f"{here.cpu_model} ({here.isa}), gpu {here.gpu}"
+            parent_tags["tuner.model_built_on"] = built_on
+            say(
+                f"note: the recommended model is saved and checked on this driver, {built_on}, not on a node of"
+                f" class {req.hardware}; a compiled artifact (AOTInductor's .pt2) may need rebuilding there"
+            )
         parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware,
                                                 req.hardware or ""))  # fmt: skip
     wall = time.time() - started
