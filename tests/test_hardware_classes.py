@@ -87,3 +87,17 @@ def test_nightly_history_is_the_class_s_when_a_class_is_named_else_the_fingerpri
     assert previous_run(tracker, "f00000000002", "b").info.run_id == ids["b"]
     assert previous_run(tracker, "f00000000002").info.run_id == ids["here"]
     assert previous_run(tracker, "f00000000002", "c") is None
+
+
+def test_an_experiment_created_by_another_process_meanwhile_is_taken_not_an_error(tmp_path, monkeypatch):
+    """Two hardware classes of a nightly job start the same model's search at once: both find
+    no experiment, both create it; the second must take the first one's (a real sqlite store)."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.tracking.store import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "tuner/first")
+    other = MlflowClient(uri).create_experiment("tuner/m")  # the other process, between lookup and create
+    assert tracker._create_experiment("tuner/m", uri) == other

@@ -161,7 +161,7 @@ class Tracker:
             if exp is None and not create:
                 raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
             if exp is None:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+                self.experiment_id = self._create_experiment(experiment, uri)
             else:
                 self.experiment_id = exp.experiment_id
             if create and (exp is None or EXPERIMENT_KIND[0] not in exp.tags):
@@ -173,6 +173,19 @@ class Tracker:
                 raise
             raise TrackingError(f"--tracking-uri {uri}: cannot open the MLflow tracking store: {one_line(e)}") from None
         self.experiment = experiment
+
+    def _create_experiment(self, experiment: str, uri: str) -> str:
+        """Create it, or take the one another process created between our lookup and our
+        create (a nightly job's hardware classes start their searches of one model at once)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.create_experiment(experiment, artifact_location=_artifact_root(uri)))
+        except MlflowException as e:
+            exp = self.client.get_experiment_by_name(experiment)
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+                raise
+            return str(exp.experiment_id)
 
     # ---- runs -------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
