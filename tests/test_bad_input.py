@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tuner.cli.main import EXIT_USAGE, main
@@ -153,6 +154,14 @@ def test_measure_threads_above_the_cores(tmp_path, capsys):
     cfg.write_text(f"variant: {{threads: {cores + 1}}}\n")
     err = run_cli(tmp_path, capsys, "measure", "resnet18", "--config", str(cfg))
     assert f"`variant.threads` is {cores + 1}; this machine has {cores} cores" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_measure_on_cuda_without_a_gpu_says_what_torch_sees(tmp_path, capsys):
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text("variant: {threads: 1}\n")
+    err = run_cli(tmp_path, capsys, "measure", "resnet18", "--config", str(cfg), "--device", "cuda")
+    assert "--device cuda: torch sees no CUDA device here" in err and f"torch {torch.__version__}" in err
 
 
 def test_job_file_errors_name_the_file_and_key(tmp_path, capsys):

@@ -2,7 +2,8 @@
 node, each with its own CPUs and labels), and the real CLI connected to it with `--address`.
 
 Two hardware classes by label: "a" (two nodes) and "b" (one node, started without
-`RAY_worker_niceness=0`, as Ray's default leaves it). One CPU per node; the head runs no trials.
+`RAY_worker_niceness=0`, as Ray's default leaves it, and declaring one GPU to Ray, which this
+machine does not have). One CPU per node; the head runs no trials.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ HANG = {"precision": "fp32", "quantization": "none", "compile": "eager", "layout
 
 
 @contextlib.contextmanager
-def ray_cluster(classes: dict[str, int], niced: tuple[str, ...] = ()):
+def ray_cluster(classes: dict[str, int], niced: tuple[str, ...] = (), gpus: tuple[str, ...] = ()):
     """Start a head (no CPUs) and `classes[name]` one-CPU nodes labelled `name`; yields the
     cluster and each class's node ids. Nodes of the `niced` classes keep Ray's default worker
-    niceness. The cluster's processes inherit this environment: the test's models on the path."""
+    niceness; nodes of the `gpus` classes declare one GPU to Ray. The cluster's processes
+    inherit this environment: the test's models on the path."""
     from ray.cluster_utils import Cluster
 
     saved = dict(os.environ)
@@ -45,7 +47,8 @@ def ray_cluster(classes: dict[str, int], niced: tuple[str, ...] = ()):
                 os.environ.pop("RAY_worker_niceness", None)
             else:
                 os.environ["RAY_worker_niceness"] = "0"
-            nodes = [cluster.add_node(num_cpus=1, labels={CLASS_LABEL: name}) for _ in range(count)]
+            gpu = int(name in gpus)
+            nodes = [cluster.add_node(num_cpus=1, num_gpus=gpu, labels={CLASS_LABEL: name}) for _ in range(count)]
             ids[name] = [n.node_id for n in nodes]
         os.environ.clear()
         os.environ.update(saved)
@@ -78,7 +81,7 @@ def node_ids_of(names) -> set[str]:
 
 @pytest.fixture(scope="module")
 def two_classes():
-    with ray_cluster({"a": 2, "b": 1}, niced=("b",)) as c:
+    with ray_cluster({"a": 2, "b": 1}, niced=("b",), gpus=("b",)) as c:
         yield c
 
 
@@ -91,6 +94,13 @@ def test_without_hardware_the_search_lists_the_classes_present(two_classes, tmp_
     assert "a: 2 node(s) of 1 CPU(s)" in r.stderr and "b: 1 node(s) of 1 CPU(s)" in r.stderr
     bad = tuner("search", MODEL, "--weights", "random", "--address", cluster.address, "--hardware", "c", cwd=tmp_path)
     assert bad.returncode == 2 and "--hardware c: no such hardware class" in bad.stderr
+    # b's node declares a GPU to Ray. The survey reserves it, so it sees what torch there sees:
+    # no CUDA device on this machine, so b's trials could not use it.
+    gpu = tuner("search", MODEL, "--weights", "random", "--address", cluster.address, "--hardware", "b",
+                "--device", "cuda", cwd=tmp_path)  # fmt: skip
+    assert gpu.returncode == 2, gpu.stdout + gpu.stderr
+    assert "--device cuda: hardware class b has no GPU that torch can use" in gpu.stderr
+    assert ": 1 GPU(s) in Ray, torch sees none" in gpu.stderr
 
 
 def test_a_lost_node_fails_its_trial_and_the_search_finishes_on_the_others(tmp_path):

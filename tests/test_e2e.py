@@ -75,6 +75,7 @@ def test_outputs(search):
     assert feas[idx] and front[idx]
     assert rec["label"] == trials.loc[idx, "label"]
     assert rec["weights_label"].startswith("random-init") and rec["data"].startswith("synthetic")
+    assert rec["device"] == "cpu"  # where it was measured: this machine has no GPU
 
     # Every ok trial has its fraction of the hardware ceiling; finalists have confirmed intervals.
     ok = trials[trials["status"] == "ok"]
@@ -92,6 +93,8 @@ def test_mlflow_tree(search):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tuner.weights"].startswith("random-init")
+    assert parent.data.tags["tuner.device"] == "cpu" and parent.data.params["device"] == "cpu"
+    assert parent.data.tags["hw.gpu"] == "none" and parent.data.tags["hw.gpu_driver"] == "none"
     assert {"trials.csv", "pareto.csv", "recommended.yaml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
@@ -116,11 +119,12 @@ def test_mlflow_tree(search):
 def test_measure_reproduces_the_recommended_variant(search):
     work, out, uri, r = search
     m = tuner("measure", "resnet18", "--config", str(out / "recommended.yaml"), "--space", str(work / "space.yaml"),
-              "--json", cwd=work)  # fmt: skip
+              "--json", "--device", "cpu", cwd=work)  # fmt: skip
     assert m.returncode == 0, m.stderr
     fig = json.loads(m.stdout.strip().splitlines()[-1])
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert fig["status"] == "ok", fig["error"]
+    assert fig["device"] == "cpu"
     assert {k: fig[k] for k in rec["variant"]} == rec["variant"]
     assert Variant.from_dict(rec["variant"]).label == rec["label"]  # the same variant, by its label
     assert fig["top1_agreement"] == 1.0

@@ -78,3 +78,29 @@ def test_gpu_trial_reports_device_memory(small_reference):
     out = evaluate(Variant(precision="fp16", batch_size=4), small_reference, TrialSettings(TimingConfig(**FAST_TIMING)))  # type: ignore[arg-type]
     assert out.status == "ok", out.error
     assert out.peak_device_mb > 0 and out.cosine_similarity > 0.99
+
+
+def test_gpu_search_runs_its_trials_on_the_gpu_without_being_told(tmp_path):
+    """The whole chain on a real GPU: Ray's survey sees it, every trial reserves it (Ray would
+    hide it otherwise), and the outputs say so. `--device cpu` then keeps it out of the trials."""
+    import yaml
+
+    from tuner.outputs.tables import read_trials
+
+    from conftest import tuner, write_space
+
+    space = write_space(tmp_path / "space.yaml", dimensions={"precision": ["fp32", "fp16"], "compile": ["eager"],
+                        "batch_size": [1, 8], "layout": ["contiguous"]}, search={"trials": 3})  # fmt: skip
+    base = ["search", "tiny_models:small_cnn", "--space", str(space), "--weights", "random"]
+    r = tuner(*base, "--output", "gpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "device:  cuda (" in r.stdout
+    rec = yaml.safe_load((tmp_path / "gpu" / "recommended.yaml").read_text())
+    assert rec["device"] == "cuda"
+    trials = read_trials(tmp_path / "gpu" / "trials.csv")
+    assert (trials[trials["status"] == "ok"]["peak_device_mb"] > 0).all()  # the trials did use the GPU
+    c = tuner(*base, "--output", "cpu", "--device", "cpu", cwd=tmp_path)
+    assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "cpu" / "recommended.yaml").read_text())["device"] == "cpu"
+    # torch saw no GPU in those trials (Ray hid it): no device memory figure
+    assert read_trials(tmp_path / "cpu" / "trials.csv")["peak_device_mb"].isna().all()

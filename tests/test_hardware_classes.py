@@ -10,7 +10,15 @@ import pytest
 
 from tuner.core.errors import ConfigError
 from tuner.measure.hardware import Hardware
-from tuner.search.cluster import CLASS_LABEL, NODE_ID_LABEL, Node, choose_class, classes_of, niceness_warning
+from tuner.search.cluster import (
+    CLASS_LABEL,
+    NODE_ID_LABEL,
+    Node,
+    choose_class,
+    choose_device,
+    classes_of,
+    niceness_warning,
+)
 from tuner.tracking.history import champion_alias
 
 ZEN4 = Hardware("AMD EPYC 9R14", 4, "avx2,fma,avx512f,avx512_vnni,avx512_bf16", "none", "2.14.1", "none", "3.11")
@@ -101,3 +109,38 @@ def test_an_experiment_created_by_another_process_meanwhile_is_taken_not_an_erro
     tracker = Tracker(uri, "tuner/first")
     other = MlflowClient(uri).create_experiment("tuner/m")  # the other process, between lookup and create
     assert tracker._create_experiment("tuner/m", uri) == other
+
+
+H100 = dataclasses.replace(ZEN4, gpu="NVIDIA H100 80GB HBM3", cuda_version="12.8", gpu_driver="570.86",
+                           cudnn_version="91000")  # fmt: skip
+
+
+def test_a_machine_without_a_gpu_keeps_its_fingerprint_and_a_gpu_s_driver_and_cudnn_count():
+    import hashlib
+
+    key = f"{ZEN4.cpu_model}|{ZEN4.cores}|{ZEN4.isa}|none|{ZEN4.torch_version}"
+    assert ZEN4.fingerprint == hashlib.sha256(key.encode()).hexdigest()[:12]  # the id history is keyed by
+    assert H100.fingerprint != dataclasses.replace(H100, gpu_driver="550.54").fingerprint
+    assert H100.fingerprint != dataclasses.replace(H100, cudnn_version="90100").fingerprint
+    assert H100.without_gpu().fingerprint == ZEN4.fingerprint  # --device cpu on it: its CPU's history
+    assert H100.tags()["hw.gpu_driver"] == "570.86" and ZEN4.tags()["hw.cudnn_version"] == "none"
+
+
+def test_the_device_is_cuda_where_every_node_has_a_gpu_torch_sees_else_cpu():
+    gpu_class = classes_of([dataclasses.replace(node(1, H100, "g"), gpus=1)])["g"]
+    chosen = choose_device(gpu_class, None)
+    assert chosen.device == "cuda" and chosen.resources() == {"CPU": 4.0, "GPU": 1.0}
+    assert chosen.hw.gpu == H100.gpu and chosen.tags()["tuner.device"] == "cuda"
+    on_cpu = choose_device(gpu_class, "cpu")  # no GPU reserved, so Ray hides it from the trials
+    assert on_cpu.resources() == {"CPU": 4.0} and on_cpu.gpus == 0
+    assert on_cpu.hw.gpu == "none" and on_cpu.hw.fingerprint == ZEN4.fingerprint
+    cpu_class = classes_of([node(1, ZEN4, "c")])["c"]
+    assert choose_device(cpu_class, None).device == "cpu"
+    with pytest.raises(ConfigError, match="--device cuda: hardware class c has no GPU that torch can use") as e:
+        choose_device(cpu_class, "cuda")
+    assert "host1:010101: 0 GPU(s) in Ray, torch sees none" in str(e.value) and "built with CUDA none" in str(e.value)
+    # Ray schedules a GPU there but torch does not see it (no driver): not usable either.
+    with pytest.raises(ConfigError, match="1 GPU\\(s\\) in Ray, torch sees none"):
+        choose_device(classes_of([dataclasses.replace(node(1, ZEN4, "c"), gpus=1)])["c"], "cuda")
+    with pytest.raises(ConfigError, match="--device tpu: must be one of cuda, cpu"):
+        choose_device(cpu_class, "tpu")

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         " (default: the driver's own; README: Running on a Ray cluster)",
     )
     s.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        help="where the trials run (default: cuda where the class's nodes have a GPU, else cpu)",
+    )
+    s.add_argument(
         "--resume",
         type=Path,
         metavar="OUTPUT_DIR",
@@ -67,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
     _add_model_args(m)
     m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    m.add_argument(
+        "--device", choices=["cuda", "cpu"], help="where to run it (default: cuda where torch sees a GPU, else cpu)"
+    )
 
     n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
     n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")

@@ -21,10 +21,12 @@ from tuner.core.errors import ConfigError, TunerError, one_line
 from tuner.core.variant import Variant
 from tuner.measure.hardware import usable_cores
 
-PRINTED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s", "stable")
+PRINTED = ("device", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s",
+           "stable")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    _use_device(args.device)
     if args.model_uri:
         return _run_registered(args)
     if not args.model:
@@ -49,6 +51,23 @@ def run(args: argparse.Namespace) -> int:
     return _print(args, variant, result, ref, {})
 
 
+def _use_device(device: str | None) -> None:
+    """`--device cpu` hides the GPUs from torch the way CUDA itself offers (before torch first
+    asks CUDA for them); `--device cuda` must find one. Unset: cuda where torch sees a GPU."""
+    import os
+
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device cuda: torch sees no CUDA device here (torch {torch.__version__}, built with CUDA"
+            f" {torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+        )
+
+
 def _check_threads(variant: Variant, source: str) -> None:
     cores = usable_cores()  # taskset and cgroup limits count
     if variant.threads > cores:
@@ -60,7 +79,9 @@ def _print(args: argparse.Namespace, variant: Variant, result: Any, ref: Any, ex
 
     out = {**variant.to_dict(), **result.to_dict(), **extra}
     out.pop("traceback")
-    out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__)
+    from tuner.measure.hardware import detect
+
+    out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__, device=detect().device)
     if args.json:
         print(json.dumps(out, default=float))
     else:

@@ -60,6 +60,7 @@ def _new(args: argparse.Namespace) -> SearchRequest:
         seed=args.seed or 0,
         address=args.address,
         hardware=args.hardware,
+        device=args.device,
     )
 
 
@@ -103,4 +104,5 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--output", args.output.resolve() if args.output else None, req.output),
         ("--address", args.address, req.address),
         ("--hardware", args.hardware, req.hardware),
+        ("--device", args.device, req.device),
     ]

@@ -31,6 +31,7 @@ class SearchRequest:
     seed: int = 0
     address: str | None = None
     hardware: str | None = None  # the Ray hardware class (search/cluster.py); None: the driver's own
+    device: str | None = None  # "cuda" or "cpu" (search/cluster.choose_device); None: cuda where there is a GPU
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
     # Nightly jobs (nightly/model.py): extra parent-run tags, and configs (labels) the
     # confirmation must include (the champion, measured in the same rounds).
@@ -65,6 +66,7 @@ def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float
         "seed": req.seed,
         "address": req.address,
         "hardware": req.hardware,
+        "device": req.device,
         "parent_run_id": parent_id,
         "status": status,  # running | interrupted | finished
         "elapsed_s": elapsed_s,
@@ -95,5 +97,6 @@ def load_request(output: Path) -> SearchRequest:
         seed=st["seed"],
         address=st["address"],
         hardware=st.get("hardware"),  # absent in searches saved before hardware classes
+        device=st.get("device", "cpu"),  # absent in searches saved before --device: they ran on the CPU
         resume=True,
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from dataclasses import asdict, dataclass
+import subprocess
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 
@@ -51,8 +52,10 @@ class Hardware:
     isa: str  # the ISA flags that matter for inference kernels, comma-separated
     gpu: str  # "none" or the CUDA device name
     torch_version: str
-    cuda_version: str
+    cuda_version: str  # the CUDA torch was built with ("none" for a CPU-only build)
     python_version: str
+    gpu_driver: str = "none"  # the NVIDIA driver's version, where there is a GPU
+    cudnn_version: str = "none"  # the cuDNN torch loads, where there is a GPU
 
     @property
     def device(self) -> str:
@@ -70,9 +73,18 @@ class Hardware:
 
     @property
     def fingerprint(self) -> str:
-        """Short stable id: same hardware + same torch -> same id (used to key history)."""
+        """Short stable id: same hardware + same torch -> same id (used to key history). With a
+        GPU the driver and cuDNN count too (either can change its kernels); a machine without
+        one keeps the id it always had."""
         key = f"{self.cpu_model}|{self.cores}|{self.isa}|{self.gpu}|{self.torch_version}"
+        if self.gpu != "none":
+            key += f"|{self.gpu_driver}|{self.cudnn_version}"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def without_gpu(self) -> Hardware:
+        """This machine as a CPU-only search sees it (`--device cpu` on a GPU machine): its
+        fingerprint, ceiling and history are then those of its CPU."""
+        return replace(self, gpu="none", gpu_driver="none", cudnn_version="none")
 
     def tags(self) -> dict[str, str]:
         out = {f"hw.{k}": str(v) for k, v in asdict(self).items()}
@@ -100,7 +112,8 @@ def detect() -> Hardware:
     import torch
 
     flags = _cpu_flags()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    cuda = torch.cuda.is_available()  # False in a Ray task given no GPU: Ray hides them from it
+    gpu = torch.cuda.get_device_name(0) if cuda else "none"
     return Hardware(
         cpu_model=_cpu_model(),
         cores=usable_cores(),
@@ -109,4 +122,25 @@ def detect() -> Hardware:
         torch_version=torch.__version__,
         cuda_version=str(torch.version.cuda or "none"),
         python_version=platform.python_version(),
+        gpu_driver=_gpu_driver() if cuda else "none",
+        cudnn_version=str(torch.backends.cudnn.version() or "none") if cuda else "none",
     )
+
+
+def _gpu_driver() -> str:
+    """The NVIDIA driver's version, from NVML (the `nvidia-ml-py` that CUDA builds of torch
+    depend on), else `nvidia-smi`; "unknown" when neither answers."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # not installed, or NVML absent
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+        return out.stdout.split("\n")[0].strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

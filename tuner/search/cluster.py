@@ -12,6 +12,11 @@ once and no two trials share cores. Ray does the placing; nothing here schedules
 
 The fingerprint of a node counts the CPUs Ray gives a task there (its `num_cpus`), which is
 what a trial can use, not what the operating system shows.
+
+GPUs: Ray hides a node's GPUs (`CUDA_VISIBLE_DEVICES=""`) from every task and actor that asks
+for none. So the survey asks for all of a node's GPUs to see them, and a search on `cuda`
+reserves one GPU with each trial, confirmation and ceiling probe; a search on `cpu` reserves
+none, and torch inside its trials sees no GPU (`choose_device`, `HardwareClass.resources`).
 """
 
 from __future__ import annotations
@@ -51,16 +56,21 @@ class Node:
     hw: Hardware
     label: str  # the `tuner.io/hardware` label, or ""
     nice: int  # the niceness Ray's workers start at on this node
+    gpus: int = 0  # the GPUs Ray schedules on this node
 
     @property
     def hardware_class(self) -> str:
         return self.label or f"hw-{self.hw.fingerprint}"
 
 
+DEVICES = ("cuda", "cpu")
+
+
 @dataclass(frozen=True)
 class HardwareClass:
     name: str
     nodes: tuple[Node, ...]
+    device: str = "cpu"  # where trials run: "cuda" (one GPU each) or "cpu" (`choose_device`)
 
     @property
     def cores(self) -> int:
@@ -69,7 +79,18 @@ class HardwareClass:
 
     @property
     def hw(self) -> Hardware:
-        return dataclasses.replace(self.nodes[0].hw, cores=self.cores)
+        """The hardware the class's measurements ran on: on `cpu`, its GPU is not part of it."""
+        hw = dataclasses.replace(self.nodes[0].hw, cores=self.cores)
+        return hw if self.device == "cuda" else hw.without_gpu()
+
+    @property
+    def gpus(self) -> int:
+        """The GPUs a trial reserves: one on `cuda`, none on `cpu` (Ray then hides them)."""
+        return 1 if self.device == "cuda" else 0
+
+    def resources(self) -> dict[str, float]:
+        """One trial's reservation: the whole node's CPUs, and its GPU on `cuda`."""
+        return {"CPU": float(self.cores), **({"GPU": 1.0} if self.gpus else {})}
 
     @property
     def by_label(self) -> bool:
@@ -93,6 +114,7 @@ class HardwareClass:
         return {
             **self.hw.tags(),
             "tuner.hardware_class": self.name,
+            "tuner.device": self.device,
             "tuner.hardware_nodes": ",".join(n.name for n in self.nodes),
         }
 
@@ -108,21 +130,25 @@ def _describe_node(node_id: str, cpus: float) -> dict[str, Any]:
 
 
 def survey() -> list[Node]:
-    """Every alive node with CPUs, described by a task that runs on it (Ray must be up)."""
+    """Every alive node with CPUs, described by a task that runs on it (Ray must be up). The
+    task asks for all of the node's GPUs, else Ray would hide them from it."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     alive = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    gpus = {n["NodeID"]: int(n["Resources"].get("GPU", 0)) for n in alive}
     describe = ray.remote(_describe_node)
     pending = [
         describe.options(
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            num_cpus=0,
+            num_gpus=gpus[n["NodeID"]],
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
         ).remote(n["NodeID"], n["Resources"]["CPU"])
         for n in alive
     ]
     done = ray.get(pending, timeout=SURVEY_TIMEOUT_S)
     labels = {n["NodeID"]: (n.get("Labels") or {}).get(CLASS_LABEL, "") for n in alive}
-    return [Node(**d, label=labels[d["node_id"]]) for d in done]
+    return [Node(**d, label=labels[d["node_id"]], gpus=gpus[d["node_id"]]) for d in done]
 
 
 def classes_of(nodes: list[Node]) -> dict[str, HardwareClass]:
@@ -157,6 +183,24 @@ def choose_class(
     )
 
 
+def choose_device(klass: HardwareClass, wanted: str | None) -> HardwareClass:
+    """The class with the device its trials run on: `wanted`, or by default `cuda` where its
+    nodes have a GPU that torch can use, else `cpu`. `cuda` on a class without one is a
+    ConfigError saying what Ray and torch report."""
+    if wanted is not None and wanted not in DEVICES:
+        raise ConfigError(f"--device {wanted}: must be one of {', '.join(DEVICES)}")
+    usable = all(n.hw.gpu != "none" and n.gpus >= 1 for n in klass.nodes)
+    device = wanted or ("cuda" if usable else "cpu")
+    if device == "cuda" and not usable:
+        hw = klass.nodes[0].hw
+        found = ", ".join(f"{n.name}: {n.gpus} GPU(s) in Ray, torch sees {n.hw.gpu}" for n in klass.nodes)
+        raise ConfigError(
+            f"--device cuda: hardware class {klass.name} has no GPU that torch can use on every node ({found};"
+            f" torch {hw.torch_version} built with CUDA {hw.cuda_version}). Use --device cpu, or a class with GPUs"
+        )
+    return dataclasses.replace(klass, device=device)
+
+
 def niceness_warning(nodes: list[Node]) -> str | None:
     """One line when Ray's workers run niced (Ray's default is 15): trials then queue behind
     every daemon on the node and their timings suffer."""
@@ -177,7 +221,9 @@ def ceiling_on(
     node reserved like a trial's."""
     import ray
 
-    task: Any = ray.remote(entries_for).options(num_cpus=klass.cores, label_selector=klass.selector())
+    task: Any = ray.remote(entries_for).options(
+        num_cpus=klass.cores, num_gpus=klass.gpus, label_selector=klass.selector()
+    )
     entries: dict[str, CeilingEntry] = ray.get(task.remote(klass.hw, precisions, remeasure))
     return entries
 

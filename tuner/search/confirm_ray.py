@@ -47,7 +47,7 @@ def ray_confirm(ref: Reference, settings: TrialSettings, klass: HardwareClass) -
         out: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(variants))}
         schedule = interleaved(variants, rounds)
         actor = _Confirmer.options(  # type: ignore[attr-defined]
-            num_cpus=klass.cores, label_selector=klass.selector()
+            num_cpus=klass.cores, num_gpus=klass.gpus, label_selector=klass.selector()
         ).remote()
         try:
             for n, (r, i) in enumerate(schedule, 1):

@@ -92,7 +92,7 @@ def finalize(
             f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu},"
             f" fingerprint {hw.fingerprint}"
         )
-        here = detect()
+        here = detect() if req.device == "cuda" else detect().without_gpu()
         if (here.cpu_model, here.isa, here.gpu) != (hw.cpu_model, hw.isa, hw.gpu):
             # The artifact is saved and checked by this driver (deploy/), not on a node of the class.
             built_on = f"{here.cpu_model} ({here.isa}), gpu {here.gpu}"
@@ -202,6 +202,7 @@ def _write_recommended(
             "reason": rec.reason,
             "hardware": fingerprint,
             "hardware_class": req.hardware,
+            "device": req.device,
             "mlflow": {
                 "tracking_uri": req.tracking_uri,
                 "experiment": req.experiment,

@@ -120,7 +120,7 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
     try:
         prep = _place(req, begun)
         klass = prep.klass
-        req = dataclasses.replace(req, hardware=klass.name)  # saved with the state: `--resume` keeps it
+        req = dataclasses.replace(req, hardware=klass.name, device=klass.device)  # saved: `--resume` keeps them
         choices = req.space.feasible_choices(
             cores=klass.cores,
             device=prep.hw.device,
@@ -164,8 +164,11 @@ def _place(req: SearchRequest, begun: _Started) -> _Prepared:
     """The hardware class the trials run on (search/cluster.py) and its ceiling, measured on
     one of its nodes."""
     klass, nodes = cluster.place(req.hardware)
+    klass = cluster.choose_device(klass, req.device)
     hw = klass.hw
     say(f"  machine: {hw.cpu_model}, {hw.cores} cores per trial, gpu {hw.gpu}, torch {hw.torch_version}")
+    gpu = f" ({hw.gpu}, driver {hw.gpu_driver}, CUDA {hw.cuda_version}, cuDNN {hw.cudnn_version}; one GPU per trial)"
+    say(f"  device:  {klass.device}{gpu if klass.device == 'cuda' else ''}")
     n_classes = len({n.hardware_class for n in nodes})
     say(f"  hardware class {klass.name}: {len(klass.nodes)} of the cluster's {len(nodes)} node(s) with CPUs, "
         f"{n_classes} class(es) ({', '.join(n.name for n in klass.nodes)})")  # fmt: skip
@@ -197,6 +200,7 @@ def _open(req: SearchRequest, prep: _Prepared) -> tuple[Tracker, str, TrialRecor
         **{f"eval.{k}": v for k, v in sp.eval.model_dump().items()},
         "cores_per_trial": klass.cores,
         "hardware_class": klass.name,
+        "device": klass.device,
         "flops_per_item": ref.flops_per_item,
         **{f"ceiling_gflops.{k}": v for k, v in prep.ceiling.items()},
         "output": str(req.output),

@@ -153,7 +153,7 @@ def fit(
     from ray import tune
 
     whole_node = tune.PlacementGroupFactory(
-        [{"CPU": klass.cores}], strategy="PACK", bundle_label_selector=[klass.selector()]
+        [klass.resources()], strategy="PACK", bundle_label_selector=[klass.selector()]
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, reference=ref, settings=settings), whole_node)
     tuner = tune.Tuner(
