@@ -133,7 +133,8 @@ def test_ceiling_fraction_and_keys():
     assert ceiling_key("bf16", "none") == "bf16"
     assert ceiling.precisions_for("cpu", True, False) == ["fp32", "bf16", "int8"]
     assert ceiling.precisions_for("cpu", True, True) == ["fp32", "bf16", "fp16", "int8"]
-    assert ceiling.precisions_for("cuda", True, True) == ["fp32", "bf16", "fp16"]
+    assert ceiling.precisions_for("cuda", True, True) == ["fp32", "bf16", "fp16", "tf32"]  # tensor cores
+    assert ceiling.precisions_for("cuda", False, False) == ["fp32"]  # before Ampere: no bf16, no tf32
 
 
 def test_guard_sees_a_busy_process():

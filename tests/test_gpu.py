@@ -32,7 +32,7 @@ NO_BF16 = "this GPU has no native bf16 (compute capability < 8.0)"
 
 
 def _needs(params: dict[str, str]) -> object:
-    if params.get("precision") == "bf16":
+    if params.get("precision") in ("bf16", "tf32"):
         return pytest.param(params, marks=pytest.mark.skipif(OLD_GPU, reason=NO_BF16))
     return params
 
@@ -45,6 +45,8 @@ GPU_VARIANTS = [
         {"precision": "bf16", "layout": "channels_last"},
         {"precision": "fp16", "compile": "torchscript"},
         {"precision": "bf16", "compile": "inductor"},
+        {"precision": "fp16", "compile": "inductor_reduce_overhead"},  # CUDA graphs
+        {"precision": "tf32", "layout": "channels_last"},
     )
 ]
 
@@ -104,3 +106,43 @@ def test_gpu_search_runs_its_trials_on_the_gpu_without_being_told(tmp_path):
     assert yaml.safe_load((tmp_path / "cpu" / "recommended.yaml").read_text())["device"] == "cpu"
     # torch saw no GPU in those trials (Ray hid it): no device memory figure
     assert read_trials(tmp_path / "cpu" / "trials.csv")["peak_device_mb"].isna().all()
+
+
+def test_gpu_calls_are_timed_with_cuda_events_to_completion():
+    """An asynchronous kernel is timed to its end: the event figure covers the GPU's work
+    (which the host returns from at once) and is never more than the host's wall time."""
+    import time
+
+    from tuner.measure.latency import cuda_event_timer
+
+    timer = cuda_event_timer()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    gpu_s = timer(lambda: torch.cuda._sleep(50_000_000))  # tens of ms of GPU time
+    wall_s = time.perf_counter() - t0
+    assert 0.001 < gpu_s <= wall_s
+
+
+def test_gpu_cuda_graph_outputs_survive_the_next_replay():
+    """reduce-overhead replays a CUDA graph into the same buffers: each output is copied out,
+    so one kept from an earlier call (as the accuracy pass keeps them) is not overwritten."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.randn(8, 3, 32, 32)
+    built = build(copy.deepcopy(model), Variant(batch_size=4, compile="inductor_reduce_overhead"),  # type: ignore[arg-type]
+                  calibration=x[4:], device="cuda")  # fmt: skip
+    with torch.inference_mode():
+        first = built.run(built.prepare(x[:4]))
+        kept = first.clone()
+        built.run(built.prepare(x[4:]))
+        assert torch.equal(first, kept)
+
+
+def test_gpu_fp32_means_fp32_and_tf32_is_its_own_variant():
+    """torch leaves TF32 on for cuDNN convolutions: an fp32 variant turns it off, tf32 on."""
+    model, x = SmallCNN().eval(), torch.randn(8, 3, 32, 32)
+    build(copy.deepcopy(model), Variant(batch_size=4), calibration=x[4:], device="cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    if not OLD_GPU:
+        build(copy.deepcopy(model), Variant(batch_size=4, precision="tf32"), calibration=x[4:], device="cuda")  # type: ignore[arg-type]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

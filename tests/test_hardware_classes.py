@@ -124,6 +124,8 @@ def test_a_machine_without_a_gpu_keeps_its_fingerprint_and_a_gpu_s_driver_and_cu
     assert H100.fingerprint != dataclasses.replace(H100, cudnn_version="90100").fingerprint
     assert H100.without_gpu().fingerprint == ZEN4.fingerprint  # --device cpu on it: its CPU's history
     assert H100.tags()["hw.gpu_driver"] == "570.86" and ZEN4.tags()["hw.cudnn_version"] == "none"
+    assert H100.bf16_native and dataclasses.replace(H100, gpu_capability="9.0").bf16_native
+    assert not dataclasses.replace(H100, gpu_capability="7.5").bf16_native  # a T4: no bf16 kernels
 
 
 def test_the_device_is_cuda_where_every_node_has_a_gpu_torch_sees_else_cpu():

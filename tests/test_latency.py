@@ -92,3 +92,17 @@ def test_sync_is_called_after_every_call():
     synced = []
     measure_latency(fc.fn, CFG, clock=fc.clock, sync=lambda: synced.append(1))
     assert len(synced) == fc.calls
+
+
+def test_a_call_timer_gives_the_per_call_times_and_the_clock_still_ends_the_phases():
+    """On a GPU each call is timed by CUDA events (`cuda_event_timer`): the protocol takes the
+    timer's figure for each call, never the host clock's, while the clock bounds the phases."""
+    fc = FakeClock(itertools.repeat(0.01))  # the host's view: 10 ms per call
+
+    def timer(fn):
+        fn()
+        return 0.004  # the device's view: 4 ms of GPU time
+
+    r = measure_latency(fc.fn, CFG, clock=fc.clock, timer=timer)
+    assert r.p50_ms == pytest.approx(4.0) and r.stable
+    assert r.timed_wall_s >= CFG.min_time_s  # the clock decided when to stop

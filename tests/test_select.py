@@ -71,6 +71,15 @@ def test_latency_and_memory_limits():
     assert df.loc[rec.index, "label"] == "ok"
 
 
+def test_on_a_gpu_the_memory_limit_is_the_device_s_peak():
+    df = table(
+        {**row("gpu-fat", 5, 400, 1.0, rss=300), "peak_device_mb": 9000.0},  # small host, big GPU footprint
+        {**row("gpu-lean", 8, 300, 1.0, rss=3000), "peak_device_mb": 800.0},  # the host figure does not count
+        {**row("cpu", 30, 40, 1.0, rss=500), "peak_device_mb": None},  # no GPU: its resident memory
+    )
+    assert list(feasible_mask(df, Constraints(max_memory_mb=1000))) == [False, True, True]
+
+
 def test_exact_tie_goes_to_the_simpler_config():
     df = table(
         row("compiled-int8", 10, 100, 1.0, compile="torchscript", quant="static_int8"),

@@ -28,7 +28,7 @@ def test_shipped_space_files_are_valid(f):
 
 def test_resnet50_space_has_every_dimension_of_the_issue():
     d = SearchSpace.load(SPACES_DIR / "resnet50.yaml").dimensions
-    assert {p.value for p in d.precision} == {"fp32", "bf16", "fp16"}
+    assert {p.value for p in d.precision} == {"fp32", "tf32", "bf16", "fp16"}  # tf32: a GPU only
     assert {q.value for q in d.quantization} == {"none", "dynamic_int8", "static_int8"}
     assert d.batch_size == [1, 2, 4, 8, 16, 32]
     assert d.threads == "auto"
@@ -81,11 +81,13 @@ def test_auto_threads_and_hardware_filtering():
     ch = SearchSpace().feasible_choices(**CPU)
     assert ch["threads"] == [1, 2]
     assert "fp16" not in ch["precision"]  # not native on this CPU profile
-    assert set(ch["compile_int8"]) == {c.value for c in CompileMode}  # every runtime has int8
-    assert set(ch["compile"]) == {c.value for c in CompileMode}
+    cpu_compiles = {c.value for c in CompileMode} - {"inductor_reduce_overhead"}  # CUDA graphs: a GPU only
+    assert set(ch["compile_int8"]) == cpu_compiles  # every CPU runtime has int8
+    assert set(ch["compile"]) == cpu_compiles
     gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
     assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
-    assert set(gpu["compile"]) == {"eager", "torchscript", "inductor", "inductor_max_autotune"}  # the CPU runtimes go
+    assert set(gpu["compile"]) == {"eager", "torchscript", "inductor", "inductor_max_autotune",
+                                   "inductor_reduce_overhead"}  # the CPU runtimes go  # fmt: skip
 
 
 def test_baseline_values_are_always_in_the_space(tmp_path):
@@ -117,6 +119,12 @@ def test_initial_points_are_baseline_then_feasible_probes():
     no_bf16_points = initial_points(no_bf16, trials=40)
     assert all(variant_from_config(p).precision.value != "bf16" for p in no_bf16_points)
     assert "int8-static bs1 t2 ov nchw" in [variant_from_config(p).label for p in no_bf16_points]  # fp32 instead
+    # On a GPU: no int8 and no CPU runtime, and the CUDA-graph probe comes early
+    gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
+    gpu_labels = [variant_from_config(p).label for p in initial_points(gpu, trials=24)]
+    assert gpu_labels[0] == "fp32 bs1 t8 eager nchw" and "fp16 bs1 t8 inductor-ro cl" in gpu_labels
+    assert not any("int8" in label or " ov" in label or " ort" in label for label in gpu_labels)
+    assert not any("inductor-ro" in variant_from_config(p).label for p in initial_points(choices, trials=40))
 
 
 def test_overrides_are_validated():
@@ -142,6 +150,7 @@ def test_optuna_samples_only_feasible_variants():
         seen.append(v)
         study.tell(t, [1.0, 1.0])
     assert seen[0].label == "fp32 bs1 t2 eager nchw"  # the enqueued baseline comes first
-    assert {v.compile.value for v in seen} == {c.value for c in CompileMode}  # every runtime is drawn
+    cpu_runtimes = {c.value for c in CompileMode} - {"inductor_reduce_overhead"}  # CUDA graphs: a GPU only
+    assert {v.compile.value for v in seen} == cpu_runtimes  # every runtime this CPU runs is drawn
     assert any(v.quantization is Quantization.STATIC_INT8 for v in seen)
     assert any(v.precision.value == "bf16" for v in seen)

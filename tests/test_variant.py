@@ -19,7 +19,7 @@ def test_round_trip_and_label():
 @pytest.mark.parametrize(
     "params, fragment",
     [
-        ({"precision": "fp8"}, "`precision` must be one of fp32, bf16, fp16"),
+        ({"precision": "fp8"}, "`precision` must be one of fp32, tf32, bf16, fp16"),
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
         ({"threads": "2"}, "`threads` must be an integer >= 1"),
         ({"quantization": "static_int8", "precision": "bf16"}, "must be fp32 when `quantization` is static_int8 and"),
@@ -48,6 +48,24 @@ def test_feasibility_rules():
     assert infeasible_reason(ok, fp16_native=True, bf16_native=True) is None
     int8_gpu = Variant(quantization="dynamic_int8")  # type: ignore[arg-type]
     assert infeasible_reason(int8_gpu, device="cuda", fp16_native=True, bf16_native=True)
+    graphs = Variant(precision="fp16", compile="inductor_reduce_overhead", batch_size=8)  # type: ignore[arg-type]
+    assert "CUDA graphs: a GPU only" in (infeasible_reason(graphs, fp16_native=True, bf16_native=True) or "")
+    assert infeasible_reason(graphs, device="cuda", fp16_native=True, bf16_native=True) is None
+    assert graphs.label == "fp16 bs8 t1 inductor-ro nchw"
+    tf32 = Variant(precision="tf32")  # type: ignore[arg-type]
+    assert "tf32 is a GPU tensor-core mode" in (infeasible_reason(tf32, fp16_native=True, bf16_native=True) or "")
+    assert infeasible_reason(tf32, device="cuda", fp16_native=True, bf16_native=True) is None
+    assert infeasible_reason(tf32, device="cuda", fp16_native=True, bf16_native=False)  # before Ampere
+
+
+def test_the_sampler_takes_a_pair_that_either_device_runs():
+    from tuner.search.sampling import feasible
+
+    base = {"precision": "fp16", "quantization": "none", "batch_size": 8, "threads": 1, "layout": "contiguous"}
+    assert feasible({**base, "compile": "inductor_reduce_overhead"})  # only on a GPU, whose choices hold it
+    assert feasible({**base, "compile": "openvino", "layout": "contiguous"})  # only on the CPU
+    assert not feasible({**base, "compile": "inductor_reduce_overhead", "quantization": "static_int8",
+                         "precision": "fp32"})  # neither device: int8 is CPU only, CUDA graphs GPU only  # fmt: skip
 
 
 def test_complexity_orders_simpler_first():

@@ -58,11 +58,6 @@ class BuiltVariant:
     figures: dict[str, float] = field(default_factory=dict)
     size_mb: float | None = None  # the artifact's size, where it is not `module`'s
 
-    @property
-    def sync(self) -> Callable[[], None] | None:
-        """What to call after each timed call so asynchronous devices are timed to completion."""
-        return torch.cuda.synchronize if self.device.type == "cuda" else None
-
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """An fp32 NCHW batch -> this variant's device, dtype and layout (done before timing).
 

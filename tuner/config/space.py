@@ -41,7 +41,7 @@ SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 class Dimensions(Strict):
-    precision: list[Precision] = Field(default=[Precision.FP32, Precision.BF16, Precision.FP16], min_length=1)
+    precision: list[Precision] = Field(default=list(Precision), min_length=1)
     quantization: list[Quantization] = Field(default=list(Quantization), min_length=1)
     batch_size: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1)
     threads: Literal["auto"] | list[int] = "auto"

@@ -16,7 +16,8 @@ from tuner.core.errors import ConfigError
 
 
 class Precision(str, enum.Enum):
-    FP32 = "fp32"
+    FP32 = "fp32"  # on a GPU with TF32 off (torch leaves it on for cuDNN convolutions)
+    TF32 = "tf32"  # fp32 tensors, matmuls and convolutions on a GPU's TF32 tensor cores
     BF16 = "bf16"
     FP16 = "fp16"
 
@@ -37,13 +38,14 @@ class CompileMode(str, enum.Enum):
     TORCHSCRIPT = "torchscript"  # trace + freeze + optimize_for_inference
     INDUCTOR = "inductor"  # torch.compile, inductor freezing on CPU
     INDUCTOR_MAX_AUTOTUNE = "inductor_max_autotune"
+    INDUCTOR_REDUCE_OVERHEAD = "inductor_reduce_overhead"  # torch.compile's CUDA-graph mode: a GPU only
     ONNXRUNTIME = "onnxruntime"  # torch.onnx export, ONNX Runtime CPU execution provider
     OPENVINO = "openvino"  # ov.convert_model, CPU plugin, LATENCY hint, one stream
     OPENVINO_THROUGHPUT = "openvino_throughput"  # THROUGHPUT hint, the batch split over an async queue
 
 
-TORCH_COMPILES = (CompileMode.EAGER, CompileMode.TORCHSCRIPT, CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE)
-INDUCTOR_COMPILES = (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE)
+INDUCTOR_COMPILES = (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE, CompileMode.INDUCTOR_REDUCE_OVERHEAD)
+TORCH_COMPILES = (CompileMode.EAGER, CompileMode.TORCHSCRIPT, *INDUCTOR_COMPILES)
 OPENVINO_COMPILES = (CompileMode.OPENVINO, CompileMode.OPENVINO_THROUGHPUT)
 
 # What each runtime needs beyond torch (README's set-up installs all of them); a search on
@@ -71,6 +73,7 @@ _SHORT = {
     Quantization.DYNAMIC_INT8: "int8-dynamic",
     Quantization.STATIC_INT8: "int8-static",
     CompileMode.INDUCTOR_MAX_AUTOTUNE: "inductor-ma",
+    CompileMode.INDUCTOR_REDUCE_OVERHEAD: "inductor-ro",
     CompileMode.ONNXRUNTIME: "ort",
     CompileMode.OPENVINO: "ov",
     CompileMode.OPENVINO_THROUGHPUT: "ov-tput",
@@ -145,7 +148,7 @@ class Variant:
         """Sort key for "prefer the simpler config" tie-breaks (DESIGN.md §3):
         eager over compiled, fp32 over bf16 over int8, smaller batch."""
         compile_rank = list(CompileMode).index(self.compile)
-        precision_rank = {Precision.FP32: 0, Precision.BF16: 1, Precision.FP16: 2}[self.precision]
+        precision_rank = {Precision.FP32: 0, Precision.TF32: 1, Precision.BF16: 1, Precision.FP16: 2}[self.precision]
         quant_rank = 0 if self.quantization is Quantization.NONE else 3
         return (compile_rank, max(precision_rank, quant_rank), self.batch_size, self.threads)
 
@@ -158,7 +161,7 @@ class MachineProbe:
     """Not a variant: a fixed kernel (a GEMM of `precision`, the ceiling's probe) timed like
     one, in the same interleaved rounds, to tell how fast the machine is right now."""
 
-    precision: str  # a ceiling key: fp32, bf16, fp16 or int8
+    precision: str  # a ceiling key: fp32, tf32, bf16, fp16 or int8
     threads: int
 
     @property
@@ -188,11 +191,15 @@ def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf1
     """
     if v.precision is Precision.FP16 and not fp16_native:
         return "fp16 is not native on this hardware (no avx512_fp16/amx_fp16 and no CUDA)"
+    if v.precision is Precision.TF32 and (device != "cuda" or not bf16_native):
+        return "tf32 is a GPU tensor-core mode (compute capability 8.0+)"
     if v.precision is Precision.BF16 and not bf16_native:
-        return "bf16 is not native on this hardware (no avx512_bf16/amx_bf16 and no CUDA)"
+        return "bf16 is not native on this hardware (no avx512_bf16/amx_bf16, and no GPU of compute capability 8.0+)"
     missing = missing_packages(v)
     if missing:
         return f"{' '.join(missing)} not installed: `pip install {' '.join(missing)}` (README's set-up installs it)"
+    if v.compile is CompileMode.INDUCTOR_REDUCE_OVERHEAD and device != "cuda":
+        return "reduce-overhead captures and replays CUDA graphs: a GPU only"
     if v.quantization is not Quantization.NONE and device != "cpu":
         return "int8 variants (FX x86, PT2E x86-inductor, NNCF, ONNX Runtime QDQ) run on the CPU only"
     if v.compile not in TORCH_COMPILES and device != "cpu":

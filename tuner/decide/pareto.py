@@ -22,14 +22,21 @@ from tuner.core.variant import Variant
 RANK_BY = {"latency": ("latency_p90_ms", True), "throughput": ("throughput_ips", False)}
 
 
+def memory_mb(df: pd.DataFrame) -> pd.Series:
+    """The memory `max_memory_mb` limits: a GPU trial's peak device memory, else the trial
+    process's peak resident memory."""
+    rss = df["peak_rss_mb"]
+    return df["peak_device_mb"].fillna(rss) if "peak_device_mb" in df.columns else rss
+
+
 def feasible_mask(df: pd.DataFrame, limits: Constraints) -> pd.Series:
-    """ok rows that meet every constraint (latency limit applies to p90)."""
+    """ok rows that meet every constraint (latency limit applies to p90; memory: `memory_mb`)."""
     ok = df["status"].eq("ok")
     ok &= df["accuracy_drop"].le(limits.max_accuracy_drop + 1e-12)
     if limits.max_latency_ms is not None:
         ok &= df["latency_p90_ms"].le(limits.max_latency_ms)
     if limits.max_memory_mb is not None:
-        ok &= df["peak_rss_mb"].le(limits.max_memory_mb)
+        ok &= memory_mb(df).le(limits.max_memory_mb)
     return ok.fillna(False).astype(bool)
 
 

@@ -6,7 +6,8 @@
 |-------------------------------|---------------------------------------------------------------|
 | onnxruntime                   | the `.onnx` file as searched (QDQ for static int8) + session  |
 | openvino, openvino_throughput | IR `model.xml` + `model.bin` (fp32 weights kept) + properties |
-| inductor, inductor_max_autotune | an AOTInductor package `model.pt2` (freezing; PT2E int8)    |
+| inductor (any mode)           | an AOTInductor package `model.pt2` (freezing; PT2E int8; no   |
+|                               | CUDA graphs for reduce-overhead)                              |
 | eager (float)                 | an ExportedProgram `model.pt2`                                |
 | torchscript, eager int8 (FX)  | TorchScript: nothing else reproduces FX int8 or the           |
 |                               | TorchScript graph that was measured (deprecated in torch)     |
@@ -31,7 +32,7 @@ from torch import nn
 from tuner.build import BuiltVariant, build
 from tuner.build.runtime import example_batch
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import CompileMode, Quantization, Variant
+from tuner.core.variant import INDUCTOR_COMPILES, CompileMode, Quantization, Variant
 from tuner.inputs.reference import Reference
 
 
@@ -61,7 +62,7 @@ def artifact_kind(variant: Variant) -> str:
         return "onnx"
     if variant.compile in (CompileMode.OPENVINO, CompileMode.OPENVINO_THROUGHPUT):
         return "openvino"
-    if variant.compile in (CompileMode.INDUCTOR, CompileMode.INDUCTOR_MAX_AUTOTUNE):
+    if variant.compile in INDUCTOR_COMPILES:  # reduce-overhead's CUDA graphs are not in the package
         return "aoti"
     if variant.compile is CompileMode.EAGER and variant.quantization is Quantization.NONE:
         return "exported"

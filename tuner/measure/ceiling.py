@@ -6,7 +6,8 @@ A trial's `ceiling_fraction` = achieved GFLOP/s (model FLOPs per item x items/s)
 the ceiling of its precision. It tells how far the best config is from what the box can do
 at most; memory-bound layers rarely reach 1.0, so read it as headroom.
 
-* fp32 / bf16 / fp16: `torch.mm` on square matrices (bf16/fp16 only where native);
+* fp32 / tf32 (a GPU) / bf16 / fp16: `torch.mm` on square matrices (bf16/fp16 only where native; 8192 on a
+  GPU, where fp16/bf16 run on its tensor cores);
 * int8 (CPU only): the best of `quantized::linear` and a 3x3 `quantized::conv2d`, both with
   x86-prepacked weights, the kernel families torch.ao int8 models run on. On AVX2-only
   hosts int8 convolutions outrun the linear kernel, so a linear-only probe is no peak.
@@ -38,13 +39,14 @@ from tuner.measure.hardware import Hardware
 from tuner.measure.interference import sample_load
 
 SIZE = 1024  # matmul / linear probes: SIZE x SIZE x SIZE
+GPU_SIZE = 8192  # the GEMM on a GPU: 1024 would leave most of its SMs idle
 CONV_CHANNELS, CONV_HW = 256, 28  # int8 conv probe: 3x3, CONV_CHANNELS in and out, CONV_HW^2 pixels
 BUSY_CORES = 0.25  # other processes' CPU use above which a measured ceiling is not cached
 LOAD_SAMPLE_S = 0.5  # load sampled around each precision's probes
 WINDOWS = 5
 WINDOW_S = 0.3
 CACHE_FORMAT = 2
-PROBE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Probe = tuple[str, Callable[[], object], float]  # name, one call, FLOPs per call
 
@@ -84,8 +86,22 @@ def _best_rate(fn: Callable[[], object], flops: float, sync: Callable[[], None] 
 
 
 def _matmul(precision: str, dev: torch.device) -> Probe:
-    a, b = (torch.randn(SIZE, SIZE, device=dev, dtype=PROBE_DTYPES[precision]) for _ in range(2))
-    return f"torch.mm {precision} {SIZE}x{SIZE}", lambda: torch.mm(a, b), 2.0 * SIZE**3
+    """A square GEMM; on a GPU large enough to fill its tensor cores (fp16/bf16; fp32 runs
+    without TF32, torch's default for matmuls)."""
+    n = GPU_SIZE if dev.type == "cuda" else SIZE
+    a, b = (torch.randn(n, n, device=dev, dtype=PROBE_DTYPES[precision]) for _ in range(2))
+    where = " (cuda)" if dev.type == "cuda" else ""
+    tf32 = precision == "tf32"
+
+    def mm() -> object:
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # fp32: off, whatever the process had
+        try:
+            return torch.mm(a, b)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    return f"torch.mm {precision} {n}x{n}{where}", mm, 2.0 * n**3
 
 
 def _int8_linear() -> Probe:
@@ -125,14 +141,14 @@ def _best_probe(precision: str, dev: torch.device) -> tuple[float, str] | None:
         torch.backends.quantized.engine = old
 
 
-def probe_kernel(precision: str) -> Probe:
+def probe_kernel(precision: str, device: str = "cpu") -> Probe:
     """(name, call, FLOPs per call) of the kernel that stands for the machine's speed at this
     precision, on the CPU: the GEMM for float precisions, the quantized 3x3 convolution
     (the kernel family int8 CNNs run on) for int8. Sets the x86 quantized engine, so call it
     in a process of its own (the nightly check's fresh process)."""
     if precision in PROBE_DTYPES:
-        return _matmul(precision, torch.device("cpu"))
-    if precision != "int8":
+        return _matmul(precision, torch.device(device))
+    if precision != "int8" or device != "cpu":
         raise ValueError(f"no probe kernel for precision {precision!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in 2.14
@@ -143,7 +159,9 @@ def probe_kernel(precision: str) -> Probe:
 def precisions_for(device: str, bf16_native: bool, fp16_native: bool) -> list[str]:
     """The precisions whose ceiling is worth measuring on this hardware."""
     out = ["fp32"] + (["bf16"] if bf16_native else []) + (["fp16"] if fp16_native else [])
-    return out + (["int8"] if device == "cpu" else [])
+    if device == "cuda":
+        return out + (["tf32"] if bf16_native else [])  # TF32 and bf16 both need compute capability 8.0+
+    return out + ["int8"]
 
 
 def measure_ceiling(device: str, precisions: list[str], threads: int) -> dict[str, CeilingEntry]:

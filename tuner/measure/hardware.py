@@ -56,6 +56,7 @@ class Hardware:
     python_version: str
     gpu_driver: str = "none"  # the NVIDIA driver's version, where there is a GPU
     cudnn_version: str = "none"  # the cuDNN torch loads, where there is a GPU
+    gpu_capability: str = "none"  # the GPU's CUDA compute capability, e.g. "9.0"
 
     @property
     def device(self) -> str:
@@ -63,8 +64,11 @@ class Hardware:
 
     @property
     def bf16_native(self) -> bool:
-        flags = set(self.isa.split(","))
-        return self.device == "cuda" or bool(flags & {"avx512_bf16", "amx_bf16"})
+        """bf16 kernels: AVX512_BF16/AMX on the CPU; compute capability 8.0+ (Ampere on) on a GPU."""
+        if self.device == "cuda":
+            major = self.gpu_capability.split(".")[0]
+            return not major.isdigit() or int(major) >= 8  # unknown: let the trial find out
+        return bool(set(self.isa.split(",")) & {"avx512_bf16", "amx_bf16"})
 
     @property
     def fp16_native(self) -> bool:
@@ -84,7 +88,7 @@ class Hardware:
     def without_gpu(self) -> Hardware:
         """This machine as a CPU-only search sees it (`--device cpu` on a GPU machine): its
         fingerprint, ceiling and history are then those of its CPU."""
-        return replace(self, gpu="none", gpu_driver="none", cudnn_version="none")
+        return replace(self, gpu="none", gpu_driver="none", cudnn_version="none", gpu_capability="none")
 
     def tags(self) -> dict[str, str]:
         out = {f"hw.{k}": str(v) for k, v in asdict(self).items()}
@@ -124,6 +128,7 @@ def detect() -> Hardware:
         python_version=platform.python_version(),
         gpu_driver=_gpu_driver() if cuda else "none",
         cudnn_version=str(torch.backends.cudnn.version() or "none") if cuda else "none",
+        gpu_capability=".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else "none",
     )
 
 

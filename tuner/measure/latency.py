@@ -17,6 +17,10 @@ Why it is shaped like this:
 * **Noise control.** Garbage is collected before timing and the collector is disabled
   while timing. `sync` (e.g. `torch.cuda.synchronize`) is called after every call so that
   asynchronous devices are timed to completion.
+* **On a GPU, CUDA events.** A `timer` (`cuda_event_timer`) times each call itself: events
+  recorded on the stream around it, read once the end event has completed, so the figure
+  is the GPU's time for that call and calls never overlap. The clock still decides when
+  windows and phases end.
 
 The clock is injected, so tests drive the algorithm exactly with a fake clock.
 """
@@ -77,16 +81,39 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / mid if mid > 0 else float("inf")
 
 
+CallTimer = Callable[[Callable[[], object]], float]  # runs one call, returns its time in seconds
+
+
+def cuda_event_timer() -> CallTimer:
+    """One call timed with CUDA events on the current stream (host waits for the end event)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(fn: Callable[[], object]) -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3  # ms -> s
+
+    return timed
+
+
 def measure_latency(
     fn: Callable[[], object],
     cfg: TimingConfig,
     *,
     clock: Callable[[], float] = time.perf_counter,
     sync: Callable[[], None] | None = None,
+    timer: CallTimer | None = None,
 ) -> LatencyResult:
-    """Time `fn()` with the protocol above. `fn` must already be built (and compiled)."""
+    """Time `fn()` with the protocol above. `fn` must already be built (and compiled).
+    `timer`, where given, times each call (CUDA events) instead of the clock and `sync`."""
 
     def one_call() -> float:
+        if timer is not None:
+            return timer(fn)
         t0 = clock()
         fn()
         if sync is not None:

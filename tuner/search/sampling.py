@@ -240,12 +240,13 @@ def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
 def feasible(config: dict[str, Any]) -> bool:
     """Whether a sampled config is a variant at all (the pairs `infeasible_reason` rules
     out). Each value on its own is already feasible on this hardware: `choices` holds only
-    those (config/space.py), so the hardware flags are not asked again here."""
+    those (config/space.py), so the hardware flags and the device are not asked again here:
+    a pair that one of the devices runs is a variant."""
     try:
         v = variant_from_config(config)
     except ConfigError:  # e.g. int8 with bf16 on a runtime that runs its float layers in fp32
         return False
-    return infeasible_reason(v, device="cpu", fp16_native=True, bf16_native=True) is None
+    return any(infeasible_reason(v, device=d, fp16_native=True, bf16_native=True) is None for d in ("cpu", "cuda"))
 
 
 # Families that often win on CPUs, tried right after the baseline so that a small budget
@@ -265,6 +266,8 @@ PROBES: tuple[dict[str, Any], ...] = (  # flat variants (Variant fields), as sea
     {"precision": "bf16", "compile": "inductor", "layout": "channels_last"},
     {"precision": "fp32", "compile": "torchscript", "layout": "channels_last"},
     {"precision": "bf16", "compile": "torchscript", "layout": "channels_last"},
+    # A GPU only (elsewhere not in the space): CUDA graphs in half precision, what GPU users reach for
+    {"precision": "fp16", "compile": "inductor_reduce_overhead", "layout": "channels_last"},
 )
 # For the throughput objective, OpenVINO int8 at a batch, with one stream and with the
 # THROUGHPUT hint's several (on resnet50 here: 98 and 90-100 items/s, against 88 at batch 1),

@@ -35,7 +35,7 @@ from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accura
 from tuner.measure.ceiling import ceiling_fraction, probe_kernel
 from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
-from tuner.measure.latency import LatencyResult, measure_latency
+from tuner.measure.latency import CallTimer, LatencyResult, cuda_event_timer, measure_latency
 from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
 from tuner.trial.faults import slow_call, slowed
 
@@ -76,15 +76,20 @@ def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[
     return pool
 
 
+def _timer(built: BuiltVariant) -> CallTimer | None:
+    """Each call on a GPU is timed with CUDA events (measure/latency.py); on the CPU, the clock."""
+    return cuda_event_timer() if built.device.type == "cuda" else None
+
+
 def _guarded_timing(
-    fn: Callable[[], object], settings: TrialSettings, sync: Callable[[], None] | None
+    fn: Callable[[], object], settings: TrialSettings, timer: CallTimer | None
 ) -> tuple[LatencyResult, dict[str, Any]]:
     """Time `fn` with the interference guard: sample other CPU use right before and right
     after timing; if the box was busy, time once more (and say whether it was still busy)."""
     remeasured = False
     while True:
         before = sample_load(settings.timing.load_sample_s)
-        lat = measure_latency(fn, settings.timing, sync=sync)
+        lat = measure_latency(fn, settings.timing, timer=timer)
         after = sample_load(settings.timing.load_sample_s)
         busy = max(before.busy_cores, after.busy_cores) > settings.busy_threshold_cores
         if not busy or remeasured:
@@ -147,7 +152,7 @@ def evaluate(
             pool = _timing_pool(x, variant.batch_size, built)
             cycle = itertools.cycle(pool)
             measure_start = time.perf_counter()
-            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
+            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built))
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
     except EXPECTED_ERRORS as e:
@@ -179,10 +184,11 @@ def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:
     """One confirmation measurement of the machine probe (the nightly check's reference for
     the machine's speed): its kernel timed with the same protocol, in this fresh process."""
     pin_threads(probe.threads)
-    name, fn, flops = probe_kernel(probe.precision)
+    device = detect().device  # a GPU where the confirmation reserved one (search/cluster.py)
+    name, fn, flops = probe_kernel(probe.precision, device)
     call = slow_call(fn, settings.faults, probe.to_dict())
     with torch.inference_mode():
-        lat, guard = _guarded_timing(call, settings, None)
+        lat, guard = _guarded_timing(call, settings, cuda_event_timer() if device == "cuda" else None)
     return {"times_s": list(lat.times_s), "stable": lat.stable, "probe": name, "probe_flops": flops, **guard}
 
 
@@ -193,5 +199,5 @@ def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> d
     built = slowed(built, settings.faults, variant)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
     with torch.inference_mode():
-        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, built.sync)
+        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built))
     return {"times_s": list(lat.times_s), "stable": lat.stable, **guard}
