@@ -94,8 +94,8 @@ def test_without_hardware_the_search_lists_the_classes_present(two_classes, tmp_
     assert "a: 2 node(s) of 1 CPU(s)" in r.stderr and "b: 1 node(s) of 1 CPU(s)" in r.stderr
     bad = tuner("search", MODEL, "--weights", "random", "--address", cluster.address, "--hardware", "c", cwd=tmp_path)
     assert bad.returncode == 2 and "--hardware c: no such hardware class" in bad.stderr
-    # b's node declares a GPU to Ray. The survey reserves it, so it sees what torch there sees:
-    # no CUDA device on this machine, so b's trials could not use it.
+    # b's node declares a GPU to Ray; torch on it sees none (this machine has no GPU), so a
+    # search on cuda is refused, saying what each side reports.
     gpu = tuner("search", MODEL, "--weights", "random", "--address", cluster.address, "--hardware", "b",
                 "--device", "cuda", cwd=tmp_path)  # fmt: skip
     assert gpu.returncode == 2, gpu.stdout + gpu.stderr

@@ -136,3 +136,13 @@ def test_a_busy_box_is_timed_once_more_with_the_same_sample_length(small_referen
     assert out.status == "ok", out.error
     assert asked == [0.0321] * 4  # before and after the first timing, then the re-measurement
     assert out.interference is True and out.remeasured is True and "spinner(1)" in out.busy_processes
+
+
+def test_a_trial_told_cpu_uses_the_cpu_s_hardware_even_where_a_gpu_is_visible():
+    """Ray 2.60 leaves a node's GPUs visible to a trial that reserved none: `--device cpu` is
+    passed down, and the trial takes the machine without its GPU (fingerprint, natives)."""
+    from tuner.measure.hardware import detect
+
+    told = TrialSettings(TimingConfig(**FAST_TIMING), device="cpu").hardware()
+    assert told.device == "cpu" and told.gpu == "none" and told.fingerprint == detect().without_gpu().fingerprint
+    assert TrialSettings(TimingConfig(**FAST_TIMING)).hardware() == detect()  # unsaid: what this process sees

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     pin_threads(variant.threads)  # inter-op threads can only be set before any parallel work
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed or 0))
     ref = reference_for(spec, space.eval, args.data)
-    result = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect())))
+    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()), device=detect().device)
+    result = evaluate(variant, ref, settings)
     return _print(args, variant, result, ref, {})
 
 
@@ -120,7 +121,7 @@ def _run_registered(args: argparse.Namespace) -> int:
     space, _ = load_space(args)
     spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
     ref = reference_for(spec, space.eval, args.data)
-    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()))
+    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()), device=detect().device)
     result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
     extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
     confirmed = config.get("confirmed_p50_ms")

@@ -13,10 +13,11 @@ once and no two trials share cores. Ray does the placing; nothing here schedules
 The fingerprint of a node counts the CPUs Ray gives a task there (its `num_cpus`), which is
 what a trial can use, not what the operating system shows.
 
-GPUs: Ray hides a node's GPUs (`CUDA_VISIBLE_DEVICES=""`) from every task and actor that asks
-for none. So the survey asks for all of a node's GPUs to see them, and a search on `cuda`
-reserves one GPU with each trial, confirmation and ceiling probe; a search on `cpu` reserves
-none, and torch inside its trials sees no GPU (`choose_device`, `HardwareClass.resources`).
+GPUs: a search on `cuda` reserves one GPU with each trial, confirmation and ceiling probe, and
+Ray points `CUDA_VISIBLE_DEVICES` at it; a search on `cpu` reserves none (`choose_device`,
+`HardwareClass.resources`). Ray 2.60 leaves a node's GPUs visible to a task that reserved none
+(older Ray hid them), so the survey sees them without reserving any, and a `cpu` search tells
+its trials the device (`TrialSettings.device`) rather than relying on them not seeing a GPU.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class HardwareClass:
 
     @property
     def gpus(self) -> int:
-        """The GPUs a trial reserves: one on `cuda`, none on `cpu` (Ray then hides them)."""
+        """The GPUs a trial reserves: one on `cuda`, none on `cpu`."""
         return 1 if self.device == "cuda" else 0
 
     def resources(self) -> dict[str, float]:
@@ -130,8 +131,8 @@ def _describe_node(node_id: str, cpus: float) -> dict[str, Any]:
 
 
 def survey() -> list[Node]:
-    """Every alive node with CPUs, described by a task that runs on it (Ray must be up). The
-    task asks for all of the node's GPUs, else Ray would hide them from it."""
+    """Every alive node with CPUs, described by a task that runs on it (Ray must be up). It
+    reserves nothing, so a busy node is described all the same."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -141,7 +142,6 @@ def survey() -> list[Node]:
     pending = [
         describe.options(
             num_cpus=0,
-            num_gpus=gpus[n["NodeID"]],
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
         ).remote(n["NodeID"], n["Resources"]["CPU"])
         for n in alive

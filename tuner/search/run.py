@@ -131,7 +131,7 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
         for compile_, install in unavailable_runtimes(req.space.dimensions.compile).items():
             print(f"note: `{compile_}` dropped from the space: it is not installed here ({install})")
         tracker, parent_id, recorder = _open(req, prep)
-        settings = _trial_settings(req, prep.ceiling, klass.cores)
+        settings = _trial_settings(req, prep.ceiling, klass)
         confirm = ray_confirm(prep.ref, settings, klass)  # one copy of the reference in Ray's store
         if before_search is not None:
             before_search(confirm, prep.ref, choices)
@@ -228,7 +228,7 @@ def _open(req: SearchRequest, prep: _Prepared) -> tuple[Tracker, str, TrialRecor
     return tracker, parent_id, recorder
 
 
-def _trial_settings(req: SearchRequest, ceiling: dict[str, float], cores: int) -> TrialSettings:
+def _trial_settings(req: SearchRequest, ceiling: dict[str, float], klass: HardwareClass) -> TrialSettings:
     sp = req.space
     settings = TrialSettings(
         sp.timing,
@@ -237,7 +237,8 @@ def _trial_settings(req: SearchRequest, ceiling: dict[str, float], cores: int) -
         timeout_s=sp.limits.trial_timeout_s or default_timeout_s(sp.search.time_budget_minutes, sp.search.trials),
         memory_mb=sp.limits.trial_memory_mb or default_memory_mb(),
         faults=tuple(sp.inject_faults),
-        cores=cores,
+        cores=klass.cores,
+        device=klass.device,
     )
     say(
         f"  limits:  {settings.timeout_s:.0f} s and {settings.memory_mb:.0f} MB resident per trial"

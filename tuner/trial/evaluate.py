@@ -33,7 +33,7 @@ from tuner.inputs.models import weights_digest
 from tuner.inputs.reference import Reference
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
 from tuner.measure.ceiling import ceiling_fraction, probe_kernel
-from tuner.measure.hardware import detect
+from tuner.measure.hardware import Hardware, detect
 from tuner.measure.interference import sample_load
 from tuner.measure.latency import CallTimer, LatencyResult, cuda_event_timer, measure_latency
 from tuner.measure.memory import model_size_mb, peak_device_mb, peak_rss_mb
@@ -56,6 +56,13 @@ class TrialSettings:
     memory_mb: float | None = None  # per-trial resident-memory cap (trial/process.py)
     faults: tuple[Any, ...] = ()  # test-only fault injection rules (space `inject_faults:`)
     cores: int = 0  # the CPUs a trial reserves: a whole node of the search's class (0: not on Ray)
+    device: str | None = None  # "cuda" or "cpu" (search --device); None: cuda where this process sees a GPU
+
+    def hardware(self) -> Hardware:
+        """This process's hardware as the trial uses it: on `cpu`, without its GPU (Ray leaves a
+        node's GPUs visible to a task that reserved none, so the device is said, not inferred)."""
+        hw = detect()
+        return hw.without_gpu() if self.device == "cpu" else hw
 
 
 def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
@@ -128,7 +135,7 @@ def evaluate(
 ) -> TrialResult:
     """Build and measure one variant in this process. `builder` replaces `build()`: e.g.
     `measure --model-uri` measures a registered model's own artifact under this protocol."""
-    hw = detect()
+    hw = settings.hardware()
     load_start = os.getloadavg()[0]
     reason = infeasible_reason(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
     if reason:
@@ -168,7 +175,7 @@ def evaluate(
         figures.update(topk_accuracy(outs, ref.data.labels))
     figures["quality"] = quality(figures, ref.has_labels)
     figures["accuracy_drop"] = accuracy_drop(figures["quality"], ref.baseline_quality)
-    figures["peak_device_mb"] = peak_device_mb()
+    figures["peak_device_mb"] = peak_device_mb() if hw.device == "cuda" else None
     figures.update(built.figures)
     figures.update(
         load_start=load_start,
@@ -184,7 +191,7 @@ def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:
     """One confirmation measurement of the machine probe (the nightly check's reference for
     the machine's speed): its kernel timed with the same protocol, in this fresh process."""
     pin_threads(probe.threads)
-    device = detect().device  # a GPU where the confirmation reserved one (search/cluster.py)
+    device = settings.hardware().device
     name, fn, flops = probe_kernel(probe.precision, device)
     call = slow_call(fn, settings.faults, probe.to_dict())
     with torch.inference_mode():
@@ -195,7 +202,7 @@ def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:
 def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> dict[str, Any]:
     """Build and time one variant (no accuracy pass): one confirmation measurement.
     Returns the raw per-call times so the caller can pool processes."""
-    built = build(_load_checked(variant, ref), variant, ref.data.calibration, detect().device)
+    built = build(_load_checked(variant, ref), variant, ref.data.calibration, settings.hardware().device)
     built = slowed(built, settings.faults, variant)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
     with torch.inference_mode():
