@@ -86,6 +86,7 @@ def test_auto_threads_and_hardware_filtering():
     assert set(ch["compile"]) == cpu_compiles
     gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
     assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
+    assert gpu["batch_size"] == [1, 8, 32, 64, 128, 256] and ch["batch_size"] == [1, 2, 4, 8, 16, 32]  # batch_size_gpu
     assert set(gpu["compile"]) == {"eager", "torchscript", "inductor", "inductor_max_autotune",
                                    "inductor_reduce_overhead"}  # the CPU runtimes go  # fmt: skip
 

@@ -44,11 +44,12 @@ class Dimensions(Strict):
     precision: list[Precision] = Field(default=list(Precision), min_length=1)
     quantization: list[Quantization] = Field(default=list(Quantization), min_length=1)
     batch_size: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1)
+    batch_size_gpu: list[int] = Field(default=[1, 8, 32, 64, 128, 256], min_length=1)  # in place of batch_size on cuda
     threads: Literal["auto"] | list[int] = "auto"
     compile: list[CompileMode] = Field(default=list(CompileMode), min_length=1)
     layout: list[Layout] = Field(default=list(Layout), min_length=1)
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", "batch_size_gpu")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(b < 1 for b in v):
@@ -194,7 +195,8 @@ class SearchSpace(Strict):
         # choices apart: int8 and dynamic int8 sample their compile mode from their own lists,
         # `openvino_throughput` its batch from `batch_split`. Pairs no runtime runs are never
         # offered; the sampler checks every draw all the same.
-        batch = max(d.batch_size)
+        batches = d.batch_size_gpu if device == "cuda" else d.batch_size
+        batch = max(batches)
         precision = [p.value for p in d.precision if ok(precision=p)]
         compile_fp = [
             c.value for c in d.compile if any(ok(compile=c, precision=p, batch_size=batch) for p in precision)
@@ -220,8 +222,8 @@ class SearchSpace(Strict):
             "compile_int8": compile_int8,
             "compile_dynamic": compile_dynamic,
             "precision_int8": list(precision),  # OpenVINO int8: the precision of its layers left in float
-            "batch_split": [b for b in d.batch_size if b >= 2],  # openvino_throughput splits a batch
-            "batch_size": list(d.batch_size),
+            "batch_split": [b for b in batches if b >= 2],  # openvino_throughput splits a batch
+            "batch_size": list(batches),
             "threads": threads,
             "layout": [x.value for x in d.layout],
         }
