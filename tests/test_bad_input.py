@@ -164,6 +164,15 @@ def test_measure_on_cuda_without_a_gpu_says_what_torch_sees(tmp_path, capsys):
     assert "--device cuda: torch sees no CUDA device here" in err and f"torch {torch.__version__}" in err
 
 
+def test_a_class_process_flag_alone_is_refused_not_the_whole_job_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were it run, the job would write here
+    job = tmp_path / "job.yaml"
+    job.write_text("models:\n  - model: resnet18\n")
+    assert main(["nightly", str(job), "--only-class", "a"]) == EXIT_USAGE
+    assert "--only-class and --run-dir go together" in capsys.readouterr().err
+    assert not (tmp_path / "nightly-results").exists()
+
+
 def test_job_file_errors_name_the_file_and_key(tmp_path, capsys):
     job = tmp_path / "job.yaml"
     job.write_text("models:\n  - model: resnet18\n    trails: 4\n")

@@ -48,6 +48,7 @@ from tuner.nightly.report import write_report
 EXIT_REGRESSION = 3  # a regression was found (cron/CI alert on this)
 EXIT_LOCKED = 75  # another nightly run holds the lock (EX_TEMPFAIL: try again later)
 NIGHTLY_STATE = "nightly-state.json"
+MODEL_RESULT = "nightly-model.json"  # in each model's folder: its result, once it has one
 
 
 class _Tee:
@@ -89,6 +90,8 @@ def run_job(path: Path, resume: bool = False, only_class: str | None = None, run
     quiet_logs()
     path = path.resolve()
     job = load_job(path)
+    if (only_class is None) != (run_dir is None):
+        raise ConfigError("--only-class and --run-dir go together: they start one hardware class's process of a job run")
     if only_class is not None and run_dir is not None:
         state = json.loads((run_dir / NIGHTLY_STATE).read_text())
         _run_models(job, path, run_dir, _by_class(job)[only_class], _deadline(job, state), resume)
@@ -169,9 +172,9 @@ def _run_models(
 
     results = []
     for mj in models:
-        done = run_dir / mj.folder / "nightly-model.json"
+        done = run_dir / mj.folder / MODEL_RESULT
         if done.exists():
-            results.append(json.loads(done.read_text()))
+            results.append(_result_of(run_dir, mj))
             say(f"\n== {mj.model}: already done in this run")
             continue
         try:
@@ -227,7 +230,8 @@ def _run_classes(path: Path, run_dir: Path, groups: dict[str, list[ModelJob]], r
 
 
 def _result_of(run_dir: Path, mj: ModelJob) -> dict[str, Any]:
-    done = run_dir / mj.folder / "nightly-model.json"
+    """A model's result as its process wrote it (`MODEL_RESULT`), or why there is none."""
+    done = run_dir / mj.folder / MODEL_RESULT
     if done.exists():
         return dict(json.loads(done.read_text()))
     return {"model": mj.model, "hardware": mj.hardware, "status": "error: its hardware class's process ended early"}
