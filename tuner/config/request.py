@@ -97,6 +97,6 @@ def load_request(output: Path) -> SearchRequest:
         seed=st["seed"],
         address=st["address"],
         hardware=st.get("hardware"),  # absent in searches saved before hardware classes
-        device=st.get("device", "cpu"),  # absent in searches saved before --device: they ran on the CPU
+        device=st.get("device"),  # absent in searches saved before --device: the default, as they had
         resume=True,
     )

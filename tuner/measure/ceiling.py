@@ -90,7 +90,9 @@ def _matmul(precision: str, dev: torch.device) -> Probe:
     without TF32, torch's default for matmuls)."""
     n = GPU_SIZE if dev.type == "cuda" else SIZE
     a, b = (torch.randn(n, n, device=dev, dtype=PROBE_DTYPES[precision]) for _ in range(2))
-    where = " (cuda)" if dev.type == "cuda" else ""
+    name = f"torch.mm {precision} {n}x{n}"
+    if dev.type != "cuda":
+        return name, lambda: torch.mm(a, b), 2.0 * n**3
     tf32 = precision == "tf32"
 
     def mm() -> object:
@@ -101,7 +103,7 @@ def _matmul(precision: str, dev: torch.device) -> Probe:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
 
-    return f"torch.mm {precision} {n}x{n}{where}", mm, 2.0 * n**3
+    return f"{name} (cuda)", mm, 2.0 * n**3
 
 
 def _int8_linear() -> Probe:
@@ -149,7 +151,7 @@ def probe_kernel(precision: str, device: str = "cpu") -> Probe:
     if precision in PROBE_DTYPES:
         return _matmul(precision, torch.device(device))
     if precision != "int8" or device != "cpu":
-        raise ValueError(f"no probe kernel for precision {precision!r}")
+        raise ValueError(f"no probe kernel for precision {precision!r} on {device}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in 2.14
         torch.backends.quantized.engine = "x86"

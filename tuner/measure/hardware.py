@@ -116,7 +116,7 @@ def detect() -> Hardware:
     import torch
 
     flags = _cpu_flags()
-    cuda = torch.cuda.is_available()  # False in a Ray task given no GPU: Ray hides them from it
+    cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else "none"
     return Hardware(
         cpu_model=_cpu_model(),

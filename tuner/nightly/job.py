@@ -91,7 +91,7 @@ def run_job(path: Path, resume: bool = False, only_class: str | None = None, run
     path = path.resolve()
     job = load_job(path)
     if (only_class is None) != (run_dir is None):
-        raise ConfigError("--only-class and --run-dir go together: they start one hardware class's process of a job run")
+        raise ConfigError("--only-class and --run-dir go together: they start one hardware class's process of a run")
     if only_class is not None and run_dir is not None:
         state = json.loads((run_dir / NIGHTLY_STATE).read_text())
         _run_models(job, path, run_dir, _by_class(job)[only_class], _deadline(job, state), resume)
