@@ -123,6 +123,7 @@ def test_a_machine_without_a_gpu_keeps_its_fingerprint_and_a_gpu_s_driver_and_cu
     assert H100.fingerprint != dataclasses.replace(H100, gpu_driver="550.54").fingerprint
     assert H100.fingerprint != dataclasses.replace(H100, cudnn_version="90100").fingerprint
     assert H100.without_gpu().fingerprint == ZEN4.fingerprint  # --device cpu on it: its CPU's history
+    assert H100.for_device("cpu") == H100.without_gpu() and H100.for_device("cuda") == H100 == H100.for_device(None)
     assert H100.tags()["hw.gpu_driver"] == "570.86" and ZEN4.tags()["hw.cudnn_version"] == "none"
     assert H100.bf16_native and dataclasses.replace(H100, gpu_capability="9.0").bf16_native
     assert not dataclasses.replace(H100, gpu_capability="7.5").bf16_native  # a T4: no bf16 kernels

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tuner.core.errors import TunerError
+from tuner.core.variant import DEVICES
 
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--device",
-        choices=["cuda", "cpu"],
+        choices=DEVICES,
         help="where the trials run (default: cuda where the class's nodes have a GPU, else cpu)",
     )
     s.add_argument(
@@ -72,9 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--space", help="space file whose eval/timing settings to use (default as for search)")
     _add_model_args(m)
     m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
-    m.add_argument(
-        "--device", choices=["cuda", "cpu"], help="where to run it (default: cuda where torch sees a GPU, else cpu)"
-    )
+    m.add_argument("--device", choices=DEVICES, help="where to run it (default: cuda where torch sees a GPU, else cpu)")
 
     n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
     n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")

@@ -19,7 +19,7 @@ from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.cli.search import load_space
 from tuner.core.errors import ConfigError, TunerError, one_line
 from tuner.core.variant import Variant
-from tuner.measure.hardware import usable_cores
+from tuner.measure.hardware import detect, usable_cores
 
 PRINTED = ("device", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s",
            "stable")  # fmt: skip
@@ -40,15 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware as ceiling_for
-    from tuner.measure.hardware import detect
     from tuner.trial.evaluate import TrialSettings, evaluate
 
     check_inputs(args.model, weights, args.data)
     pin_threads(variant.threads)  # inter-op threads can only be set before any parallel work
     spec = resolve_weights(ModelSpec(args.model, weights, args.seed or 0))
     ref = reference_for(spec, space.eval, args.data)
-    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()), device=detect().device)
-    result = evaluate(variant, ref, settings)
+    result = evaluate(variant, ref, TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect())))
     return _print(args, variant, result, ref, {})
 
 
@@ -80,8 +78,6 @@ def _print(args: argparse.Namespace, variant: Variant, result: Any, ref: Any, ex
 
     out = {**variant.to_dict(), **result.to_dict(), **extra}
     out.pop("traceback")
-    from tuner.measure.hardware import detect
-
     out.update(weights=ref.weights_label, data=ref.data_label, torch_version=torch.__version__, device=detect().device)
     if args.json:
         print(json.dumps(out, default=float))
@@ -103,7 +99,6 @@ def _run_registered(args: argparse.Namespace) -> int:
     from tuner.inputs.models import ModelSpec, resolve_weights
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware as ceiling_for
-    from tuner.measure.hardware import detect
     from tuner.trial.evaluate import TrialSettings, evaluate
 
     uri = args.model_uri
@@ -121,7 +116,7 @@ def _run_registered(args: argparse.Namespace) -> int:
     space, _ = load_space(args)
     spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
     ref = reference_for(spec, space.eval, args.data)
-    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()), device=detect().device)
+    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()))
     result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
     extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
     confirmed = config.get("confirmed_p50_ms")

@@ -63,6 +63,9 @@ INT8_PACKAGES: dict[CompileMode, tuple[str, ...]] = {  # int8 beyond what the ru
 }
 
 
+DEVICES = ("cuda", "cpu")  # where a search's trials run (`--device`; search/cluster.choose_device)
+
+
 class Layout(str, enum.Enum):
     CONTIGUOUS = "contiguous"
     CHANNELS_LAST = "channels_last"

@@ -90,6 +90,11 @@ class Hardware:
         fingerprint, ceiling and history are then those of its CPU."""
         return replace(self, gpu="none", gpu_driver="none", cudnn_version="none", gpu_capability="none")
 
+    def for_device(self, device: str | None) -> Hardware:
+        """This machine as a search on `device` uses it: without its GPU on "cpu"; as it is on
+        "cuda", or when no device was said (None)."""
+        return self.without_gpu() if device == "cpu" else self
+
     def tags(self) -> dict[str, str]:
         out = {f"hw.{k}": str(v) for k, v in asdict(self).items()}
         out["hw.fingerprint"] = self.fingerprint

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.core.errors import ConfigError
+from tuner.core.variant import DEVICES
 from tuner.measure.ceiling import CeilingEntry, entries_for
 from tuner.measure.hardware import Hardware, detect
 
@@ -64,9 +65,6 @@ class Node:
         return self.label or f"hw-{self.hw.fingerprint}"
 
 
-DEVICES = ("cuda", "cpu")
-
-
 @dataclass(frozen=True)
 class HardwareClass:
     name: str
@@ -81,8 +79,7 @@ class HardwareClass:
     @property
     def hw(self) -> Hardware:
         """The hardware the class's measurements ran on: on `cpu`, its GPU is not part of it."""
-        hw = dataclasses.replace(self.nodes[0].hw, cores=self.cores)
-        return hw if self.device == "cuda" else hw.without_gpu()
+        return dataclasses.replace(self.nodes[0].hw, cores=self.cores).for_device(self.device)
 
     @property
     def gpus(self) -> int:

@@ -92,7 +92,7 @@ def finalize(
             f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu},"
             f" fingerprint {hw.fingerprint}"
         )
-        here = detect() if req.device == "cuda" else detect().without_gpu()
+        here = detect().for_device(req.device)
         if (here.cpu_model, here.isa, here.gpu) != (hw.cpu_model, hw.isa, hw.gpu):
             # The artifact is saved and checked by this driver (deploy/), not on a node of the class.
             built_on = f"{here.cpu_model} ({here.isa}), gpu {here.gpu}"

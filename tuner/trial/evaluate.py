@@ -61,8 +61,7 @@ class TrialSettings:
     def hardware(self) -> Hardware:
         """This process's hardware as the trial uses it: on `cpu`, without its GPU (Ray leaves a
         node's GPUs visible to a task that reserved none, so the device is said, not inferred)."""
-        hw = detect()
-        return hw.without_gpu() if self.device == "cpu" else hw
+        return detect().for_device(self.device)
 
 
 def _load_checked(variant: Variant, ref: Reference) -> torch.nn.Module:
@@ -83,9 +82,9 @@ def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[
     return pool
 
 
-def _timer(built: BuiltVariant) -> CallTimer | None:
+def _timer(device: str) -> CallTimer | None:
     """Each call on a GPU is timed with CUDA events (measure/latency.py); on the CPU, the clock."""
-    return cuda_event_timer() if built.device.type == "cuda" else None
+    return cuda_event_timer() if device == "cuda" else None
 
 
 def _guarded_timing(
@@ -159,7 +158,7 @@ def evaluate(
             pool = _timing_pool(x, variant.batch_size, built)
             cycle = itertools.cycle(pool)
             measure_start = time.perf_counter()
-            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built))
+            lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built.device.type))
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
     except EXPECTED_ERRORS as e:
@@ -195,7 +194,7 @@ def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:
     name, fn, flops = probe_kernel(probe.precision, device)
     call = slow_call(fn, settings.faults, probe.to_dict())
     with torch.inference_mode():
-        lat, guard = _guarded_timing(call, settings, cuda_event_timer() if device == "cuda" else None)
+        lat, guard = _guarded_timing(call, settings, _timer(device))
     return {"times_s": list(lat.times_s), "stable": lat.stable, "probe": name, "probe_flops": flops, **guard}
 
 
@@ -206,5 +205,5 @@ def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> d
     built = slowed(built, settings.faults, variant)
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
     with torch.inference_mode():
-        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built))
+        lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built.device.type))
     return {"times_s": list(lat.times_s), "stable": lat.stable, **guard}
