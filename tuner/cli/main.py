@@ -1,4 +1,4 @@
-"""Command line: `python -m tuner search|measure|report|nightly|ceiling`. Parsing and dispatch only;
+"""Command line: `python -m tuner search|measure|report|nightly|serve|loadtest|ceiling`. Parsing and dispatch only;
 each command's handler is a module of this package (`cli/search.py`, ...), and the work is
 elsewhere. `--help` and `report` never import torch (tests/test_layers.py holds that).
 
@@ -104,6 +104,74 @@ def _parser() -> argparse.ArgumentParser:
         help="upload the trials a search kept in OUTPUT_DIR while the MLflow store was unreachable",
     )
 
+    v = sub.add_parser("serve", help="serve a registered pick with Ray Serve: dynamic batching, image requests")
+    v.add_argument(
+        "model_uri",
+        metavar="MODEL_URI",
+        help="models:/tuner-<model>@champion, models:/NAME/VERSION, runs:/RUN_ID/model, or a search's output folder",
+    )
+    v.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    v.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    v.add_argument("--route-prefix", help="URL path of the service (default /)")
+    v.add_argument("--replicas", type=int, help="replicas of the model (default 1)")
+    v.add_argument("--threads", type=int, help="threads per replica, reserved as Ray CPUs (default: the pick's)")
+    v.add_argument("--max-batch-size", type=int, help="requests merged into one model call (default: the pick's batch)")
+    v.add_argument(
+        "--batch-wait-timeout-s", type=float, metavar="S", help="longest wait to fill a batch (default: half its p50)"
+    )
+    v.add_argument("--max-ongoing-requests", type=int, help="requests a replica holds (default 2 x max batch size)")
+    v.add_argument(
+        "--max-queued-requests",
+        type=int,
+        help="requests queued beyond those, then 503 (default 4 x what replicas hold)",
+    )
+    v.add_argument("--max-body-mb", type=float, help="largest request body (default 16)")
+    v.add_argument("--max-rows", type=int, help="rows (images) in one request (default 64)")
+    v.add_argument("--top-k", type=int, help="classes an image request gets back (default 5)")
+    v.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        help="haproxy (default): Ray Serve's HAProxy in front of replicas that take HTTP; proxy: its Python proxy",
+    )
+    v.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
+    v.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write serve_config.yaml (serve run / serve deploy) and rayservice.yaml (KubeRay) to DIR; serve nothing",
+    )
+
+    t = sub.add_parser("loadtest", help="measure a service with MLPerf LoadGen: single-stream, server, offline")
+    t.add_argument(
+        "url", metavar="URL", help="where requests go: tuner serve's URL, or e.g. http://HOST:5001/invocations"
+    )
+    t.add_argument(
+        "--scenario",
+        default="all",
+        help="single-stream, server, offline, a comma-separated list, or all (default)",
+    )
+    t.add_argument("--request", choices=["npy", "jpeg", "json"], default="npy", help="request bodies (default npy)")
+    t.add_argument("--latency-bound-ms", type=float, default=100.0, metavar="MS", help="server: the p99 bound (100)")
+    t.add_argument("--qps", type=float, help="server: measure at this QPS (default: find the highest under the bound)")
+    t.add_argument("--duration-s", type=float, default=10.0, metavar="S", help="each LoadGen run, at least (10)")
+    t.add_argument("--min-queries", type=int, default=500, help="each LoadGen run, at least (500)")
+    t.add_argument("--samples", type=int, default=64, help="distinct request bodies (64)")
+    t.add_argument(
+        "--concurrency",
+        type=int,
+        help="requests in flight at most (default: what a tuner service's replicas hold, else 64)",
+    )
+    t.add_argument("--timeout-s", type=float, default=30.0, metavar="S", help="one request's timeout (30)")
+    t.add_argument("--input-shape", metavar="C,H,W", help="rows' shape, for a server that does not say (not tuner's)")
+    t.add_argument("--no-empty", action="store_true", help="skip the empty-endpoint runs")
+    t.add_argument(
+        "--output", type=Path, help="folder for LoadGen's logs and loadtest.json (default ./tuner-loadtests/...)"
+    )
+    t.add_argument("--tracking-uri", help="MLflow store for the results (default: the service's, else as for search)")
+    t.add_argument("--experiment", help="MLflow experiment (default: tuner/<model> of the service)")
+    t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
+
     c = sub.add_parser("ceiling", help="print this machine's ceiling per precision (GFLOP/s, probe, when, load)")
     c.add_argument("--remeasure", action="store_true", help="measure it again now and update the cache")
     return p
@@ -131,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             from tuner.nightly.job import run_job
 
             return run_job(args.job, resume=args.resume, only_class=args.only_class, run_dir=args.run_dir)
+        if args.command == "serve":
+            from tuner.cli import serve
+
+            return serve.run(args)
+        if args.command == "loadtest":
+            from tuner.cli import loadtest
+
+            return loadtest.run(args)
         if args.command == "ceiling":
             from tuner.cli import ceiling
 

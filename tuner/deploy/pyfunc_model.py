@@ -14,16 +14,22 @@ know comes in `context.model_config`, written by tuner/deploy/register.py:
     session         onnx: intra_op_num_threads, inter_op_num_threads, execution_mode,
                     graph_optimization_level
     compile         openvino: the compile_model properties; `requests` > 1 splits each
-                    batch over an AsyncInferQueue (the THROUGHPUT variant)
+                    batch over that many infer requests run at once (the THROUGHPUT variant)
     optimize_for_inference   torchscript: as the `torchscript` compile mode measured it
 
 `predict` takes an fp32 NCHW array of any length: it runs full batches of `batch_size`
 (the last one padded by wrapping around to the first rows, as the trials did) and returns
 one row of fp32 outputs per input row.
+
+`predict` may be called from many threads at once (`mlflow models serve` runs requests on a
+thread pool; `tuner serve` runs batches on an executor): ONNX Runtime's `run` and torch
+modules in inference mode are safe to call concurrently (an AOTInductor package waits for
+its runner), and OpenVINO gets an infer request per call from a pool (`_InferRequests`).
 """
 
 from __future__ import annotations
 
+import queue
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +65,30 @@ def _onnx(path: str, cfg: dict[str, Any]) -> Runner:
     return lambda x: session.run(None, {name: x})[0]
 
 
+class _InferRequests:
+    """OpenVINO infer requests for callers on many threads at once (a server's worker
+    threads, a Ray Serve replica's executor). An InferRequest runs one inference at a time:
+    shared between threads it fails with "Infer Request is busy". Each call takes idle
+    requests from this pool, or creates new ones when none is idle, and gives them back."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def take(self, n: int) -> list[Any]:
+        taken = []
+        for _ in range(n):
+            try:
+                taken.append(self.idle.get_nowait())
+            except queue.Empty:
+                taken.append(self.compiled.create_infer_request())
+        return taken
+
+    def give_back(self, requests: list[Any]) -> None:
+        for r in requests:
+            self.idle.put(r)
+
+
 def _openvino(path: str, cfg: dict[str, Any]) -> Runner:
     import openvino as ov
 
@@ -67,20 +97,20 @@ def _openvino(path: str, cfg: dict[str, Any]) -> Runner:
     model = ov.Core().read_model(f"{path}/model.xml")
     shape = list(model.input(0).get_partial_shape().to_shape())
     model.reshape([cfg["batch_size"] // requests, *shape[1:]])
-    compiled = ov.Core().compile_model(model, "CPU", props)
-    if requests == 1:
-        request = compiled.create_infer_request()
-        return lambda x: request.infer([x], share_inputs=True)[0].copy()
-    queue = ov.AsyncInferQueue(compiled, requests)
-    outputs: list[Any] = [None] * requests
-    queue.set_callback(lambda req, i: outputs.__setitem__(i, req.get_output_tensor(0).data.copy()))
+    pool = _InferRequests(ov.Core().compile_model(model, "CPU", props))
 
     def run(x: np.ndarray) -> np.ndarray:
-        outputs[:] = [None] * requests
-        for i, chunk in enumerate(x.reshape(requests, len(x) // requests, *x.shape[1:])):
-            queue.start_async([chunk], i, share_inputs=True)
-        queue.wait_all()
-        return np.concatenate(outputs)
+        # One request per chunk: the THROUGHPUT variant splits its batch over `requests`
+        # streams, run at once, as its trial measured it; the LATENCY one has one chunk.
+        taken = pool.take(requests)
+        try:
+            for r, chunk in zip(taken, x.reshape(requests, len(x) // requests, *x.shape[1:]), strict=True):
+                r.start_async([chunk], share_inputs=True)
+            for r in taken:
+                r.wait()
+            return np.concatenate([r.get_output_tensor(0).data.copy() for r in taken])
+        finally:
+            pool.give_back(taken)
 
     return run
 

@@ -270,3 +270,16 @@ def input_shape(module: nn.Module, size: int) -> tuple[int, int, int]:
         log.warning("this model only accepts %dx%d inputs; eval.input_size %d is ignored", fixed, fixed, size)
         return (3, fixed, fixed)
     return (3, size, size)
+
+
+def image_preprocessing(name: str, weights: str, size: int) -> tuple[Callable[[Any], Any], str, list[str] | None]:
+    """What a served image goes through, as the search's image data did (inputs/data.py):
+    the weights' own transforms at `size` (the ImageNet convention for other models), a
+    description of it, and the class names where the weights have them (none for random
+    init: a random head's classes mean nothing). Loads no weights."""
+    from tuner.inputs.data import image_transform
+
+    tv = _torchvision_weights(name) if ":" not in name else None
+    transform, how = image_transform(size, tv.transforms if tv is not None else None)
+    categories = list(tv.meta.get("categories") or []) or None if tv is not None and weights != "random" else None
+    return transform, how, categories

@@ -189,7 +189,10 @@ class Tracker:
 
     # ---- runs -------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.kind": "search", **tags})
+        return self.start_run(name, params, {"tuner.kind": "search", **tags})
+
+    def start_run(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.log(run.info.run_id, params=params)
         return str(run.info.run_id)
 

@@ -1,0 +1,180 @@
+"""The Ray Serve deployment of a tuner pick (README "Serving").
+
+    HTTP proxy -> TunedService replica (replicas x threads)
+        __call__      reads the body (at most `max_body_mb`), decodes and preprocesses it
+                      (payload.py; images on a worker thread), then awaits `_infer`
+        _infer        @serve.batch: merges up to `max_batch_size` requests, runs them in one
+                      call of the artifact's own loader (deploy/pyfunc_model.py, loaded through
+                      MLflow) on a single inference thread, so the replica's event loop keeps
+                      taking requests while the model runs; the loader pads and splits into
+                      the artifact's static batch
+        answer        JSON or .npy (payload.py), with the batch it ran in as headers:
+                      X-Batch-Requests, X-Batch-Rows, X-Preprocess-Ms, X-Infer-Ms
+
+`POST .../noop` reads the body and answers at once, without decoding or inference: the load
+test times it to say what the proxy, the replica and the load generator cost by themselves.
+`GET` describes the service (model, input shape, request formats, settings).
+
+Overload: a replica holds `max_ongoing_requests`; the proxy queues `max_queued_requests` more,
+then answers 503 with `Retry-After: 1` (Ray Serve's backpressure), never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tuner.serve.payload import ALLOWED, BadRequest, answer, decode, kind_of, top_k_param
+from tuner.serve.source import for_serving
+from tuner.serve.spec import ServeSpec
+
+APP_NAME = "tuner"
+
+
+@dataclass
+class Inferred:
+    outputs: np.ndarray  # this request's rows
+    batch_requests: int  # requests merged into the call that ran it
+    batch_rows: int
+    infer_ms: float
+
+
+def _pin(threads: int) -> None:
+    """The inference thread's torch intra-op threads (ONNX Runtime and OpenVINO get theirs
+    from the loader config)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@serve.deployment(name="TunedService")
+class TunedService:
+    def __init__(self, args: dict[str, Any]) -> None:
+        import mlflow.artifacts
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        from tuner.inputs.models import image_preprocessing
+
+        self.spec = spec = ServeSpec.from_args(args)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self._tmp = tempfile.TemporaryDirectory(prefix="tuner-serve-")
+        local = mlflow.artifacts.download_artifacts(artifact_uri=spec.model_uri, dst_path=self._tmp.name,
+                                                    tracking_uri=spec.tracking_uri)  # fmt: skip
+        config = (Model.load(local).flavors["python_function"].get("config")) or {}
+        loaded = mlflow.pyfunc.load_model(local, model_config=for_serving(config, spec.threads))
+        self.model = loaded.unwrap_python_model()
+        transform, self.preprocessing, self.categories = image_preprocessing(spec.model, spec.weights,
+                                                                             spec.input_shape[1])  # fmt: skip
+        self.preprocess = lambda im: transform(im).numpy()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tuner-infer", initializer=_pin,
+                                           initargs=(spec.threads,))  # fmt: skip
+        warm = np.zeros((spec.artifact_batch, *spec.input_shape), np.float32)
+        self.classes = int(self.executor.submit(self._predict, warm).result().shape[1])  # and the first call's cost
+        batcher: Any = self._infer  # serve.batch's wrapper carries its setters
+        batcher.set_max_batch_size(spec.max_batch_size)
+        batcher.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(None, x))
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from the spec in __init__
+    async def _infer(self, requests: list[np.ndarray]) -> list[Inferred]:
+        x = requests[0] if len(requests) == 1 else np.concatenate(requests)
+        start = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self.executor, self._predict, x)
+        ms = (time.perf_counter() - start) * 1000
+        parts = np.split(out, np.cumsum([len(r) for r in requests])[:-1])
+        return [Inferred(p, len(requests), len(x), ms) for p in parts]
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(self.describe())
+        if request.method != "POST":
+            return JSONResponse({"error": f"{request.method}: POST a request ({ALLOWED}), or GET"}, 405)
+        try:
+            body = await self._body(request)
+            if request.url.path.rstrip("/").endswith("/noop"):
+                return Response(b"{}", media_type="application/json")
+            kind = kind_of(body, request.headers.get("content-type", ""))
+            top_k = top_k_param(request.query_params.get("top_k"), self.classes)
+            args = (body, kind, self.spec.input_shape, self.spec.max_rows, self.preprocess)
+            decoded = await asyncio.to_thread(decode, *args) if kind == "image" else decode(*args)
+            result: Inferred = await self._infer(decoded.rows)
+            content, media = answer(result.outputs, kind, request.headers.get("accept", ""), top_k, self.spec.top_k,
+                                    self.categories)  # fmt: skip
+        except BadRequest as e:
+            return JSONResponse({"error": e.message}, e.status)
+        headers = {
+            "X-Batch-Requests": str(result.batch_requests),
+            "X-Batch-Rows": str(result.batch_rows),
+            "X-Preprocess-Ms": f"{decoded.preprocess_ms:.3f}",
+            "X-Infer-Ms": f"{result.infer_ms:.3f}",
+        }
+        return Response(content, media_type=media, headers=headers)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = int(self.spec.max_body_mb * 2**20)
+        too_big = BadRequest(
+            413, f"a body over {self.spec.max_body_mb:g} MB (`max_body_mb`); send one image or fewer rows"
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "model": s.model, "model_uri": s.model_uri, "label": s.label, "artifact": s.artifact,
+            "artifact_batch": s.artifact_batch, "input_shape": list(s.input_shape), "classes": self.classes,
+            "class_names": self.categories is not None, "preprocessing": self.preprocessing, "accepts": ALLOWED,
+            "serving": s.to_args(),
+        }  # fmt: skip
+
+
+# Ray Serve's HAProxy ingress: HAProxy takes the HTTP port and forwards to replicas that
+# serve HTTP themselves ("direct ingress"), instead of the Python proxy relaying each request
+# (and a large body in many messages) through Ray. Read by the Serve controller and by each
+# replica when they start.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def deployment_options(spec: ServeSpec) -> dict[str, Any]:
+    """Ray Serve's options for the spec (module docstring)."""
+    actor: dict[str, Any] = {"num_cpus": spec.threads}
+    if spec.ingress == "haproxy":
+        actor["runtime_env"] = {"env_vars": HAPROXY_ENV}
+    return {
+        "num_replicas": spec.replicas,
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
+        "ray_actor_options": actor,
+        "graceful_shutdown_timeout_s": 5,
+    }
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application for a Serve config file (`import_path: tuner.serve.app:app_builder`,
+    `args:` a ServeSpec's values; `tuner serve --export` writes both)."""
+    spec = ServeSpec.from_args(dict(args), "the Serve config's `args`")
+    deployment: Any = TunedService  # @serve.deployment made it a Deployment
+    return deployment.options(**deployment_options(spec)).bind(spec.to_args())
