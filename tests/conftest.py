@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -83,6 +84,61 @@ def small_reference():
     from tuner.inputs.reference import prepare_reference
 
     return prepare_reference(ModelSpec("tiny_models:small_cnn", "random", 0), input_size=32, n_eval=8, n_calib=4)
+
+
+# The registered tiny model, one version per artifact kind (`registered`).
+MODEL = "tiny_models:small_cnn"
+NAME = "tuner-tiny_models_small_cnn"  # tuner.tracking.store.registered_name(MODEL)
+VARIANTS = [  # (variant fields, the artifact that reproduces it)
+    (dict(compile="torchscript", quantization="static_int8"), "torchscript"),  # FX int8
+    (dict(compile="eager", batch_size=2), "exported"),
+    (dict(compile="inductor", layout="channels_last"), "aoti"),
+    (dict(compile="inductor", quantization="static_int8"), "aoti"),  # PT2E int8
+    (dict(compile="onnxruntime", quantization="static_int8"), "onnx"),
+    (dict(compile="openvino", quantization="static_int8"), "openvino"),
+    (dict(compile="openvino_throughput", quantization="static_int8", batch_size=4), "openvino"),
+]
+
+def registered_variant(fields: dict) -> Any:
+    from tuner.core.variant import Variant
+
+    return Variant.from_dict({"batch_size": 1, "threads": 1, **fields})
+
+
+@pytest.fixture(scope="session")
+def registered(tmp_path_factory):
+    """Each of VARIANTS saved and registered as a version of `tuner-tiny_models_small_cnn`
+    (confirmed p50 1.0 ms, for the comparison `measure --model-uri` prints), once per test
+    session: the registered-model tests and the serving tests share them.
+    Returns (folder, tracking URI, reference, {label: (variant, kind, version, tags)})."""
+    import numpy as np
+    import pandas as pd
+
+    from tuner.deploy.register import log_and_register
+    from tuner.inputs.models import ModelSpec
+    from tuner.inputs.reference import prepare_reference
+    from tuner.tracking.store import Tracker
+
+    folder = tmp_path_factory.mktemp("registered")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cwd = os.getcwd()
+    os.chdir(folder)  # a local store keeps its artifacts in ./mlartifacts
+    ref = prepare_reference(ModelSpec(MODEL, "random", 0), input_size=32, n_eval=8, n_calib=4)
+    tracker = Tracker(uri, f"tuner/{MODEL}")
+    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ci_low_ms": 0.9, "confirmed_p50_ci_high_ms": 1.1})
+    versions = {}
+    x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
+    np.save(folder / "x.npy", x)
+    for fields, kind in VARIANTS:
+        variant = registered_variant(fields)
+        parent = tracker.start_parent("export test", {}, {})
+        child = tracker.log_child(parent, variant.label, {}, {}, {})  # the recommended trial's run
+        tags = log_and_register(pd.Series({**row, "mlflow_run_id": child}), variant, ref, tracker, parent, MODEL,
+                                "test host (fingerprint x)")  # fmt: skip
+        version = tags["tuner.registered_model"].split("/")[1]
+        versions[variant.label] = (variant, kind, version, tags)
+    os.chdir(cwd)
+    return folder, uri, ref, versions
 
 
 @contextlib.contextmanager

@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -22,28 +24,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tuner.core.variant import Variant
 from tuner.deploy.native import artifact_kind
-from tuner.deploy.register import log_and_register
 from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
-from tuner.tracking.store import Tracker, registered_name
+from tuner.tracking.store import Tracker
 
-from conftest import TESTS, stop, tuner, tuner_env, write_space
+from conftest import NAME, TESTS, VARIANTS, registered_variant, stop, tuner, tuner_env, write_space
 
 slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 
-MODEL = "tiny_models:small_cnn"
-NAME = registered_name(MODEL)
-VARIANTS = [  # (variant fields, the artifact that reproduces it)
-    (dict(compile="torchscript", quantization="static_int8"), "torchscript"),  # FX int8
-    (dict(compile="eager", batch_size=2), "exported"),
-    (dict(compile="inductor", layout="channels_last"), "aoti"),
-    (dict(compile="inductor", quantization="static_int8"), "aoti"),  # PT2E int8
-    (dict(compile="onnxruntime", quantization="static_int8"), "onnx"),
-    (dict(compile="openvino", quantization="static_int8"), "openvino"),
-    (dict(compile="openvino_throughput", quantization="static_int8", batch_size=4), "openvino"),
-]
 IDS = [f"{kind}-{i}" for i, (_, kind) in enumerate(VARIANTS)]
 
 # Loads every registered version where `import tuner` fails, and saves its outputs.
@@ -55,36 +44,6 @@ warnings.simplefilter("default")  # a deprecation warning would be printed
 for uri, x_path, out_path in json.loads(sys.argv[1]):
     np.save(out_path, mlflow.pyfunc.load_model(uri).predict(np.load(x_path)))
 """
-
-
-def _variant(fields: dict) -> Variant:
-    return Variant.from_dict({"batch_size": 1, "threads": 1, **fields})
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    """Each variant saved and registered as a version of `tuner-tiny_models_small_cnn`
-    (confirmed p50 1.0 ms, for the comparison `measure --model-uri` prints)."""
-    folder = tmp_path_factory.mktemp("registered")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    cwd = os.getcwd()
-    os.chdir(folder)  # a local store keeps its artifacts in ./mlartifacts
-    ref = prepare_reference(ModelSpec(MODEL, "random", 0), input_size=32, n_eval=8, n_calib=4)
-    tracker = Tracker(uri, f"tuner/{MODEL}")
-    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ci_low_ms": 0.9, "confirmed_p50_ci_high_ms": 1.1})
-    versions = {}
-    x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
-    np.save(folder / "x.npy", x)
-    for fields, kind in VARIANTS:
-        variant = _variant(fields)
-        parent = tracker.start_parent("export test", {}, {})
-        child = tracker.log_child(parent, variant.label, {}, {}, {})  # the recommended trial's run
-        tags = log_and_register(pd.Series({**row, "mlflow_run_id": child}), variant, ref, tracker, parent, MODEL,
-                                "test host (fingerprint x)")  # fmt: skip
-        version = tags["tuner.registered_model"].split("/")[1]
-        versions[variant.label] = (variant, kind, version, tags)
-    os.chdir(cwd)
-    return folder, uri, ref, versions
 
 
 @slow
@@ -123,7 +82,7 @@ def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
      (dict(compile="torchscript"), "torchscript"), (dict(compile="inductor_max_autotune"), "aoti")],
 )  # fmt: skip
 def test_each_compile_mode_has_its_artifact(fields, kind):
-    assert artifact_kind(_variant(fields)) == kind
+    assert artifact_kind(registered_variant(fields)) == kind
 
 
 def test_the_loader_runs_full_batches_and_trims_the_padding():
@@ -154,7 +113,7 @@ def _child_of(client: MlflowClient, parent: str) -> str:
 
 
 @slow
-def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered):
+def test_each_artifact_loads_without_tuner_and_reproduces_theregistered_variant(registered):
     folder, uri, ref, versions = registered
     x = torch.from_numpy(np.load(folder / "x.npy"))
     jobs = [(f"models:/{NAME}/{version}", str(folder / "x.npy"), str(folder / f"out-{version}.npy"))
@@ -229,12 +188,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _invoke(url: str, x: np.ndarray) -> tuple[int, np.ndarray | str]:
+    """One `mlflow models serve` request: (status, predictions), or (status, the error)."""
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, np.asarray(json.loads(r.read())["predictions"], dtype=np.float32)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()[:300]
+
+
 @slow
-@pytest.mark.parametrize("kind", ["torchscript", "exported", "aoti", "onnx", "openvino"])
-def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
-    """`mlflow models serve` answers a real request with the variant's outputs."""
+@pytest.mark.parametrize("index", [0, 1, 2, 4, 5, 6], ids=[IDS[i] for i in (0, 1, 2, 4, 5, 6)])
+def test_the_registered_model_is_served_over_http(registered, tmp_path, index):
+    """`mlflow models serve` answers real requests with the variant's outputs, one at a time
+    and from 8 threads at once (the server runs them on its thread pool: an artifact that is
+    not safe to call concurrently fails some, as the OpenVINO loader's one shared infer
+    request did with "Infer Request is busy")."""
     folder, uri, ref, versions = registered
-    variant, _, version, _ = next(v for v in versions.values() if v[1] == kind)
+    variant, _, version, _ = next(v for v in versions.values() if v[0] == registered_variant(VARIANTS[index][0]))
     port = _free_port()
     # `mlflow models serve` runs `uvicorn` from PATH: the venv's bin, as an activated venv has it.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -255,19 +228,28 @@ def test_the_registered_model_is_served_over_http(registered, tmp_path, kind):
         else:
             pytest.fail("mlflow models serve did not answer within 120 s: " + (tmp_path / "serve.log").read_text())
         x = np.load(folder / "x.npy")
-        body = json.dumps({"inputs": x.tolist()}).encode()
-        req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        alone = [_invoke(url, x[i : i + 1]) for i in range(len(x))]
+        assert all(status == 200 for status, _ in alone), alone
+        rows = [i % len(x) for i in range(48)]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda i: _invoke(url, x[i : i + 1]), rows))
+        status, answer = _invoke(url, x)  # every row in one request
     finally:
         stop(proc)
         log.close()
-    got = torch.tensor(answer["predictions"])
+    failed = [(status, out) for status, out in together if status != 200]
+    assert not failed, f"{len(failed)} of {len(rows)} concurrent requests failed: {failed[:2]}"
+    for i, (_, out) in zip(rows, together, strict=True):
+        assert np.allclose(out, alone[i][1], rtol=1e-5, atol=1e-6), (i, np.abs(out - alone[i][1]).max())
+    assert status == 200, answer
+    got = torch.from_numpy(np.asarray(answer))
     from tuner.build import build
 
     built = build(ref.load_module(), variant, ref.data.calibration)
     xs = torch.from_numpy(x)
+    padded = torch.cat([xs, xs[: (-len(xs)) % variant.batch_size]])  # as the loader pads the last batch
     with torch.inference_mode():
-        want = torch.cat([built.run(built.prepare(xs[i : i + 1])).float() for i in range(len(xs))])
+        want = torch.cat([built.run(built.prepare(b)).float() for b in padded.split(variant.batch_size)])[: len(xs)]
     assert got.shape == want.shape
     assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (got - want).abs().max()
 
@@ -281,7 +263,7 @@ def test_an_artifact_that_fails_to_export_is_tagged_and_the_search_goes_on(tmp_p
     ref = prepare_reference(ModelSpec("tiny_models:Unexportable", "random", 0), input_size=32, n_eval=4, n_calib=2)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tuner/unexportable")
     parent = tracker.start_parent("export failure", {}, {})
-    row = pd.Series({**_variant(dict(compile="onnxruntime")).to_dict(), "mlflow_run_id": ""})
+    row = pd.Series({**registered_variant(dict(compile="onnxruntime")).to_dict(), "mlflow_run_id": ""})
     tags = register_recommended(row, ref, parent, "tiny_models:Unexportable", tracker, "test host")
     assert tags["tuner.model_export"].startswith("failed: ") and "ONNX export failed" in tags["tuner.model_export"]
     assert "tuner.registered_model" not in tags

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         from tuner.serve.export import export
 
-        for path in export(spec, args.export, title, args.port):
+        for path in export(spec, args.export, title, args.host, args.port):
             say(f"wrote {path}")
         return 0
     from tuner.serve.service import serve_until_stopped

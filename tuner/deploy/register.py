@@ -72,6 +72,7 @@ def log_and_register(
     with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         native = save_native(variant, ref, Path(tmp) / "artifact")
         config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
+                  "input_shape": list(native.example.shape[1:]),
                   "weights_label": ref.weights_label, "data": ref.data_label, "hardware": hardware,
                   "confirmed_p50_ms": _float(row.get("confirmed_p50_ms"))}  # fmt: skip
         signature = infer_signature(native.example.numpy(), native.outputs.numpy())

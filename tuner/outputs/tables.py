@@ -58,6 +58,15 @@ def write_recommended(row: pd.Series, out: Path, context: dict[str, Any]) -> Pat
     return path
 
 
+def note_registered(out: Path, registered: str) -> None:
+    """recommended.yaml gains `registered_model: tuner-<model>/<version>` once the pick is
+    registered (`tuner serve OUTPUT_DIR` serves that version)."""
+    path = out / "recommended.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["registered_model"] = registered
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 def format_table(df: pd.DataFrame, title: str) -> str:
     """The terminal table: the columns of `core.schema.SHOWN`, each in its own format."""
     cols = [c for c in SHOWN if c in df.columns]

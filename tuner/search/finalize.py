@@ -103,6 +103,8 @@ def finalize(
             )
         parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware,
                                                 req.hardware or ""))  # fmt: skip
+        if "tuner.registered_model" in parent_tags:  # what `tuner serve OUTPUT_DIR` serves
+            tables.note_registered(req.output, parent_tags["tuner.registered_model"])
     wall = time.time() - started
     facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
                         sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip

@@ -155,6 +155,27 @@ class TunedService:
 # (and a large body in many messages) through Ray. Read by the Serve controller and by each
 # replica when they start.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# HAProxy's files: one folder per port, not Ray's fixed /tmp/haproxy-serve, which two
+# services on one machine (a service and its comparison, tests) would share.
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
+
+
+HAPROXY_DIR_MAX = 29
+
+
+def haproxy_env(port: int) -> dict[str, str]:
+    """What the Serve controller needs for the HAProxy ingress on `port` (a value already in
+    the environment wins: the caller chose where HAProxy's files go)."""
+    folder = os.path.join(tempfile.gettempdir(), f"tuner-haproxy-{port}")
+    if len(folder) > HAPROXY_DIR_MAX:  # HAProxy refuses a socket path over 97 characters; Serve adds 68
+        folder = f"/tmp/tuner-haproxy-{port}"
+    files = {k: os.environ.get(k) or os.path.join(folder, name) for k, name in HAPROXY_FILES.items()}
+    return {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
 
 
 def deployment_options(spec: ServeSpec) -> dict[str, Any]:

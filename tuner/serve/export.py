@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tuner.serve.app import APP_NAME, HAPROXY_ENV
+from tuner.serve.app import APP_NAME, HAPROXY_ENV, haproxy_env
 from tuner.serve.spec import ServeSpec
 
 IMAGE = "registry.example.com/tuner:latest"  # deploy/tuner-raycluster.yaml's image: this repository with its venv
@@ -26,7 +26,8 @@ RAY_VERSION = "2.60.0"
 
 
 def serve_config(spec: ServeSpec, host: str, port: int) -> dict[str, Any]:
-    ingress = {"controller_options": {"runtime_env": {"env_vars": HAPROXY_ENV}}} if spec.ingress == "haproxy" else {}
+    env = haproxy_env(port)
+    ingress = {"controller_options": {"runtime_env": {"env_vars": env}}} if spec.ingress == "haproxy" else {}
     return {
         **ingress,
         "proxy_location": "EveryNode",
@@ -105,14 +106,14 @@ def ray_service(spec: ServeSpec, port: int, name: str) -> dict[str, Any]:
     }
 
 
-def export(spec: ServeSpec, folder: Path, title: str, port: int) -> list[Path]:
+def export(spec: ServeSpec, folder: Path, title: str, host: str, port: int) -> list[Path]:
     """Write both files into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     name = "tuner-" + "".join(c if c.isalnum() else "-" for c in spec.model.lower()).strip("-")
     head = f'# {title}: {spec.label} ({spec.artifact}). Written by `tuner serve --export`; README "Serving".\n'
     config = folder / "serve_config.yaml"
     config.write_text(head + "# serve run serve_config.yaml   (or: serve deploy serve_config.yaml)\n"
-                      + yaml.safe_dump(serve_config(spec, "0.0.0.0", port), sort_keys=False))  # fmt: skip
+                      + yaml.safe_dump(serve_config(spec, host, port), sort_keys=False))  # fmt: skip
     service = folder / "rayservice.yaml"
     service.write_text(head + "# kubectl apply -f rayservice.yaml   (KubeRay >= 1.5)\n"
                        + yaml.safe_dump(ray_service(spec, port, name[:63]), sort_keys=False))  # fmt: skip

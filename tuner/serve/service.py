@@ -31,22 +31,31 @@ class Running:
     url: str  # where requests go (POST)
     health: str
     metrics: list[str]  # each node's Prometheus endpoint
+    host: str
+    port: int
+    name: str  # the Serve application
+    started_ray: bool  # start() started Ray here, and stop() shuts it down
 
 
-def start(spec: ServeSpec, address: str | None, host: str, port: int) -> Running:
-    """Deploy `spec` and return once the application answers a GET."""
+def start(spec: ServeSpec, address: str | None, host: str, port: int, name: str = "") -> Running:
+    """Deploy `spec` as the application `name` (default `tuner`) and return once it answers
+    a GET. Starts Ray (or joins `address`) unless this process has Ray running already."""
     import ray
     from ray import serve
 
-    from tuner.serve.app import APP_NAME, HAPROXY_ENV, app_builder
+    from tuner.serve.app import APP_NAME, app_builder, haproxy_env
 
+    name = name or APP_NAME
     _check_port(host, port)
     controller: dict[str, Any] = {}
     if spec.ingress == "haproxy":
-        os.environ.update(HAPROXY_ENV)  # a Ray that ray.init starts here inherits it
-        controller = {"runtime_env": {"env_vars": HAPROXY_ENV}}  # a Serve started on a joined cluster
-    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-    _stop_on_signals()  # ray.init replaced SIGTERM's handler with sys.exit
+        env = haproxy_env(port)
+        os.environ.update(env)  # a Ray that ray.init starts here inherits it
+        controller = {"runtime_env": {"env_vars": env}}  # a Serve started on a joined cluster
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+        _stop_on_signals()  # ray.init replaced SIGTERM's handler with sys.exit
     cpus = ray.cluster_resources().get("CPU", 0)
     if spec.replicas * spec.threads > cpus:
         raise ConfigError(
@@ -54,44 +63,44 @@ def start(spec: ServeSpec, address: str | None, host: str, port: int) -> Running
             f"the Ray cluster has {cpus:g}"
         )
     serve.start(http_options={"host": host, "port": port}, controller_options=controller or None)
-    serve.run(app_builder(spec.to_args()), name=APP_NAME, route_prefix=spec.route_prefix)
+    serve.run(app_builder(spec.to_args()), name=name, route_prefix=spec.route_prefix)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}{spec.route_prefix}"
     wait_for(url, ANSWER_TIMEOUT_S)
     metrics = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes()
                if n.get("Alive") and n.get("MetricsExportPort")]  # fmt: skip
-    return Running(url, f"http://{shown}:{port}/-/healthz", metrics)
+    return Running(url, f"http://{shown}:{port}/-/healthz", metrics, host, port, name, started_ray)
 
 
-def stop(started_ray: bool) -> None:
-    """Delete the application (its replicas finish what they hold); on a cluster this process
-    joined, also shut Serve down when nothing else is deployed on it; leave Ray (a Ray this
-    process started stops with it)."""
+def stop(running: Running | None) -> None:
+    """Where start() started Ray (and always after a failed start, `running` None): shut Ray
+    down, Serve's controller, HAProxy and the replicas with it, and wait until the port is
+    free for the next service (Ray's processes exit after ray.shutdown returns). On a cluster
+    this process joined: delete the application, whose replicas drain first (behind HAProxy,
+    Ray Serve keeps a replica for 30 s so that the balancer stops routing to it; measured
+    here, `serve.delete` took 31 s, and `serve.shutdown` waited as long for its controller)."""
     import ray
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
-    from tuner.serve.app import APP_NAME
-
     if not ray.is_initialized():
         return  # stopped before Ray started (a bad flag, a port in use)
-    try:
-        if APP_NAME in serve.status().applications:
-            serve.delete(APP_NAME)
-        if not started_ray and not serve.status().applications:
-            serve.shutdown()
-    except RayServeException:
-        pass  # Serve never started on this cluster
-    finally:
-        ray.shutdown()
+    if running is not None and not running.started_ray:
+        try:
+            if running.name in serve.status().applications:
+                serve.delete(running.name)
+        except RayServeException:
+            pass  # Serve is gone already
+        return
+    ray.shutdown()
+    if running is not None:
+        _wait_port_free(running.host, running.port, 60)
 
 
 def serve_until_stopped(spec: ServeSpec, title: str, address: str | None, host: str, port: int) -> int:
     """The `tuner serve` command: start, say where, block until a signal, stop."""
     say(f"starting Ray Serve for {title} ...")
-    import ray
-
-    started_ray = not ray.is_initialized() and address is None
+    running = None
     try:
         running = start(spec, address, host, port)
         say(f"serving {title}: {spec.label}, {spec.artifact} artifact")
@@ -107,10 +116,7 @@ def serve_until_stopped(spec: ServeSpec, title: str, address: str | None, host: 
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C would leave Serve's processes behind
             signal.signal(sig, signal.SIG_IGN)
-        stop(started_ray)
-        _wait_port_free(
-            host, port, 60
-        )  # Ray's workers exit after ray.shutdown returns; the next service needs the port
+        stop(running)
     say("stopped")
     return 0
 
