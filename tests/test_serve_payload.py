@@ -125,8 +125,9 @@ def test_top_k_out_of_range_is_refused(value):
         top_k_param(value, 3)
 
 
-FIXED = dict(model_uri="models:/m/1", tracking_uri="sqlite:////x.db", model="resnet50", weights="random",
-             input_shape=(3, 8, 8), artifact="onnx", artifact_batch=4, label="fp32 bs4 t1 ort nchw")  # fmt: skip
+FIXED = dict(model_uri="models:/m/1", location="file:///x/m-1/artifacts", tracking_uri="sqlite:////x.db",
+             model="resnet50", weights="random", input_shape=(3, 8, 8), artifact="onnx", artifact_batch=4,
+             label="fp32 bs4 t1 ort nchw")  # fmt: skip
 
 
 def test_the_picks_defaults_batch_its_batch_size_and_hold_two_batches():

@@ -70,8 +70,10 @@ class TunedService:
         self.spec = spec = ServeSpec.from_args(args)
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self._tmp = tempfile.TemporaryDirectory(prefix="tuner-serve-")
-        local = mlflow.artifacts.download_artifacts(artifact_uri=spec.model_uri, dst_path=self._tmp.name,
-                                                    tracking_uri=spec.tracking_uri)  # fmt: skip
+        local = spec.location
+        if "://" in local or local.startswith("runs:/"):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=spec.location, dst_path=self._tmp.name,
+                                                        tracking_uri=spec.tracking_uri)  # fmt: skip
         config = (Model.load(local).flavors["python_function"].get("config")) or {}
         loaded = mlflow.pyfunc.load_model(local, model_config=for_serving(config, spec.threads))
         self.model = loaded.unwrap_python_model()

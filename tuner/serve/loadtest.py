@@ -193,7 +193,7 @@ def _server(
             high = qps
         if low and (high - low) / high < 0.05:
             break
-        qps = (low + high) / 2 if low else high / 4 if len(out.steps) > 1 else high / 2
+        qps = (low + high) / 2 if low else high / 2  # bisect, or halve until one QPS meets the bound
     return out
 
 

@@ -28,7 +28,8 @@ from tuner.tracking.store import absolute_uri
 
 @dataclass(frozen=True)
 class Source:
-    uri: str  # what the replicas load
+    uri: str  # what it is: models:/NAME/VERSION, runs:/..., models:/m-<id>, a folder
+    location: str  # where its files are (an artifact URI or a folder): what the replicas download
     tracking_uri: str
     config: dict[str, Any]  # the loader's model_config (deploy/pyfunc_model.py)
     input_shape: tuple[int, int, int]
@@ -72,7 +73,7 @@ def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str]:
     rest = uri.removeprefix("models:/")
     if not uri.startswith("models:/") or rest.startswith("m-"):
         return "", ""
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
@@ -120,23 +121,38 @@ def _source(uri: str, tracking_uri: str, what: str, registered: str = "", search
     from mlflow.models import Model
 
     try:
+        location = _location(uri, tracking_uri)
         with tempfile.TemporaryDirectory(prefix="tuner-mlmodel-") as tmp:
-            local = _mlmodel_file(uri, tracking_uri, tmp)
-            meta = Model.load(local)
+            meta = Model.load(_mlmodel_file(location, tracking_uri, tmp))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"{what}: cannot read the model's MLmodel file from {tracking_uri}: {one_line(e)}") from None
     config = dict((meta.flavors.get("python_function") or {}).get("config") or {})
     if "artifact" not in config or "variant" not in config:
         raise ConfigError(f"{what}: not a model tuner registered (its pyfunc config has no `artifact`)")
-    return Source(uri, tracking_uri, config, _input_shape(meta, config, what), registered, search_run)
+    return Source(uri, location, tracking_uri, config, _input_shape(meta, config, what), registered, search_run)
 
 
-def _mlmodel_file(uri: str, tracking_uri: str, tmp: str) -> str:
-    if not uri.startswith(("models:/", "runs:/")):
-        return str(Path(uri) / "MLmodel")
+def _location(uri: str, tracking_uri: str) -> str:
+    """Where the model's files are, asked of the store at `tracking_uri` (MLflow resolves a
+    `models:/` URI through its process-wide registry URI otherwise)."""
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return uri  # runs:/ resolves through the tracking URI given with it; a folder is a folder
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    rest = uri.removeprefix("models:/")
+    if rest.startswith("m-"):
+        return str(client.get_logged_model(rest.split("/")[0]).artifact_location)
+    name, version = rest.split("/", 1)
+    return str(client.get_model_version_download_uri(name, version))
+
+
+def _mlmodel_file(location: str, tracking_uri: str, tmp: str) -> str:
+    if "://" not in location and not location.startswith("runs:/"):
+        return str(Path(location) / "MLmodel")
     import mlflow.artifacts
 
-    return mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=tmp,
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=tmp,
                                                tracking_uri=tracking_uri)  # fmt: skip
 
 
@@ -174,6 +190,7 @@ def spec_for(source: Source, **chosen: Any) -> ServeSpec:
     c = source.config
     fixed = {
         "model_uri": source.uri,
+        "location": source.location,
         "tracking_uri": source.tracking_uri,
         "model": str(c["model"]),
         "weights": str(c.get("weights", "random")),

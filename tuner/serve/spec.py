@@ -23,7 +23,8 @@ MAX_WAIT_S = 0.05  # the default batch wait never exceeds this, whatever the pic
 
 @dataclass(frozen=True)
 class ServeSpec:
-    model_uri: str  # what each replica loads through MLflow: models:/name/version, runs:/..., a path
+    model_uri: str  # what is served: models:/name/version, runs:/..., models:/m-<id>, a folder
+    location: str  # where its files are (an artifact URI or a folder): each replica downloads them
     tracking_uri: str  # absolute: replicas run in other processes, maybe on other nodes
     model: str  # the model name the pick was tuned for (preprocessing and class names)
     weights: str  # its resolved weights (pretrained / random / factory / a path)
@@ -113,7 +114,8 @@ class ServeSpec:
         )
 
 
-_REQUIRED = ("model_uri", "tracking_uri", "model", "weights", "input_shape", "artifact", "artifact_batch", "label")
+_REQUIRED = ("model_uri", "location", "tracking_uri", "model", "weights", "input_shape", "artifact", "artifact_batch",
+             "label")  # fmt: skip
 _INTS = ("replicas", "threads", "max_batch_size", "max_ongoing_requests", "max_queued_requests", "max_rows", "top_k",
          "artifact_batch")  # fmt: skip
 _FLOATS = ("batch_wait_timeout_s", "max_body_mb")
