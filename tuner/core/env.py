@@ -59,6 +59,8 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tune logs every errored trial with Ray's traceback; the recorder reports them better.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    # Serve's INFO lines ("Started Serve in namespace ...") say less than `tuner serve` prints
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # "No CUDA runtime is found" on a CPU-only box, when AOTInductor or the profiler loads it
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
