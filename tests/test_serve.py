@@ -181,11 +181,13 @@ def test_a_bad_request_is_a_4xx_that_names_it(service, body, content_type, statu
 
 
 def test_a_50_mb_body_is_refused_and_the_service_goes_on(service):
-    """413 before the body is read: a client that waits for `100 Continue` (curl does for a
-    large body) gets it and sends nothing more."""
+    """413, to a client that sends the whole body before it reads the answer, and before the
+    body is sent to one that waits for `100 Continue` (curl does for a large body)."""
     import http.client
 
     url, _, _ = service
+    status, _, body = post(url, b"\xff\xd8\xff" + bytes(50 * 2**20), "image/jpeg")
+    assert status == 413 and "a body over 16 MB (`max_body_mb`)" in json.loads(body)["error"]
     host, port = url.split("/")[2].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     conn.putrequest("POST", "/")

@@ -40,6 +40,7 @@ from tuner.serve.source import for_serving
 from tuner.serve.spec import ServeSpec
 
 APP_NAME = "tuner"
+DRAIN = 4  # a body up to this many times `max_body_mb` is read to its end before the 413
 
 
 @dataclass
@@ -133,13 +134,19 @@ class TunedService:
         )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise too_big
+            if "100-continue" in request.headers.get("expect", "").lower() or int(declared) > DRAIN * limit:
+                raise too_big  # answered before the body is sent (or it is too big to read at all)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
+            if size > DRAIN * limit:
+                break
+            if size <= limit:
+                chunks.append(chunk)
+        if size > limit:
+            # Read (and dropped) up to DRAIN x the limit: a client that sends its whole body
+            # before it reads the answer gets the 413, not a connection reset mid-send.
+            raise too_big
         return b"".join(chunks)
 
     def describe(self) -> dict[str, Any]:
