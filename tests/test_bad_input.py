@@ -13,7 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tuner.cli.main import EXIT_USAGE, main
+from tuner.cli.main import main
+from tuner.core.errors import EXIT_USAGE
 
 from conftest import TEST_CACHE, write_space
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tuner.nightly.job import EXIT_LOCKED, EXIT_REGRESSION
+from tuner.core.errors import EXIT_LOCKED, EXIT_REGRESSION
 from tuner.outputs.tables import read_trials
 
 from conftest import FAST_TIMING, TEST_CACHE, tuner, tuner_env

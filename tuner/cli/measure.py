@@ -15,9 +15,8 @@ from typing import Any
 
 import yaml
 
-from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.cli.search import load_space
-from tuner.core.errors import ConfigError, TunerError, one_line
+from tuner.core.errors import EXIT_NO_RESULT, EXIT_OK, ConfigError, TunerError, one_line
 from tuner.core.variant import Variant
 from tuner.measure.hardware import detect, usable_cores
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tuner.cli.main import EXIT_OK
 from tuner.core.env import quiet_logs, service_env
-from tuner.core.errors import ConfigError, one_line
+from tuner.core.errors import EXIT_OK, ConfigError, one_line
 from tuner.outputs import tables
 from tuner.outputs.compare import comparability, compare, render
 from tuner.tracking.store import Tracker, check_reachable, default_tracking_uri
