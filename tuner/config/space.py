@@ -19,6 +19,7 @@ the file and the key. Validation has no side effects.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,9 @@ from tuner.core.variant import (
     infeasible_reason,
 )
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The space files ship inside the package (a wheel installs them); the repository's
+# `search_spaces/` is a link to this folder, the path users type.
+SPACES_DIR = Path(str(resources.files("tuner") / "search_spaces"))
 
 
 class Dimensions(Strict):
