@@ -92,6 +92,8 @@ def test_the_verdict_is_judged_on_normalised_figures_and_quality_not_on_absolute
 
 
 def test_accepted_figures_carry_the_normalised_figures_and_references():
+    from tuner.decide.finalists import Confirmation
+    from tuner.decide.pareto import Recommendation
     from tuner.nightly.regression import accepted_figures
 
     cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ci_low_ms": 11.8, "confirmed_p50_ci_high_ms": 12.3,
@@ -105,9 +107,8 @@ def test_accepted_figures_carry_the_normalised_figures_and_references():
         {"label": "int8", "is_baseline": False, "status": "ok", "quality": 1.0, "precision": "fp32",
          "quantization": "static_int8", "latency_p50_ms": 12.5, "throughput_ips": 79.0, **cols},
     ])  # fmt: skip
-    df.attrs["probe_p50_ms"] = {"int8": 2.5, "fp32": 14.0}
-    df.attrs["probe_threads"] = 2
-    f = accepted_figures(df.iloc[1], df)
+    confirmation = Confirmation(Recommendation(1, "confirmed"), 30.0, 2, {"int8": 2.5, "fp32": 14.0})
+    f = accepted_figures(df.iloc[1], df, confirmation)
     assert f["speedup"] == 4.5 and f["speedup_low"] == 4.4 and f["ceiling_fraction_high"] == 0.76
     assert f["baseline_p50_ms"] == 54.0 and f["probe_p50_ms"] == 2.5  # the int8 probe, not the fp32 one
     # The nightly check runs its probe on the threads the accepted one ran on (a probe on

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tuner.core.variant import ceiling_key
 from tuner.decide.confirm import Confirmed
+from tuner.decide.finalists import Confirmation
 
 if TYPE_CHECKING:
     from tuner.nightly.check import CheckResult
@@ -116,7 +117,7 @@ def verdict_line(verdict: dict[str, Any]) -> str:
     )
 
 
-def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
+def accepted_figures(row: pd.Series, df: pd.DataFrame, confirmation: Confirmation | None) -> dict[str, float]:
     """What a new champion is accepted on: its confirmed figures, its normalised ones (the
     speedup and the ceiling fraction, paired by round), and the references of that moment
     (the baseline's and the machine probe's p50 in the same confirmation rounds)."""
@@ -133,10 +134,11 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
     base = df[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     if len(base) and pd.notna(base.iloc[0].get("confirmed_p50_ms", float("nan"))):
         figures["baseline_p50_ms"] = float(base.iloc[0]["confirmed_p50_ms"])
-    probe = df.attrs.get("probe_p50_ms", {}).get(ceiling_key(str(row["precision"]), str(row["quantization"])))
-    if probe:
+    key = ceiling_key(str(row["precision"]), str(row["quantization"]))
+    probe = confirmation.probe_p50_ms.get(key) if confirmation else None
+    if confirmation and probe:
         figures["probe_p50_ms"] = float(probe)
-        figures["probe_threads"] = float(df.attrs["probe_threads"])  # the check's probe must match it
+        figures["probe_threads"] = float(confirmation.probe_threads)  # the check's probe must match it
     return figures
 
 

@@ -22,7 +22,7 @@ from tuner.config.request import SearchRequest
 from tuner.core.console import say
 from tuner.core.errors import one_line
 from tuner.core.schema import CONFIRMED_COLUMNS, TAGS, selection_tags
-from tuner.decide.finalists import ConfirmFn, confirm_finalists
+from tuner.decide.finalists import Confirmation, ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
 from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
@@ -40,6 +40,7 @@ class SearchOutcome:
     output: Path
     recommended: pd.Series | None
     reason: str
+    confirmation: Confirmation | None = None  # None: nothing was confirmed
 
 
 def finalize(
@@ -69,9 +70,11 @@ def finalize(
     df["feasible"] = feasible_mask(df, sp.constraints)
     df["pareto"] = pareto_mask(df, df["feasible"])
     rec = recommend(df, sp.search.objective, sp.constraints)
+    confirmation = None
     if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
-        rec = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm,
-                                probe_threads=recorder.hw.cores, flops_per_item=ref.flops_per_item)  # fmt: skip
+        confirmation = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm,
+                                         probe_threads=recorder.hw.cores, flops_per_item=ref.flops_per_item)  # fmt: skip
+        rec = confirmation.recommendation
     df["recommended"] = df.index == rec.index
     _tag_children(df, tracker)
     tables.write_tables(df, req.output)
@@ -110,9 +113,10 @@ def finalize(
                         sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip
     parent_tags["mlflow.note.content"] = describe(df, recommended, rec.reason, facts, wall, parent_tags)
     tracker.log_artifacts(parent_id, req.output, [*tables.TABLES, *plots])  # plots only if drawn this time
-    close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=_summary_metrics(df, recommended, wall))
+    metrics = _summary_metrics(df, recommended, wall, confirmation)
+    close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=metrics)
     print_summary(df, recommended, rec.reason, facts, parent_id, wall)
-    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason, confirmation)
 
 
 def recheck_ceiling(
@@ -167,12 +171,14 @@ def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
             tracker.log(row["mlflow_run_id"], tags=selection_tags(row))
 
 
-def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: float) -> dict[str, float]:
+def _summary_metrics(
+    df: pd.DataFrame, recommended: pd.Series | None, wall: float, confirmation: Confirmation | None
+) -> dict[str, float]:
     summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
-    if "confirm_s" in df.attrs:
-        summary["confirm_s"] = df.attrs["confirm_s"]
-    for key, p50 in df.attrs.get("probe_p50_ms", {}).items():  # the machine's speed, in the same rounds
-        summary[f"probe_p50_ms.{key}"] = p50
+    if confirmation is not None:
+        summary["confirm_s"] = confirmation.seconds
+        for key, p50 in confirmation.probe_p50_ms.items():  # the machine's speed, in the same rounds
+            summary[f"probe_p50_ms.{key}"] = p50
     summary.update({f"n_{k}": float(v) for k, v in df["status"].value_counts().to_dict().items()})
     ok = df[df["status"].eq("ok")]
     if len(ok):
