@@ -21,7 +21,8 @@ ROOT = TESTS.parent
 @pytest.mark.slow
 def test_the_wheel_installs_and_searches_with_its_own_default_space(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            str(ROOT), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
+                            str(ROOT), "-w", str(tmp_path / "dist")],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (tmp_path / "dist").glob("tuner-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -47,7 +48,8 @@ def test_the_wheel_installs_and_searches_with_its_own_default_space(tmp_path):
 
     run = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--trials", "2", "--weights",
                           "random", "--eval-samples", "8", "--address", "local", "--output", str(tmp_path / "out")],
-                         cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True, timeout=900)  # fmt: skip
+                         cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"space {purelib / 'tuner' / 'search_spaces' / 'default.yaml'}" in run.stdout, run.stdout[:2000]
     assert "RECOMMENDED:" in run.stdout

@@ -73,7 +73,8 @@ def finalize(
     confirmation = None
     if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
         confirmation = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm,
-                                         probe_threads=recorder.hw.cores, flops_per_item=ref.flops_per_item)  # fmt: skip
+                                         probe_threads=recorder.hw.cores,
+                                         flops_per_item=ref.flops_per_item)  # fmt: skip
         rec = confirmation.recommendation
     df["recommended"] = df.index == rec.index
     _tag_children(df, tracker)
