@@ -99,7 +99,7 @@ VARIANTS = [  # (variant fields, the artifact that reproduces it)
     (dict(compile="openvino_throughput", quantization="static_int8", batch_size=4), "openvino"),
 ]
 
-def registered_variant(fields: dict) -> Any:
+def tiny_variant(fields: dict) -> Any:
     from tuner.core.variant import Variant
 
     return Variant.from_dict({"batch_size": 1, "threads": 1, **fields})
@@ -130,7 +130,7 @@ def registered(tmp_path_factory):
     x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
     np.save(folder / "x.npy", x)
     for fields, kind in VARIANTS:
-        variant = registered_variant(fields)
+        variant = tiny_variant(fields)
         parent = tracker.start_parent("export test", {}, {})
         child = tracker.log_child(parent, variant.label, {}, {}, {})  # the recommended trial's run
         tags = log_and_register(pd.Series({**row, "mlflow_run_id": child}), variant, ref, tracker, parent, MODEL,

@@ -11,8 +11,9 @@ way (`RUNTIMES`: onnxrt.py, openvino.py); their runners take and give torch tens
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,24 @@ from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import quantize
 from tuner.build.runtime import Runtime, example_batch
 from tuner.core.variant import CompileMode, Layout, Precision, Variant
+
+
+@contextlib.contextmanager
+def torch_settings_kept() -> Iterator[None]:
+    """Restores the process-wide torch settings a build changes (the precision step's TF32
+    switches, FX int8's quantized engine, a random-init load's seed, the threads) for a
+    build outside a trial's own throw-away process: the driver's save of the pick
+    (deploy/native.py), its profile, `measure`."""
+    engine = torch.backends.quantized.engine
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = engine
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_rng_state(rng)
+        torch.set_num_threads(threads)
 
 
 def _onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:

@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tuner.build import torch_settings_kept
 from tuner.core.console import say
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.variant import Variant
 from tuner.deploy.native import Native, save_native
 from tuner.inputs.reference import Reference
-from tuner.tracking.store import Tracker, registered_name
+from tuner.tracking.store import Tracker, fluent_uri, registered_name
 
 LOADER = Path(__file__).with_name("pyfunc_model.py")
 
@@ -67,9 +68,9 @@ def log_and_register(
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracker.uri)
     name = registered_name(model)
-    with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
+    # The build, the load-back and the profile run in the driver: its torch settings are kept.
+    with fluent_uri(tracker.uri), torch_settings_kept(), tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         native = save_native(variant, ref, Path(tmp) / "artifact")
         config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
                   "input_shape": list(native.example.shape[1:]),
