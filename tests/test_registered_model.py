@@ -29,7 +29,7 @@ from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
 from tuner.tracking.store import Tracker
 
-from conftest import NAME, TESTS, VARIANTS, tiny_variant, stop, tuner, tuner_env, write_space
+from conftest import NAME, TESTS, VARIANTS, stop, tiny_variant, tuner, tuner_env, write_space
 
 slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NAME, VARIANTS, tiny_variant, stop, tuner, tuner_env
+from conftest import NAME, VARIANTS, stop, tiny_variant, tuner, tuner_env
 
 pytestmark = pytest.mark.slow  # each test starts a Ray of its own
 
