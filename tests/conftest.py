@@ -125,7 +125,7 @@ def registered(tmp_path_factory):
     os.chdir(folder)  # a local store keeps its artifacts in ./mlartifacts
     ref = prepare_reference(ModelSpec(MODEL, "random", 0), input_size=32, n_eval=8, n_calib=4)
     tracker = Tracker(uri, f"tuner/{MODEL}")
-    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ci_low_ms": 0.9, "confirmed_p50_ci_high_ms": 1.1})
+    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ms_low": 0.9, "confirmed_p50_ms_high": 1.1})
     versions = {}
     x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
     np.save(folder / "x.npy", x)

@@ -48,9 +48,9 @@ def test_a_quality_drop_beyond_the_allowed_drop_is_a_regression():
 
 def row(label: str, p50: float, low: float, high: float, feasible: bool = True) -> pd.Series:
     return pd.Series({"label": label, "feasible": feasible, "quality": 1.0, "confirmed_p50_ms": p50,
-                      "confirmed_p50_ci_low_ms": low, "confirmed_p50_ci_high_ms": high,
-                      "confirmed_throughput_ips": 1000 / p50, "confirmed_throughput_ci_low": 1000 / high,
-                      "confirmed_throughput_ci_high": 1000 / low})  # fmt: skip
+                      "confirmed_p50_ms_low": low, "confirmed_p50_ms_high": high,
+                      "confirmed_throughput_ips": 1000 / p50, "confirmed_throughput_ips_low": 1000 / high,
+                      "confirmed_throughput_ips_high": 1000 / low})  # fmt: skip
 
 
 def test_champion_changes_only_on_a_significant_win_or_a_broken_champion():
@@ -96,11 +96,12 @@ def test_accepted_figures_carry_the_normalised_figures_and_references():
     from tuner.decide.pareto import Recommendation
     from tuner.nightly.regression import accepted_figures
 
-    cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ci_low_ms": 11.8, "confirmed_p50_ci_high_ms": 12.3,
-            "confirmed_throughput_ips": 80.0, "confirmed_throughput_ci_low": 79.0, "confirmed_throughput_ci_high": 81.0,
-            "confirmed_speedup_vs_baseline": 4.5, "confirmed_speedup_ci_low": 4.4, "confirmed_speedup_ci_high": 4.6,
-            "confirmed_ceiling_fraction": 0.75, "confirmed_ceiling_fraction_ci_low": 0.74,
-            "confirmed_ceiling_fraction_ci_high": 0.76}  # fmt: skip
+    cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ms_low": 11.8, "confirmed_p50_ms_high": 12.3,
+            "confirmed_throughput_ips": 80.0, "confirmed_throughput_ips_low": 79.0,
+            "confirmed_throughput_ips_high": 81.0, "confirmed_speedup_vs_baseline": 4.5,
+            "confirmed_speedup_vs_baseline_low": 4.4, "confirmed_speedup_vs_baseline_high": 4.6,
+            "confirmed_ceiling_fraction": 0.75, "confirmed_ceiling_fraction_low": 0.74,
+            "confirmed_ceiling_fraction_high": 0.76}  # fmt: skip
     df = pd.DataFrame([
         {"label": "base", "is_baseline": True, "status": "ok", "quality": 1.0, "precision": "fp32",
          "quantization": "none", "confirmed_p50_ms": 54.0},

@@ -52,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(tables.format_table(df[df["pareto"]], "\nPareto front:"))
     rec = df[df["recommended"]] if "recommended" in df else df.iloc[:0]
     print(f"\nRECOMMENDED: {rec.iloc[0]['label']}" if len(rec) else "\nno recommendation")
+    if "confirmed_p50_ms" in df and df["confirmed_p50_ms"].notna().any():
+        print("(confirmed finalists: `--format csv` gives confirmed_<figure> and its 95% interval, "
+              "confirmed_<figure>_low and _high; searches before tuner named those *_ci_low/_ci_high)")  # fmt: skip
     return EXIT_OK

@@ -15,7 +15,7 @@ from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
 from tuner.core.variant import MachineProbe, Variant, ceiling_key
-from tuner.decide.confirm import Confirmed, Interval, choose, lead_over, probe_fraction
+from tuner.decide.confirm import Confirmed, Interval, choose, interval_columns, lead_over, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
 
 # What confirmation measures: a variant, or the machine probe (nightly's regression check).
@@ -102,13 +102,7 @@ def confirm_finalists(
             df.loc[i, col] = ",".join(sorted({str(r[key]) for r in results.get(k, []) if r.get(key)}))
     if len(base) and base[0] in confirmed:
         for i in confirmed:
-            _put(
-                df,
-                i,
-                "confirmed_speedup_vs_baseline",
-                "confirmed_speedup",
-                confirmed[i].speedup_over(confirmed[base[0]]),
-            )
+            _put(df, i, "speedup_vs_baseline", confirmed[i].speedup_over(confirmed[base[0]]))
     probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
     p50 = _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
 
@@ -143,10 +137,9 @@ def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[i
     return out
 
 
-def _put(df: pd.DataFrame, i: Any, value_col: str, prefix: str, iv: Interval) -> None:
-    df.loc[i, value_col] = iv.value
-    df.loc[i, f"{prefix}_ci_low"] = iv.low
-    df.loc[i, f"{prefix}_ci_high"] = iv.high
+def _put(df: pd.DataFrame, i: Any, figure: str, iv: Interval) -> None:
+    for col, v in interval_columns(figure, iv).items():
+        df.loc[i, col] = v
 
 
 def _probe_fractions(
@@ -169,5 +162,5 @@ def _probe_fractions(
         for i, v in zip(rows, variants, strict=True):
             if i in confirmed and ceiling_key(v.precision.value, v.quantization.value) == key:
                 fraction = probe_fraction(confirmed[i], probe, flops_per_item, flops)
-                _put(df, i, "confirmed_ceiling_fraction", "confirmed_ceiling_fraction", fraction)
+                _put(df, i, "ceiling_fraction", fraction)
     return p50

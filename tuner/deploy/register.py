@@ -30,6 +30,7 @@ import torch
 from tuner.build import torch_settings_kept
 from tuner.core.console import say
 from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.schema import confirmed
 from tuner.core.variant import Variant
 from tuner.deploy.native import Native, save_native
 from tuner.inputs.reference import Reference
@@ -38,16 +39,13 @@ from tuner.tracking.store import Tracker, fluent_uri, registered_name
 LOADER = Path(__file__).with_name("pyfunc_model.py")
 
 # What the version's description and tags carry from the recommended row.
-CONFIRMED = (
-    ("p50 ms", "confirmed_p50_ms", "confirmed_p50_ci_low_ms", "confirmed_p50_ci_high_ms"),
-    ("items/s", "confirmed_throughput_ips", "confirmed_throughput_ci_low", "confirmed_throughput_ci_high"),
-    ("speedup x", "confirmed_speedup_vs_baseline", "confirmed_speedup_ci_low", "confirmed_speedup_ci_high"),
-)
+CONFIRMED = (("p50 ms", "p50_ms"), ("items/s", "throughput_ips"), ("speedup x", "speedup_vs_baseline"))
 
 
 def confirmed_text(row: pd.Series) -> str:
     parts = []
-    for name, value, low, high in CONFIRMED:
+    for name, figure in CONFIRMED:
+        value, low, high = confirmed(figure)
         if pd.notna(row.get(value, float("nan"))):
             parts.append(f"{name} {row[value]:.4g} [{row[low]:.4g}, {row[high]:.4g}]")
     return ", ".join(parts) or "not confirmed (search-time figures only)"
