@@ -1,4 +1,4 @@
-"""The scheduling examples in deploy/ (README "Nightly jobs"): syntax, and that README gives
+"""The scheduling examples in deploy/ (docs/nightly.md): syntax, and that README gives
 the same commands."""
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--hardware",
         metavar="CLASS",
         help="the cluster's hardware class to tune for: a `tuner.io/hardware` node label or hw-<fingerprint>"
-        " (default: the driver's own; README: Running on a Ray cluster)",
+        " (default: the driver's own; docs/cluster.md)",
     )
     s.add_argument(
         "--device",

@@ -23,7 +23,7 @@ class Precision(str, enum.Enum):
 
 
 class Quantization(str, enum.Enum):
-    """How each runtime gets there is in build/ (README "Runtimes"): FX x86 for eager and
+    """How each runtime gets there is in build/ (docs/runtimes.md): FX x86 for eager and
     TorchScript, PT2E for inductor, NNCF for OpenVINO, onnxruntime.quantization for ORT."""
 
     NONE = "none"

@@ -1,4 +1,4 @@
-"""The recommended variant as a deployable MLflow model (README "The recommended model").
+"""The recommended variant as a deployable MLflow model (docs/mlflow.md).
 
 The variant is saved in its runtime's own form (deploy/native.py) and logged under the
 search's parent run with `mlflow.pyfunc.log_model` as "models from code": the loader

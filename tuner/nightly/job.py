@@ -1,4 +1,4 @@
-"""`python -m tuner nightly JOBFILE.yaml`: unattended tuning with a history (README "Nightly jobs").
+"""`python -m tuner nightly JOBFILE.yaml`: unattended tuning with a history (docs/nightly.md).
 
 For each model of the job, one search (search/run.py; the model's part is nightly/model.py),
 plus:

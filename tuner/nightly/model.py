@@ -1,4 +1,4 @@
-"""One model of a nightly job (README "Nightly jobs"):
+"""One model of a nightly job (docs/nightly.md):
 
 run_model
   _History.read     the previous nightly search on this hardware: champion, accepted

@@ -94,7 +94,7 @@ def check_reachable(uri: str) -> None:
     except OSError as e:
         raise TrackingError(
             f"--tracking-uri {uri}: no MLflow server answers at {parsed.hostname}:{port} ({e}). "
-            "Start one (see README) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
+            "Start one (see docs/mlflow.md) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
         ) from None
 
 
@@ -322,7 +322,7 @@ def store_lock(uri: str) -> Iterator[None]:
     except Timeout:
         print(
             f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
-            "use an MLflow server (README: Viewing results) and give each search its own machine.",
+            "use an MLflow server (docs/mlflow.md) and give each search its own machine.",
             flush=True,
         )
         lock.acquire()
