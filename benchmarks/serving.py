@@ -11,7 +11,7 @@ own round):
   inprocess   `tuner measure --model-uri`: the registered artifact itself, in one process,
               one batch at a time (its throughput at its own batch size is the reference)
   tuner       `tuner serve URI` with the pick's defaults (its batch size, one replica of its
-              threads, HAProxy ingress); `tuner loadtest` with .npy requests and with JPEG
+              threads, HAProxy ingress), or with --serve-flags; `tuner loadtest` with .npy requests and with JPEG
               requests (preprocessing on the server), each scenario also against the empty
               endpoint at the same rate; then 64 clients at once for --burst-s seconds, each
               sending again as soon as it is answered (200) or refused (503, after its
@@ -86,7 +86,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def loadtest(url: str, out: Path, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     cmd = [PY, "-m", "tuner", "loadtest", url, "--latency-bound-ms", str(args.bound_ms), "--duration-s",
-           str(args.duration_s), "--min-queries", str(args.min_queries), "--output", str(out), "--no-mlflow", *extra]  # fmt: skip
+           str(args.duration_s), "--min-queries", str(args.min_queries), "--output", str(out), "--no-mlflow",
+           *extra]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(args.tracking_uri))
     print(r.stdout[-4000:], flush=True)
     if r.returncode:
@@ -160,7 +161,7 @@ def one_round(args: argparse.Namespace, folder: Path, shape: str) -> dict[str, A
         got["inprocess"] = inprocess(args)
         print(f"in-process: {got['inprocess']}", flush=True)
     if "tuner" in args.setups:
-        proc, url, _ = tuner_service(args, folder)
+        proc, url, _ = tuner_service(args, folder, *args.serve_flags.split())
         try:
             got["tuner-npy"] = loadtest(url, folder / "tuner-npy", args, "--request", "npy")
             got["tuner-jpeg"] = loadtest(url, folder / "tuner-jpeg", args, "--request", "jpeg")
@@ -233,7 +234,8 @@ def report(rounds: list[dict[str, Any]]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-uri", default="models:/tuner-resnet50@candidate")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    default_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    p.add_argument("--tracking-uri", default=default_uri)
     p.add_argument("--setups", default=",".join(SETUPS))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--bound-ms", type=float, default=100.0)
@@ -241,6 +243,7 @@ def main() -> None:
     p.add_argument("--min-queries", type=int, default=500)
     p.add_argument("--burst-s", type=float, default=60.0)
     p.add_argument("--input-shape", default="3,224,224")
+    p.add_argument("--serve-flags", default="", help="`tuner serve` flags for `tuner`, e.g. '--replicas 2 --threads 1'")
     p.add_argument("--output", type=Path, default=Path("bench-results") / f"serving-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args()
     args.setups = tuple(s for s in args.setups.split(",") if s)
