@@ -29,13 +29,10 @@ from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
 from tuner.core.console import safe_name
 from tuner.core.errors import SpaceError
 from tuner.core.variant import (
-    BASELINE_FIELDS,
     CompileMode,
     Layout,
     Precision,
     Quantization,
-    Variant,
-    infeasible_reason,
 )
 
 # The space files ship inside the package (a wheel installs them); the repository's
@@ -209,72 +206,6 @@ class SearchSpace(Strict):
         except ValidationError as e:
             flags = FLAG_OF_KEY if source == "command-line flags" else None
             raise SpaceError(format_errors(source, e, SearchSpace, "search space", flags)) from None
-
-    # ---- feasibility ---------------------------------------------------------------
-    def feasible_choices(
-        self, *, cores: int, device: str, fp16_native: bool, bf16_native: bool, source: str = "space"
-    ) -> dict[str, list[Any]]:
-        """The dimension choices this hardware can run, as plain strings/ints.
-
-        Returns the keys of `define_by_run`: precision, quantization, batch_size,
-        threads, compile, compile_int8, compile_dynamic, precision_int8, batch_split, layout. Raises SpaceError
-        when nothing is left.
-        """
-        d = self.dimensions
-        threads = list(range(1, cores + 1)) if d.threads == "auto" else list(d.threads)
-        too_many = [t for t in threads if t > cores]
-        if too_many:
-            raise SpaceError(
-                f"{source}: `dimensions.threads` lists {too_many}, but a trial can have at most "
-                f"{cores} core(s) here; use values 1..{cores} or `auto`"
-            )
-
-        def ok(**fields: Any) -> bool:
-            v = Variant(**{**BASELINE_FIELDS, **fields})
-            return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) is None
-
-        # The sampler's conditional space (search/sampling.py) keeps each compile mode's own
-        # choices apart: int8 and dynamic int8 sample their compile mode from their own lists,
-        # `openvino_throughput` its batch from `batch_split`. Pairs no runtime runs are never
-        # offered; the sampler checks every draw all the same.
-        batches = d.batch_size_gpu if device == "cuda" else d.batch_size
-        batch = max(batches)
-        precision = [p.value for p in d.precision if ok(precision=p)]
-        compile_fp = [
-            c.value for c in d.compile if any(ok(compile=c, precision=p, batch_size=batch) for p in precision)
-        ]
-        compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c, batch_size=batch)]
-        compile_dynamic = [c.value for c in d.compile if ok(quantization="dynamic_int8", compile=c, batch_size=batch)]
-        quantization = [
-            q.value
-            for q in d.quantization
-            if (q is Quantization.NONE and precision)
-            or (q is Quantization.STATIC_INT8 and compile_int8)
-            or (q is Quantization.DYNAMIC_INT8 and compile_dynamic)
-        ]
-        if not quantization and not precision:
-            raise SpaceError(
-                f"{source}: no feasible precision/quantization is left on this hardware "
-                f"(device={device}, fp16_native={fp16_native}, bf16_native={bf16_native})"
-            )
-        choices: dict[str, list[Any]] = {
-            "quantization": quantization,
-            "precision": precision,
-            "compile": compile_fp,
-            "compile_int8": compile_int8,
-            "compile_dynamic": compile_dynamic,
-            "precision_int8": list(precision),  # OpenVINO int8: the precision of its layers left in float
-            "batch_split": [b for b in batches if b >= 2],  # openvino_throughput splits a batch
-            "batch_size": list(batches),
-            "threads": threads,
-            "layout": [x.value for x in d.layout],
-        }
-        # Trial 0 is always the baseline (fp32, eager, batch 1), so its values are always
-        # part of the space, whatever the file lists.
-        for key, value in {**BASELINE_FIELDS, "batch_size": 1}.items():
-            if value not in choices[key]:
-                choices[key].insert(0, value)
-        return choices
 
 
 def resolve_space_file(model: str, space: str | Path | None) -> Path:
