@@ -56,7 +56,8 @@ ACCEPTS = {
     CompileMode.OPENVINO_THROUGHPUT: dataclasses.replace(
         _OV,
         min_batch=2,
-        why={**_OV.why, "batch": "the THROUGHPUT hint splits a batch over parallel requests: batch 1 has none"},
+        why={**_OV.why, "batch": "the THROUGHPUT hint splits a batch over parallel requests: "
+             "batch 1 has nothing to split"},  # fmt: skip
     ),
 }
 
