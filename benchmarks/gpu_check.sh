@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, as one script for a machine with a CUDA device (README "GPUs"):
+# The GPU check, as one script for a machine with a CUDA device (docs/gpus.md):
 #   1. the `gpu` tests (tests/test_gpu.py);
 #   2. a 12-trial `search resnet50` on the GPU (random-init weights: nothing is downloaded);
 #   3. `measure` of its pick.

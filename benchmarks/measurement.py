@@ -144,8 +144,8 @@ def ranking(searches: list[tuple[Path, float]]) -> None:
                 "search": dest.name,
                 "recommended": rec["label"],
                 "confirmed_p50_ms": c.get("confirmed_p50_ms", float("nan")),
-                "ci_low": c.get("confirmed_p50_ci_low_ms", float("nan")),
-                "ci_high": c.get("confirmed_p50_ci_high_ms", float("nan")),
+                "ci_low": c.get("confirmed_p50_ms_low", float("nan")),
+                "ci_high": c.get("confirmed_p50_ms_high", float("nan")),
             }
         )
     df = pd.DataFrame(rows)

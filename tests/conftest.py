@@ -99,7 +99,7 @@ VARIANTS = [  # (variant fields, the artifact that reproduces it)
     (dict(compile="openvino_throughput", quantization="static_int8", batch_size=4), "openvino"),
 ]
 
-def registered_variant(fields: dict) -> Any:
+def tiny_variant(fields: dict) -> Any:
     from tuner.core.variant import Variant
 
     return Variant.from_dict({"batch_size": 1, "threads": 1, **fields})
@@ -125,12 +125,12 @@ def registered(tmp_path_factory):
     os.chdir(folder)  # a local store keeps its artifacts in ./mlartifacts
     ref = prepare_reference(ModelSpec(MODEL, "random", 0), input_size=32, n_eval=8, n_calib=4)
     tracker = Tracker(uri, f"tuner/{MODEL}")
-    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ci_low_ms": 0.9, "confirmed_p50_ci_high_ms": 1.1})
+    row = pd.Series({"confirmed_p50_ms": 1.0, "confirmed_p50_ms_low": 0.9, "confirmed_p50_ms_high": 1.1})
     versions = {}
     x = ref.data.inputs[:5].numpy()  # five rows: every batch size here pads its last batch
     np.save(folder / "x.npy", x)
     for fields, kind in VARIANTS:
-        variant = registered_variant(fields)
+        variant = tiny_variant(fields)
         parent = tracker.start_parent("export test", {}, {})
         child = tracker.log_child(parent, variant.label, {}, {}, {})  # the recommended trial's run
         tags = log_and_register(pd.Series({**row, "mlflow_run_id": child}), variant, ref, tracker, parent, MODEL,

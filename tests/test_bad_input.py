@@ -1,4 +1,4 @@
-"""Every bad input of README "Errors" ends with one clear message that names the file, key or
+"""Every bad input of docs/errors-faults.md ends with one clear message that names the file, key or
 flag and what is allowed, exit code 2, no traceback, and nothing written to MLflow.
 
 The CLI runs in this process (`tuner.cli.main.main`), with a real sqlite store; only the
@@ -13,7 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tuner.cli.main import EXIT_USAGE, main
+from tuner.cli.main import main
+from tuner.core.errors import EXIT_USAGE
 
 from conftest import TEST_CACHE, write_space
 

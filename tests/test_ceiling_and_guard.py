@@ -12,8 +12,9 @@ from datetime import datetime
 
 import pytest
 
+from tuner.build import infeasible
 from tuner.core.errors import ConfigError
-from tuner.core.variant import CompileMode, Precision, Quantization, Variant, ceiling_key, infeasible_reason
+from tuner.core.variant import CompileMode, Precision, Quantization, Variant, ceiling_key
 from tuner.measure import ceiling
 from tuner.measure.hardware import detect
 from tuner.measure.interference import sample_load
@@ -94,7 +95,7 @@ def test_every_precision_the_space_can_run_has_a_ceiling():
             v = Variant(precision=precision, quantization=quantization, compile=CompileMode.EAGER, threads=1)
         except ConfigError:  # not a variant at all (int8 keeps fp32 activations)
             continue
-        if infeasible_reason(v, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native) is None:
+        if infeasible(v, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native) is None:
             assert ceiling_key(precision.value, quantization.value) in keys, v.label
             allowed += 1
     assert allowed >= 1 + (hw.device == "cpu") * 2  # fp32, and the two int8 kinds on a CPU

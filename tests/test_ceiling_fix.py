@@ -141,7 +141,8 @@ def test_finalize_writes_the_corrected_fractions(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(finalize_mod, "entries_for", lambda hw, keys, remeasure: asked.append(keys) or {})
     req = SearchRequest("tiny", SearchSpace(), tmp_path / "s.yaml", "random", None, uri, "tuner/ceiling", out)
-    outcome = finalize_mod.finalize(rec, tracker, parent, req, ref, time.time(), export=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(finalize_mod, "register_pick", lambda recommended, end: {})  # no model to register here
+    outcome = finalize_mod.finalize(rec, tracker, parent, req, ref, time.time())  # type: ignore[arg-type]
     assert asked == [["int8"]]
     written = read_trials(out / "trials.csv").set_index("trial_id")
     assert written.loc["t1", "ceiling_fraction"] == pytest.approx(1.0)

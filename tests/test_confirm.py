@@ -34,7 +34,7 @@ def test_confirmed_columns():
     c = Confirmed(rounds=((0.010,) * 20, (0.011,) * 20, (0.010,) * 20), batch_size=2)
     cols = c.columns()
     assert cols["confirmed_p50_ms"] == pytest.approx(10.0)
-    assert cols["confirmed_p50_ci_low_ms"] <= 10.0 <= cols["confirmed_p50_ci_high_ms"] <= 11.0
+    assert cols["confirmed_p50_ms_low"] <= 10.0 <= cols["confirmed_p50_ms_high"] <= 11.0
     assert cols["confirmed_throughput_ips"] == pytest.approx(2 / np.mean([0.010, 0.011, 0.010]))
     assert cols["confirmed_rounds"] == 3
 

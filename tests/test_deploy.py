@@ -1,4 +1,4 @@
-"""The scheduling examples in deploy/ (README "Nightly jobs"): syntax, and that README gives
+"""The scheduling examples in deploy/ (docs/nightly.md): syntax, and that the docs give
 the same commands."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-README = (ROOT / "README.md").read_text()
+# where they are documented
+README = (ROOT / "docs" / "nightly.md").read_text() + (ROOT / "docs" / "cluster.md").read_text()
 CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?))*"
 RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
 

@@ -80,7 +80,7 @@ def test_outputs(search):
     # Every ok trial has its fraction of the hardware ceiling; finalists have confirmed intervals.
     ok = trials[trials["status"] == "ok"]
     assert ok["ceiling_fraction"].between(0, 1.5).all()
-    assert trials.loc[idx, "confirmed_p50_ci_low_ms"] <= trials.loc[idx, "confirmed_p50_ms"]
+    assert trials.loc[idx, "confirmed_p50_ms_low"] <= trials.loc[idx, "confirmed_p50_ms"]
     assert rec["confirmed"]["confirmed_rounds"] == 2
 
 

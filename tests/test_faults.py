@@ -1,4 +1,4 @@
-"""Faults, caused for real (README "Faults"): a trial that raises, aborts its process, hangs
+"""Faults, caused for real (docs/errors-faults.md): a trial that raises, aborts its process, hangs
 or eats memory; SIGINT/SIGTERM to the driver and `--resume`; an MLflow server that stops
 mid-search and `report --sync`; a search in which every trial fails; two searches on one
 sqlite store. Each test checks the statuses, the MLflow records, the files and the exit code.

@@ -1,4 +1,4 @@
-"""Models, weights and data (README "Models, weights and data"): real torchvision
+"""Models, weights and data (docs/models-data.md): real torchvision
 architectures at low resolution, real image folders written by the tests, a small CNN
 trained here so that top-1 on real labels means something, and every bad weights/data input."""
 

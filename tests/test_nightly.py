@@ -1,4 +1,4 @@
-"""Nightly jobs (README "Nightly jobs"): two consecutive runs of a tiny model in a temporary
+"""Nightly jobs (docs/nightly.md): two consecutive runs of a tiny model in a temporary
 MLflow store (the second warm-starts and finds no regression), a third with a real
 slowdown (test-only `slow` fault) that must be flagged with exit code 3, SIGINT + `--resume`,
 and the lock. Real Ray, real sqlite store, the real CLI in a subprocess."""
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tuner.nightly.job import EXIT_LOCKED, EXIT_REGRESSION
+from tuner.core.errors import EXIT_LOCKED, EXIT_REGRESSION
 from tuner.outputs.tables import read_trials
 
 from conftest import FAST_TIMING, TEST_CACHE, tuner, tuner_env

@@ -29,7 +29,7 @@ from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
 from tuner.tracking.store import Tracker
 
-from conftest import NAME, TESTS, VARIANTS, registered_variant, stop, tuner, tuner_env, write_space
+from conftest import NAME, TESTS, VARIANTS, stop, tiny_variant, tuner, tuner_env, write_space
 
 slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 
@@ -82,7 +82,7 @@ def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
      (dict(compile="torchscript"), "torchscript"), (dict(compile="inductor_max_autotune"), "aoti")],
 )  # fmt: skip
 def test_each_compile_mode_has_its_artifact(fields, kind):
-    assert artifact_kind(registered_variant(fields)) == kind
+    assert artifact_kind(tiny_variant(fields)) == kind
 
 
 def test_the_loader_runs_full_batches_and_trims_the_padding():
@@ -113,7 +113,7 @@ def _child_of(client: MlflowClient, parent: str) -> str:
 
 
 @slow
-def test_each_artifact_loads_without_tuner_and_reproduces_theregistered_variant(registered):
+def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered):
     folder, uri, ref, versions = registered
     x = torch.from_numpy(np.load(folder / "x.npy"))
     jobs = [(f"models:/{NAME}/{version}", str(folder / "x.npy"), str(folder / f"out-{version}.npy"))
@@ -207,7 +207,7 @@ def test_the_registered_model_is_served_over_http(registered, tmp_path, index):
     not safe to call concurrently fails some, as the OpenVINO loader's one shared infer
     request did with "Infer Request is busy")."""
     folder, uri, ref, versions = registered
-    variant, _, version, _ = next(v for v in versions.values() if v[0] == registered_variant(VARIANTS[index][0]))
+    variant, _, version, _ = next(v for v in versions.values() if v[0] == tiny_variant(VARIANTS[index][0]))
     port = _free_port()
     # `mlflow models serve` runs `uvicorn` from PATH: the venv's bin, as an activated venv has it.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -263,7 +263,7 @@ def test_an_artifact_that_fails_to_export_is_tagged_and_the_search_goes_on(tmp_p
     ref = prepare_reference(ModelSpec("tiny_models:Unexportable", "random", 0), input_size=32, n_eval=4, n_calib=2)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tuner/unexportable")
     parent = tracker.start_parent("export failure", {}, {})
-    row = pd.Series({**registered_variant(dict(compile="onnxruntime")).to_dict(), "mlflow_run_id": ""})
+    row = pd.Series({**tiny_variant(dict(compile="onnxruntime")).to_dict(), "mlflow_run_id": ""})
     tags = register_recommended(row, ref, parent, "tiny_models:Unexportable", tracker, "test host")
     assert tags["tuner.model_export"].startswith("failed: ") and "ONNX export failed" in tags["tuner.model_export"]
     assert "tuner.registered_model" not in tags

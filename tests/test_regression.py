@@ -48,9 +48,9 @@ def test_a_quality_drop_beyond_the_allowed_drop_is_a_regression():
 
 def row(label: str, p50: float, low: float, high: float, feasible: bool = True) -> pd.Series:
     return pd.Series({"label": label, "feasible": feasible, "quality": 1.0, "confirmed_p50_ms": p50,
-                      "confirmed_p50_ci_low_ms": low, "confirmed_p50_ci_high_ms": high,
-                      "confirmed_throughput_ips": 1000 / p50, "confirmed_throughput_ci_low": 1000 / high,
-                      "confirmed_throughput_ci_high": 1000 / low})  # fmt: skip
+                      "confirmed_p50_ms_low": low, "confirmed_p50_ms_high": high,
+                      "confirmed_throughput_ips": 1000 / p50, "confirmed_throughput_ips_low": 1000 / high,
+                      "confirmed_throughput_ips_high": 1000 / low})  # fmt: skip
 
 
 def test_champion_changes_only_on_a_significant_win_or_a_broken_champion():
@@ -92,22 +92,24 @@ def test_the_verdict_is_judged_on_normalised_figures_and_quality_not_on_absolute
 
 
 def test_accepted_figures_carry_the_normalised_figures_and_references():
+    from tuner.decide.finalists import Confirmation
+    from tuner.decide.pareto import Recommendation
     from tuner.nightly.regression import accepted_figures
 
-    cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ci_low_ms": 11.8, "confirmed_p50_ci_high_ms": 12.3,
-            "confirmed_throughput_ips": 80.0, "confirmed_throughput_ci_low": 79.0, "confirmed_throughput_ci_high": 81.0,
-            "confirmed_speedup_vs_baseline": 4.5, "confirmed_speedup_ci_low": 4.4, "confirmed_speedup_ci_high": 4.6,
-            "confirmed_ceiling_fraction": 0.75, "confirmed_ceiling_fraction_ci_low": 0.74,
-            "confirmed_ceiling_fraction_ci_high": 0.76}  # fmt: skip
+    cols = {"confirmed_p50_ms": 12.0, "confirmed_p50_ms_low": 11.8, "confirmed_p50_ms_high": 12.3,
+            "confirmed_throughput_ips": 80.0, "confirmed_throughput_ips_low": 79.0,
+            "confirmed_throughput_ips_high": 81.0, "confirmed_speedup_vs_baseline": 4.5,
+            "confirmed_speedup_vs_baseline_low": 4.4, "confirmed_speedup_vs_baseline_high": 4.6,
+            "confirmed_ceiling_fraction": 0.75, "confirmed_ceiling_fraction_low": 0.74,
+            "confirmed_ceiling_fraction_high": 0.76}  # fmt: skip
     df = pd.DataFrame([
         {"label": "base", "is_baseline": True, "status": "ok", "quality": 1.0, "precision": "fp32",
          "quantization": "none", "confirmed_p50_ms": 54.0},
         {"label": "int8", "is_baseline": False, "status": "ok", "quality": 1.0, "precision": "fp32",
          "quantization": "static_int8", "latency_p50_ms": 12.5, "throughput_ips": 79.0, **cols},
     ])  # fmt: skip
-    df.attrs["probe_p50_ms"] = {"int8": 2.5, "fp32": 14.0}
-    df.attrs["probe_threads"] = 2
-    f = accepted_figures(df.iloc[1], df)
+    confirmation = Confirmation(Recommendation(1, "confirmed"), 30.0, 2, {"int8": 2.5, "fp32": 14.0})
+    f = accepted_figures(df.iloc[1], df, confirmation)
     assert f["speedup"] == 4.5 and f["speedup_low"] == 4.4 and f["ceiling_fraction_high"] == 0.76
     assert f["baseline_p50_ms"] == 54.0 and f["probe_p50_ms"] == 2.5  # the int8 probe, not the fp32 one
     # The nightly check runs its probe on the threads the accepted one ran on (a probe on

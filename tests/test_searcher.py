@@ -7,9 +7,10 @@ import optuna
 from tuner.config.space import SearchSpace
 from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES
 from tuner.core.variant import config_key
-from tuner.search.sampling import DedupOptunaSearch, all_points, initial_points, space_function
+from tuner.search.choices import all_points, feasible_choices, space_function
+from tuner.search.sampling import DedupOptunaSearch, initial_points
 
-SMALL = SearchSpace.model_validate(
+SMALL = feasible_choices(SearchSpace.model_validate(
     {
         "dimensions": {
             "quantization": ["none"],
@@ -20,11 +21,11 @@ SMALL = SearchSpace.model_validate(
             "layout": ["contiguous"],
         }
     }  # fmt: skip
-).feasible_choices(cores=1, device="cpu", fp16_native=False, bf16_native=True)
+), cores=1, device="cpu", fp16_native=False, bf16_native=True)
 METRICS = list(SAMPLER_OBJECTIVES)
 
 
-ONE = SearchSpace.model_validate(
+ONE = feasible_choices(SearchSpace.model_validate(
     {
         "dimensions": {
             "quantization": ["none"],
@@ -35,7 +36,7 @@ ONE = SearchSpace.model_validate(
             "layout": ["contiguous"],
         }
     }  # fmt: skip
-).feasible_choices(cores=1, device="cpu", fp16_native=False, bf16_native=False)  # the baseline alone
+), cores=1, device="cpu", fp16_native=False, bf16_native=False)  # the baseline alone
 BASELINE = "fp32 bs1 t1 eager nchw"
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import NAME, VARIANTS, registered_variant, tuner
+from conftest import NAME, VARIANTS, tiny_variant, tuner
 
 pytestmark = pytest.mark.slow  # a Ray cluster, Serve, and one replica process per application
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 def _version(versions: dict, index: int) -> str:
-    return next(v[2] for v in versions.values() if v[0] == registered_variant(VARIANTS[index][0]))
+    return next(v[2] for v in versions.values() if v[0] == tiny_variant(VARIANTS[index][0]))
 
 
 def _png(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:

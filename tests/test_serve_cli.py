@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NAME, VARIANTS, registered_variant, stop, tuner, tuner_env
+from conftest import NAME, VARIANTS, stop, tiny_variant, tuner, tuner_env
 
 pytestmark = pytest.mark.slow  # each test starts a Ray of its own
 
@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 def _version(versions: dict, index: int) -> str:
-    return next(v[2] for v in versions.values() if v[0] == registered_variant(VARIANTS[index][0]))
+    return next(v[2] for v in versions.values() if v[0] == tiny_variant(VARIANTS[index][0]))
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_serve_a_search_output_folder_until_ctrl_c(registered, tmp_path, env):
     out.mkdir()
     version = _version(versions, 5)  # OpenVINO int8
     recommended = {
-        "variant": registered_variant(VARIANTS[5][0]).to_dict(),
+        "variant": tiny_variant(VARIANTS[5][0]).to_dict(),
         "model": "tiny_models:small_cnn",
         "mlflow": {"tracking_uri": uri, "parent_run_id": "unused"},
         "registered_model": f"{NAME}/{version}",

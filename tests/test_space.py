@@ -7,10 +7,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tuner.build import infeasible
 from tuner.config.space import SPACES_DIR, SearchSpace, resolve_space_file
 from tuner.core.errors import SpaceError
-from tuner.core.variant import CompileMode, Quantization, infeasible_reason, variant_from_config
-from tuner.search.sampling import baseline_point, define_by_run, feasible, initial_points
+from tuner.core.variant import CompileMode, Quantization, variant_from_config
+from tuner.search.choices import baseline_point, define_by_run, feasible, feasible_choices
+from tuner.search.sampling import initial_points
 
 CPU = {"cores": 2, "device": "cpu", "fp16_native": False, "bf16_native": True}
 
@@ -23,7 +25,7 @@ def load_text(tmp_path: Path, text: str) -> SearchSpace:
 
 @pytest.mark.parametrize("f", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_space_files_are_valid(f):
-    SearchSpace.load(f).feasible_choices(**CPU)
+    feasible_choices(SearchSpace.load(f), **CPU)
 
 
 def test_resnet50_space_has_every_dimension_of_the_issue():
@@ -74,17 +76,17 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 def test_threads_above_the_cores_are_rejected(tmp_path):
     sp = load_text(tmp_path, "dimensions: {threads: [1, 4]}")
     with pytest.raises(SpaceError, match=r"`dimensions.threads` lists \[4\].*at most 2"):
-        sp.feasible_choices(**CPU)
+        feasible_choices(sp, **CPU)
 
 
 def test_auto_threads_and_hardware_filtering():
-    ch = SearchSpace().feasible_choices(**CPU)
+    ch = feasible_choices(SearchSpace(), **CPU)
     assert ch["threads"] == [1, 2]
     assert "fp16" not in ch["precision"]  # not native on this CPU profile
     cpu_compiles = {c.value for c in CompileMode} - {"inductor_reduce_overhead"}  # CUDA graphs: a GPU only
     assert set(ch["compile_int8"]) == cpu_compiles  # every CPU runtime has int8
     assert set(ch["compile"]) == cpu_compiles
-    gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
+    gpu = feasible_choices(SearchSpace(), cores=8, device="cuda", fp16_native=True, bf16_native=True)
     assert "fp16" in gpu["precision"] and gpu["quantization"] == ["none"]
     assert gpu["batch_size"] == [1, 8, 32, 64, 128, 256] and ch["batch_size"] == [1, 2, 4, 8, 16, 32]  # batch_size_gpu
     assert set(gpu["compile"]) == {"eager", "torchscript", "inductor", "inductor_max_autotune",
@@ -93,13 +95,13 @@ def test_auto_threads_and_hardware_filtering():
 
 def test_baseline_values_are_always_in_the_space(tmp_path):
     sp = load_text(tmp_path, "dimensions: {precision: [bf16], batch_size: [8], compile: [inductor], threads: [1]}")
-    ch = sp.feasible_choices(**CPU)
+    ch = feasible_choices(sp, **CPU)
     assert ch["precision"] == ["fp32", "bf16"] and ch["batch_size"] == [1, 8] and ch["compile"] == ["eager", "inductor"]
     assert baseline_point(ch)["threads"] == 1
 
 
 def test_initial_points_are_baseline_then_feasible_probes():
-    choices = SearchSpace().feasible_choices(**CPU)
+    choices = feasible_choices(SearchSpace(), **CPU)
     points = initial_points(choices, trials=16)
     labels = [variant_from_config(p).label for p in points]
     assert labels[0] == "fp32 bs1 t2 eager nchw"
@@ -116,12 +118,12 @@ def test_initial_points_are_baseline_then_feasible_probes():
     assert "fp32 bs8 t2 ort nchw" in [variant_from_config(p).label
                                       for p in initial_points(choices, trials=16, objective="throughput")]  # fmt: skip
     assert initial_points(choices, trials=2) == [baseline_point(choices)]
-    no_bf16 = SearchSpace().feasible_choices(cores=2, device="cpu", fp16_native=False, bf16_native=False)
+    no_bf16 = feasible_choices(SearchSpace(), cores=2, device="cpu", fp16_native=False, bf16_native=False)
     no_bf16_points = initial_points(no_bf16, trials=40)
     assert all(variant_from_config(p).precision.value != "bf16" for p in no_bf16_points)
     assert "int8-static bs1 t2 ov nchw" in [variant_from_config(p).label for p in no_bf16_points]  # fp32 instead
     # On a GPU: no int8 and no CPU runtime, and the CUDA-graph probe comes early
-    gpu = SearchSpace().feasible_choices(cores=8, device="cuda", fp16_native=True, bf16_native=True)
+    gpu = feasible_choices(SearchSpace(), cores=8, device="cuda", fp16_native=True, bf16_native=True)
     gpu_labels = [variant_from_config(p).label for p in initial_points(gpu, trials=24)]
     assert gpu_labels[0] == "fp32 bs1 t8 eager nchw" and "fp16 bs1 t8 inductor-ro cl" in gpu_labels
     assert not any("int8" in label or " ov" in label or " ort" in label for label in gpu_labels)
@@ -138,7 +140,7 @@ def test_overrides_are_validated():
 def test_optuna_samples_only_feasible_variants():
     """Drive the real define-by-run function with a real Optuna study: every sampled
     config is a valid Variant that the feasibility rules accept."""
-    choices = SearchSpace().feasible_choices(**CPU)
+    choices = feasible_choices(SearchSpace(), **CPU)
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
     study.enqueue_trial(baseline_point(choices))
     seen = []
@@ -147,7 +149,7 @@ def test_optuna_samples_only_feasible_variants():
         const = define_by_run(t, choices) or {}
         v = variant_from_config({**t.params, **const})
         assert feasible({**t.params, **const}), v  # the conditional space offers no impossible pair
-        assert infeasible_reason(v, fp16_native=False, bf16_native=True) is None, v
+        assert infeasible(v, fp16_native=False, bf16_native=True) is None, v
         seen.append(v)
         study.tell(t, [1.0, 1.0])
     assert seen[0].label == "fp32 bs1 t2 eager nchw"  # the enqueued baseline comes first

@@ -198,13 +198,13 @@ def test_finalists_are_confirmed_with_intervals(logged_search):
     # The recommendation and the baseline are always re-measured (the failed trial never).
     assert bool(table.loc[table["recommended"], "confirmed_p50_ms"].notna().all())
     assert bool(confirmed["is_baseline"].any()) and "t2" not in set(confirmed["trial_id"])
-    assert (confirmed["confirmed_p50_ci_low_ms"] <= confirmed["confirmed_p50_ms"]).all()
-    assert (confirmed["confirmed_p50_ms"] <= confirmed["confirmed_p50_ci_high_ms"]).all()
+    assert (confirmed["confirmed_p50_ms_low"] <= confirmed["confirmed_p50_ms"]).all()
+    assert (confirmed["confirmed_p50_ms"] <= confirmed["confirmed_p50_ms_high"]).all()
     assert (confirmed["confirmed_rounds"] == 3).all()
     tags = {c.data.tags["ray.trial_id"]: c for c in tracker.children(parent)}
     for tid in confirmed["trial_id"]:
         assert tags[tid].data.tags["tuner.confirmed"] == "true"
-        assert "confirmed_p50_ci_high_ms" in tags[tid].data.metrics
+        assert "confirmed_p50_ms_high" in tags[tid].data.metrics
     rec = yaml.safe_load((out / "recommended.yaml").read_text())
     assert rec["confirmed"]["confirmed_p50_ms"] > 0 and rec["figures"]["latency_p50_ms"] > 0
     assert "confirmed over" in rec["reason"]
@@ -215,7 +215,7 @@ def test_the_machine_probe_runs_in_the_confirmation_rounds(logged_search):
     nightly check's reference), and the probe's p50 is on the parent run."""
     client, tracker, parent, outcome, out, ref = logged_search
     confirmed = read_trials(out / "trials.csv").query("confirmed_p50_ms.notna()")
-    low, mid, high = (confirmed[f"confirmed_ceiling_fraction{s}"] for s in ("_ci_low", "", "_ci_high"))
+    low, mid, high = (confirmed[f"confirmed_ceiling_fraction{s}"] for s in ("_low", "", "_high"))
     assert ((0 < low) & (low <= mid) & (mid <= high)).all(), confirmed
     # One probe for both (fp32): each fraction is k x batch / p50 over the same probe p50.
     per_call = confirmed["batch_size"] / confirmed["confirmed_p50_ms"]

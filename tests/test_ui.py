@@ -1,4 +1,4 @@
-"""A reviewer's view (README "Viewing results in the MLflow UI"): a real `mlflow server` on
+"""A reviewer's view (docs/mlflow.md): a real `mlflow server` on
 127.0.0.1, a small search logged to it over HTTP, the REST API queried for the parent, the
 children, their tags, the artifacts and the registered model; then Debian's chromium,
 headless (selenium + chromedriver), opens the experiment page and the Pareto HTML.
@@ -70,7 +70,7 @@ def test_rest_api_shows_the_search(served_search):
         t = tags_of(c)
         assert {"tuner.pareto", "tuner.recommended", "tuner.status", "tuner.stable"} <= set(t)
         assert t["mlflow.runName"].endswith(("nchw", "cl"))  # the config as the run name
-    pareto = search_runs(url, exp_id, "tags.`tuner.pareto` = 'true'")  # README's filter strings work
+    pareto = search_runs(url, exp_id, "tags.`tuner.pareto` = 'true'")  # docs/mlflow.md's filter strings work
     assert 1 <= len(pareto) <= 3
     (rec,) = search_runs(url, exp_id, "tags.`tuner.recommended` = 'true'")
     assert rec["info"]["run_id"] == ptags["tuner.recommended_run_id"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tuner.build import infeasible
 from tuner.core.errors import ConfigError
-from tuner.core.variant import CompileMode, Precision, Variant, baseline, infeasible_reason, unavailable_runtimes
+from tuner.core.variant import CompileMode, Precision, Variant, baseline, unavailable_runtimes
 
 
 def test_round_trip_and_label():
@@ -32,10 +33,10 @@ def test_invalid_variants_say_what_is_allowed(params, fragment):
 
 
 def test_feasibility_rules():
-    assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=False, bf16_native=True)
-    assert infeasible_reason(Variant(precision=Precision.FP16), fp16_native=True, bf16_native=True) is None
+    assert infeasible(Variant(precision=Precision.FP16), fp16_native=False, bf16_native=True)
+    assert infeasible(Variant(precision=Precision.FP16), fp16_native=True, bf16_native=True) is None
     int8_inductor = Variant(quantization="static_int8", compile=CompileMode.INDUCTOR)  # type: ignore[arg-type]
-    assert infeasible_reason(int8_inductor, fp16_native=True, bf16_native=True) is None  # PT2E
+    assert infeasible(int8_inductor, fp16_native=True, bf16_native=True) is None  # PT2E
     pairs = {  # what a runtime cannot do, whatever the hardware
         "ONNX Runtime's CPU execution provider has no bf16": dict(compile="onnxruntime", precision="bf16"),
         "takes NCHW input": dict(compile="openvino", layout="channels_last"),
@@ -43,23 +44,23 @@ def test_feasibility_rules():
         "batch 1 has nothing to split": dict(compile="openvino_throughput", batch_size=1),
     }
     for reason, params in pairs.items():
-        assert reason in (infeasible_reason(Variant(**params), fp16_native=True, bf16_native=True) or ""), params
+        assert reason in (infeasible(Variant(**params), fp16_native=True, bf16_native=True) or ""), params
     ok = Variant(compile="openvino_throughput", quantization="static_int8", batch_size=8)  # type: ignore[arg-type]
-    assert infeasible_reason(ok, fp16_native=True, bf16_native=True) is None
+    assert infeasible(ok, fp16_native=True, bf16_native=True) is None
     int8_gpu = Variant(quantization="dynamic_int8")  # type: ignore[arg-type]
-    assert infeasible_reason(int8_gpu, device="cuda", fp16_native=True, bf16_native=True)
+    assert infeasible(int8_gpu, device="cuda", fp16_native=True, bf16_native=True)
     graphs = Variant(precision="fp16", compile="inductor_reduce_overhead", batch_size=8)  # type: ignore[arg-type]
-    assert "CUDA graphs: a GPU only" in (infeasible_reason(graphs, fp16_native=True, bf16_native=True) or "")
-    assert infeasible_reason(graphs, device="cuda", fp16_native=True, bf16_native=True) is None
+    assert "CUDA graphs: a GPU only" in (infeasible(graphs, fp16_native=True, bf16_native=True) or "")
+    assert infeasible(graphs, device="cuda", fp16_native=True, bf16_native=True) is None
     assert graphs.label == "fp16 bs8 t1 inductor-ro nchw"
     tf32 = Variant(precision="tf32")  # type: ignore[arg-type]
-    assert "tf32 is a GPU tensor-core mode" in (infeasible_reason(tf32, fp16_native=True, bf16_native=True) or "")
-    assert infeasible_reason(tf32, device="cuda", fp16_native=True, bf16_native=True) is None
-    assert infeasible_reason(tf32, device="cuda", fp16_native=True, bf16_native=False)  # before Ampere
+    assert "tf32 is a GPU tensor-core mode" in (infeasible(tf32, fp16_native=True, bf16_native=True) or "")
+    assert infeasible(tf32, device="cuda", fp16_native=True, bf16_native=True) is None
+    assert infeasible(tf32, device="cuda", fp16_native=True, bf16_native=False)  # before Ampere
 
 
 def test_the_sampler_takes_a_pair_that_either_device_runs():
-    from tuner.search.sampling import feasible
+    from tuner.search.choices import feasible
 
     base = {"precision": "fp16", "quantization": "none", "batch_size": 8, "threads": 1, "layout": "contiguous"}
     assert feasible({**base, "compile": "inductor_reduce_overhead"})  # only on a GPU, whose choices hold it
@@ -83,13 +84,13 @@ def test_a_runtime_whose_package_is_missing_is_dropped_with_the_install_line(mon
     dropped = unavailable_runtimes(list(CompileMode))
     assert dropped == {"openvino + int8": "`pip install nncf`", "openvino_throughput + int8": "`pip install nncf`"}
     int8 = Variant(compile="openvino", quantization="static_int8")  # type: ignore[arg-type]
-    reason = infeasible_reason(int8, fp16_native=False, bf16_native=False)
+    reason = infeasible(int8, fp16_native=False, bf16_native=False)
     assert reason is not None and "nncf not installed: `pip install nncf`" in reason
-    assert infeasible_reason(Variant(compile="openvino"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]
+    assert infeasible(Variant(compile="openvino"), fp16_native=False, bf16_native=False) is None  # type: ignore[arg-type]
 
 
 def test_openvino_int8_may_run_its_float_layers_in_bf16():
     v = Variant(quantization="static_int8", precision="bf16", compile="openvino")  # type: ignore[arg-type]
     assert v.label == "int8-static+bf16 bs1 t1 ov nchw"
-    assert infeasible_reason(v, fp16_native=False, bf16_native=True) is None
-    assert "bf16 is not native" in (infeasible_reason(v, fp16_native=False, bf16_native=False) or "")
+    assert infeasible(v, fp16_native=False, bf16_native=True) is None
+    assert "bf16 is not native" in (infeasible(v, fp16_native=False, bf16_native=False) or "")

@@ -11,18 +11,39 @@ way (`RUNTIMES`: onnxrt.py, openvino.py); their runners take and give torch tens
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from tuner.build import compile as compile_mod
+from tuner.build import onnxrt, openvino
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import quantize
 from tuner.build.runtime import Runtime, example_batch
-from tuner.core.variant import CompileMode, Layout, Precision, Variant
+from tuner.core.variant import Accepts, CompileMode, Layout, Precision, Variant, infeasible_reason, refusal
+
+
+@contextlib.contextmanager
+def torch_settings_kept() -> Iterator[None]:
+    """Restores the process-wide torch settings a build changes (the precision step's TF32
+    switches, FX int8's quantized engine, a random-init load's seed, the threads) for a
+    build outside a trial's own throw-away process: the driver's save of the pick
+    (deploy/native.py), its profile, `measure`."""
+    engine = torch.backends.quantized.engine
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = engine
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_rng_state(rng)
+        torch.set_num_threads(threads)
 
 
 def _onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:
@@ -35,6 +56,20 @@ def _openvino(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> 
     from tuner.build.openvino import build_openvino
 
     return build_openvino(model, variant, calibration)
+
+
+# What each compile mode runs, as its module declares it: the one table the sampler's
+# conditional space, its inverse and the feasibility of a variant derive from.
+ACCEPTS: dict[CompileMode, Accepts] = {**compile_mod.ACCEPTS, **onnxrt.ACCEPTS, **openvino.ACCEPTS}
+assert set(ACCEPTS) == set(CompileMode), f"a compile mode declares nothing: {set(CompileMode) - set(ACCEPTS)}"
+
+
+def infeasible(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
+    """Why `v` cannot run here (the hardware, the install: core.variant.infeasible_reason) or
+    at all (its runtime's declaration: ACCEPTS), else None."""
+    return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) or refusal(
+        v, ACCEPTS[v.compile]
+    )
 
 
 RUNTIMES: dict[CompileMode, Callable[[nn.Module, Variant, torch.Tensor], Runtime]] = {

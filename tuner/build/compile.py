@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import CompileMode
+from tuner.core.variant import Accepts, CompileMode, Quantization
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -55,6 +55,21 @@ def _inductor(mode: str | None) -> Callable[[nn.Module, torch.Tensor], Runner]:
 
     return compile_
 
+
+# What torch's own modes run (core.variant.Accepts): every precision, int8 (FX for eager and
+# TorchScript, PT2E for inductor), both layouts.
+ACCEPTS: dict[CompileMode, Accepts] = {
+    CompileMode.EAGER: Accepts(),
+    CompileMode.TORCHSCRIPT: Accepts(),
+    CompileMode.INDUCTOR: Accepts(),
+    # Seen twice on resnet50 and mobilenet_v3_large here: the process aborts in native code
+    # while autotuning `qlinear_unary` (torch/_inductor/mkldnn_lowerings.py).
+    CompileMode.INDUCTOR_MAX_AUTOTUNE: Accepts(
+        int8=(Quantization.STATIC_INT8,),
+        why={"int8": "max-autotune aborts autotuning PT2E dynamic int8 linears (torch 2.14.1): use inductor"},
+    ),
+    CompileMode.INDUCTOR_REDUCE_OVERHEAD: Accepts(),
+}
 
 COMPILERS: dict[CompileMode, Callable[[nn.Module, torch.Tensor], Runner]] = {
     CompileMode.EAGER: _eager,

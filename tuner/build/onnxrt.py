@@ -32,7 +32,7 @@ from torch import nn
 
 from tuner.build.runtime import Runtime, example_batch, full_batches
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import Quantization, Variant
+from tuner.core.variant import Accepts, CompileMode, Quantization, Variant
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -106,6 +106,17 @@ def session_options(threads: int) -> onnxruntime.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
     return so
+
+
+# What ONNX Runtime runs here (core.variant.Accepts): fp32 and int8 (QDQ, static or dynamic),
+# NCHW input.
+ACCEPTS = {
+    CompileMode.ONNXRUNTIME: Accepts(
+        float_precisions=False,
+        layouts=False,
+        why={"precision": "ONNX Runtime's CPU execution provider has no bf16/fp16 kernels for most operators"},
+    )
+}
 
 
 def build_onnxruntime(model: nn.Module, variant: Variant, calibration: torch.Tensor) -> Runtime:

@@ -24,6 +24,7 @@ int8 after NNCF, whatever precision hint the plugin then computes in).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -37,10 +38,28 @@ from torch import nn
 from tuner.build.compile import Runner
 from tuner.build.runtime import Runtime
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.variant import CompileMode, Precision, Quantization, Variant
+from tuner.core.variant import Accepts, CompileMode, Precision, Quantization, Variant
 
 if TYPE_CHECKING:
     import openvino as ov
+
+# What OpenVINO runs (core.variant.Accepts): static int8 (NNCF) with its layers left in float
+# at the precision hint, NCHW input; the THROUGHPUT hint needs a batch to split.
+_OV = Accepts(
+    int8=(Quantization.STATIC_INT8,),
+    int8_float_precision=True,
+    layouts=False,
+    why={"int8": "OpenVINO has no dynamic int8 for a float model on the CPU (NNCF quantizes statically)"},
+)
+ACCEPTS = {
+    CompileMode.OPENVINO: _OV,
+    CompileMode.OPENVINO_THROUGHPUT: dataclasses.replace(
+        _OV,
+        min_batch=2,
+        why={**_OV.why, "batch": "the THROUGHPUT hint splits a batch over parallel requests: "
+             "batch 1 has nothing to split"},  # fmt: skip
+    ),
+}
 
 PRECISION_HINT = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.FP16: "f16"}
 

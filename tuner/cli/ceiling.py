@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from tuner.cli.main import EXIT_OK
+from tuner.core.errors import EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:

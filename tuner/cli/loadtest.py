@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tuner.core.console import say
 from tuner.core.env import quiet_logs, service_env
-from tuner.core.errors import ConfigError
+from tuner.core.errors import EXIT_OK, ConfigError
 from tuner.serve.loadgen import SCENARIOS
 from tuner.serve.loadtest import LoadTest, Outcome, describe_service, make_bodies, run_load_test
 from tuner.serve.results import to_json, write_json
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"results: {out / 'loadtest.json'}")
     if not args.no_mlflow:
         _log(args, t, outcomes, doc, out, service)
-    return 0
+    return EXIT_OK
 
 
 def _admitted(service: dict | None) -> int:

@@ -1,10 +1,7 @@
-"""Command line: `python -m tuner search|measure|report|nightly|serve|loadtest|ceiling`. Parsing and dispatch only;
-each command's handler is a module of this package (`cli/search.py`, ...), and the work is
-elsewhere. `--help` and `report` never import torch (tests/test_layers.py holds that).
-
-Exit codes: 0 done (a recommendation was made), 1 the search ran but nothing finished ok,
-2 bad input (the message names the file, key or flag and what is allowed), 3 (nightly) a
-regression was found, 75 (nightly) another nightly run holds the lock, 130 interrupted.
+"""Command line: `python -m tuner search|measure|report|nightly|serve|loadtest|ceiling`.
+Parsing and dispatch only; each command's handler is a module of this package
+(`cli/search.py`, ...), and the work is elsewhere. `--help` and `report` never import torch
+(tests/test_layers.py holds that). The exit codes are core/errors.py's `EXIT_*`.
 """
 
 from __future__ import annotations
@@ -13,10 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner.core.errors import TunerError
+from tuner.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, TunerError
 from tuner.core.variant import DEVICES
-
-EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--hardware",
         metavar="CLASS",
         help="the cluster's hardware class to tune for: a `tuner.io/hardware` node label or hw-<fingerprint>"
-        " (default: the driver's own; README: Running on a Ray cluster)",
+        " (default: the driver's own; docs/cluster.md)",
     )
     s.add_argument(
         "--device",

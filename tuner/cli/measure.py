@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.cli.search import load_space
-from tuner.core.errors import ConfigError, TunerError, one_line
+from tuner.core.errors import EXIT_NO_RESULT, EXIT_OK, ConfigError, TunerError
 from tuner.core.variant import Variant
 from tuner.measure.hardware import detect, usable_cores
 
@@ -96,13 +94,15 @@ def _run_registered(args: argparse.Namespace) -> int:
     service_env()
     quiet_logs()
     from tuner.core.env import pin_threads
+    from tuner.deploy.registered import download, load, registered_variant
     from tuner.inputs.models import ModelSpec, resolve_weights
     from tuner.inputs.reference import reference_for
     from tuner.measure.ceiling import for_hardware as ceiling_for
+    from tuner.tracking.store import absolute_uri, default_tracking_uri
     from tuner.trial.evaluate import TrialSettings, evaluate
 
     uri = args.model_uri
-    local, config = _download(uri, args.tracking_uri)
+    local, config = download(uri, absolute_uri(args.tracking_uri or default_tracking_uri()))
     try:
         variant = Variant.from_dict(config["variant"])
     except TunerError as e:
@@ -111,7 +111,7 @@ def _run_registered(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model-uri {uri}: the model is `{config['model']}`, not `{args.model}`")
     _check_threads(variant, f"--model-uri {uri}")
     pin_threads(variant.threads)  # before the artifact loads: inter-op threads are set before any parallel work
-    loaded = _load(uri, local)
+    loaded = load(uri, local)
     args.model = config["model"]
     space, _ = load_space(args)
     spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
@@ -124,53 +124,6 @@ def _run_registered(args: argparse.Namespace) -> int:
         extra.update(registered_confirmed_p50_ms=confirmed,
                      p50_vs_confirmed=result.to_dict()["latency_p50_ms"] / confirmed)  # fmt: skip
     return _print(args, variant, result, ref, extra)
-
-
-def _download(uri: str, tracking_uri: str | None) -> tuple[Path, dict[str, Any]]:
-    """The model's files (local) and the loader's config; errors name the URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-
-    from tuner.tracking.store import absolute_uri, default_tracking_uri
-
-    mlflow.set_tracking_uri(absolute_uri(tracking_uri or default_tracking_uri()))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        flavor = Model.load(str(local)).flavors.get("python_function", {})
-    except (MlflowException, OSError) as e:
-        raise ConfigError(f"--model-uri {uri}: no such model: {one_line(e)}") from None
-    config = flavor.get("config") or {}  # MLmodel's name for the model_config it was logged with
-    if "artifact" not in config or "variant" not in config:
-        raise ConfigError(f"--model-uri {uri}: not a model tuner registered (its pyfunc config has no `artifact`)")
-    return local, config
-
-
-def _load(uri: str, local: Path) -> Any:
-    import mlflow.pyfunc
-
-    try:
-        return mlflow.pyfunc.load_model(str(local))
-    except ImportError as e:
-        raise ConfigError(
-            f"--model-uri {uri}: it needs the package `{e.name}`, which is not installed here "
-            f"(`pip install {e.name}`; the model's requirements.txt lists the versions)"
-        ) from None
-
-
-def registered_variant(variant: Variant, loaded: Any, local: Path) -> Any:
-    """A loaded pyfunc model as a BuiltVariant: what `evaluate` times and checks."""
-    import numpy as np
-    import torch
-
-    from tuner.build import BuiltVariant
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(loaded.predict(x.numpy())))
-
-    size_mb = sum(f.stat().st_size for f in (local / "artifacts").rglob("*") if f.is_file()) / 2**20
-    return BuiltVariant(variant, run, torch.nn.Identity(), torch.float32, torch.contiguous_format,
-                        torch.device("cpu"), 0.0, {}, size_mb)  # fmt: skip
 
 
 def _read_variant(args: argparse.Namespace) -> tuple[Variant, dict]:

@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner.cli.main import EXIT_NO_RESULT, EXIT_OK
 from tuner.config.request import SearchRequest, load_request, normalise_weights
 from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import safe_name
 from tuner.core.env import measurement_env, quiet_logs, service_env
-from tuner.core.errors import ConfigError
+from tuner.core.errors import EXIT_NO_RESULT, EXIT_OK, ConfigError
 from tuner.tracking.store import absolute_uri, default_tracking_uri
 
 

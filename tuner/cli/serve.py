@@ -7,6 +7,7 @@ import argparse
 
 from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
+from tuner.core.errors import EXIT_OK
 from tuner.tracking.store import default_tracking_uri
 
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
         for path in export(spec, args.export, title, args.host, args.port):
             say(f"wrote {path}")
-        return 0
+        return EXIT_OK
     from tuner.serve.service import serve_until_stopped
 
     return serve_until_stopped(spec, title, args.address, args.host, args.port)

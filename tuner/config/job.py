@@ -1,4 +1,4 @@
-"""Nightly job files (`python -m tuner nightly JOBFILE.yaml`; README "Nightly jobs"):
+"""Nightly job files (`python -m tuner nightly JOBFILE.yaml`; docs/nightly.md):
 which models to tune, where results go, and the regression settings."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class ModelJob(Strict):
     data: str | None = None  # relative to the job file
     weights: str = "auto"
     seed: int = 0
-    # The Ray hardware class to tune for (README "Running on a Ray cluster"): its own history,
+    # The Ray hardware class to tune for (docs/cluster.md): its own history,
     # champion and regression check. Models of different classes run at the same time.
     hardware: str | None = None
 

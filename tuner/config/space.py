@@ -19,6 +19,7 @@ the file and the key. Validation has no side effects.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,26 +29,38 @@ from tuner.config.yamlio import Strict, format_errors, read_yaml_mapping
 from tuner.core.console import safe_name
 from tuner.core.errors import SpaceError
 from tuner.core.variant import (
-    BASELINE_FIELDS,
     CompileMode,
     Layout,
     Precision,
     Quantization,
-    Variant,
-    infeasible_reason,
 )
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The space files ship inside the package (a wheel installs them); the repository's
+# `search_spaces/` is a link to this folder, the path users type.
+SPACES_DIR = Path(str(resources.files("tuner") / "search_spaces"))
 
 
 class Dimensions(Strict):
-    precision: list[Precision] = Field(default=list(Precision), min_length=1)
-    quantization: list[Quantization] = Field(default=list(Quantization), min_length=1)
-    batch_size: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1)
-    batch_size_gpu: list[int] = Field(default=[1, 8, 32, 64, 128, 256], min_length=1)  # in place of batch_size on cuda
-    threads: Literal["auto"] | list[int] = "auto"
-    compile: list[CompileMode] = Field(default=list(CompileMode), min_length=1)
-    layout: list[Layout] = Field(default=list(Layout), min_length=1)
+    """The choices of each variant field."""
+
+    precision: list[Precision] = Field(
+        default=list(Precision), min_length=1,
+        description="float precisions; tf32 on a GPU only, fp16 and bf16 only where the hardware has them natively",
+    )  # fmt: skip
+    quantization: list[Quantization] = Field(
+        default=list(Quantization), min_length=1, description="int8 paths: each runtime's own (see Runtimes)"
+    )
+    batch_size: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1, description="batch sizes on the CPU")
+    batch_size_gpu: list[int] = Field(
+        default=[1, 8, 32, 64, 128, 256], min_length=1, description="batch sizes on a GPU, in place of `batch_size`"
+    )
+    threads: Literal["auto"] | list[int] = Field(
+        default="auto", description="`auto`: 1 .. the cores Ray gives one trial; or a list, e.g. [1, 2]"
+    )
+    compile: list[CompileMode] = Field(
+        default=list(CompileMode), min_length=1, description="compile modes and runtimes (see Runtimes)"
+    )
+    layout: list[Layout] = Field(default=list(Layout), min_length=1, description="memory layouts (torch's modes only)")
 
     @field_validator("batch_size", "batch_size_gpu")
     @classmethod
@@ -71,65 +84,91 @@ class Dimensions(Strict):
 class TimingConfig(Strict):
     """The protocol's knobs; the `timing:` section of a space file."""
 
-    warmup_min_iters: int = Field(default=3, ge=1)
-    warmup_max_s: float = Field(default=20.0, gt=0)
-    window_s: float = Field(default=0.2, gt=0)
-    min_iters: int = Field(default=10, ge=1)
-    min_time_s: float = Field(default=1.5, ge=0)
-    max_time_s: float = Field(default=8.0, gt=0)
-    stable_windows: int = Field(default=3, ge=2)
-    tolerance: float = Field(default=0.05, gt=0)
+    warmup_min_iters: int = Field(default=3, ge=1, description="warm-up calls at least")
+    warmup_max_s: float = Field(default=20.0, gt=0, description="warm-up ends here even if the windows never agreed")
+    window_s: float = Field(default=0.2, gt=0, description="length of one timing window")
+    min_iters: int = Field(default=10, ge=1, description="timed calls at least")
+    min_time_s: float = Field(default=1.5, ge=0, description="timed seconds at least")
+    max_time_s: float = Field(default=8.0, gt=0, description="the timed phase's cap (then `stable` is false)")
+    stable_windows: int = Field(default=3, ge=2, description="the last windows that must agree")
+    tolerance: float = Field(default=0.05, gt=0, description="how closely they agree: relative spread of their medians")
     # The interference guard samples other CPU use this long right before and right after
     # timing (measure/interference.py); tests shorten it.
-    load_sample_s: float = Field(default=0.5, gt=0)
+    load_sample_s: float = Field(
+        default=0.5, gt=0, description="other processes' CPU use is sampled this long before and after timing"
+    )
 
 
 class SearchSettings(Strict):
-    trials: int = Field(default=24, ge=1)
-    time_budget_minutes: float | None = Field(default=12.0, gt=0)
-    objective: Literal["latency", "throughput"] = "latency"
-    sampler: Literal["tpe", "nsga2"] = "tpe"
+    """How long a search runs and what it optimises."""
+
+    trials: int = Field(default=24, ge=1, description="trials, the baseline included (`--trials`)")
+    time_budget_minutes: float | None = Field(
+        default=12.0, gt=0, description="no new trial starts after this (`--time-budget`)"
+    )
+    objective: Literal["latency", "throughput"] = Field(
+        default="latency", description="what the recommendation optimises (`--objective`)"
+    )
+    sampler: Literal["tpe", "nsga2"] = Field(default="tpe", description="Optuna's sampler (both multi-objective)")
     # Configs to run right after the baseline (partial: missing fields take the baseline's
     # values), e.g. `[{quantization: static_int8, compile: torchscript}]`.
-    enqueue: list[dict[str, Any]] = []
+    enqueue: list[dict[str, Any]] = Field(
+        default=[], description="configs to run right after the baseline; missing fields take the baseline's values"
+    )
 
 
 class TrialLimits(Strict):
     """What one trial may use before it is stopped (trial/process.py). None: the defaults below."""
 
-    trial_timeout_s: float | None = Field(default=None, gt=0)  # default: 5x the budget's share per trial, >= 120 s
-    trial_memory_mb: float | None = Field(default=None, gt=0)  # default: 80% of the memory free at the start
+    trial_timeout_s: float | None = Field(
+        default=None, gt=0, description="a trial's wall-time limit; null: 5x its share of the budget, at least 120 s"
+    )
+    trial_memory_mb: float | None = Field(
+        default=None, gt=0, description="a trial's resident-memory limit; null: 80% of the memory free at the start"
+    )
 
 
 class FaultRule(Strict):
     """Test-only (`inject_faults:`): make a trial whose config matches `when` misbehave for real."""
 
-    when: dict[str, Any] = {}  # variant fields that must all match; {} matches every trial
-    action: Literal["raise", "abort", "hang", "allocate", "slow"]
-    allocate_mb: int = Field(default=0, ge=0)  # `allocate`: how much to touch, 64 MB at a time
-    delay_ms: float = Field(default=0, ge=0)  # `slow`: added to every call of the model
-    factor: float = Field(default=1.0, ge=1.0)  # `slow`: every call takes this many times as long
+    when: dict[str, Any] = Field(default={}, description="variant fields that must all match; {} matches every trial")
+    action: Literal["raise", "abort", "hang", "allocate", "slow"] = Field(description="what the trial does")
+    allocate_mb: int = Field(default=0, ge=0, description="`allocate`: how much to touch, 64 MB at a time")
+    delay_ms: float = Field(default=0, ge=0, description="`slow`: added to every call of the model")
+    factor: float = Field(default=1.0, ge=1.0, description="`slow`: every call takes this many times as long")
 
 
 class Constraints(Strict):
-    max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
-    max_latency_ms: float | None = Field(default=None, gt=0)
-    max_memory_mb: float | None = Field(default=None, gt=0)
+    """What a recommendation must meet."""
+
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="relative quality drop against the fp32 baseline (`--max-accuracy-drop`)"
+    )
+    max_latency_ms: float | None = Field(default=None, gt=0, description="p90 latency limit (`--max-latency-ms`)")
+    max_memory_mb: float | None = Field(
+        default=None, gt=0, description="a trial's peak resident memory (on a GPU: its peak device memory)"
+    )
 
 
 class EvalSettings(Strict):
-    samples: int = Field(default=32, ge=1)
-    calibration_samples: int = Field(default=16, ge=1)
-    input_size: int = Field(default=224, ge=8)
-    screen_min_cosine: float = Field(default=0.9, ge=-1, le=1)
+    """The eval and calibration data (see Models, weights and data)."""
+
+    samples: int = Field(default=32, ge=1, description="eval-set size (`--eval-samples`)")
+    calibration_samples: int = Field(
+        default=16, ge=1, description="static int8's calibration set, disjoint from the eval set"
+    )
+    input_size: int = Field(default=224, ge=8, description="input resolution, unless the model fixes its own")
+    screen_min_cosine: float = Field(
+        default=0.9, ge=-1, le=1, description="a first batch whose cosine with fp32 is below this is `inaccurate`"
+    )
 
 
 class ConfirmSettings(Strict):
     """Finalist confirmation (decide/finalists.py): re-measure the best Pareto configs interleaved."""
 
-    finalists: int = Field(default=3, ge=0)  # 0 turns confirmation off
-    rounds: int = Field(default=3, ge=1)
-    include_baseline: bool = True  # confirmed speedups need a confirmed baseline
+    finalists: int = Field(default=3, ge=0, description="configs re-measured; 0 turns confirmation off")
+    rounds: int = Field(default=3, ge=1, description="interleaved rounds, a fresh process per measurement")
+    include_baseline: bool = Field(default=True, description="the baseline too: confirmed speedups need it")
 
 
 class SearchSpace(Strict):
@@ -140,7 +179,7 @@ class SearchSpace(Strict):
     timing: TimingConfig = TimingConfig()
     confirm: ConfirmSettings = ConfirmSettings()
     limits: TrialLimits = TrialLimits()
-    inject_faults: list[FaultRule] = []  # test-only; README "Faults"
+    inject_faults: list[FaultRule] = Field(default=[], description="test-only fault rules (see Faults)")
 
     # ---- loading -----------------------------------------------------------------
     @classmethod
@@ -167,72 +206,6 @@ class SearchSpace(Strict):
         except ValidationError as e:
             flags = FLAG_OF_KEY if source == "command-line flags" else None
             raise SpaceError(format_errors(source, e, SearchSpace, "search space", flags)) from None
-
-    # ---- feasibility ---------------------------------------------------------------
-    def feasible_choices(
-        self, *, cores: int, device: str, fp16_native: bool, bf16_native: bool, source: str = "space"
-    ) -> dict[str, list[Any]]:
-        """The dimension choices this hardware can run, as plain strings/ints.
-
-        Returns the keys of `define_by_run`: precision, quantization, batch_size,
-        threads, compile, compile_int8, compile_dynamic, precision_int8, batch_split, layout. Raises SpaceError
-        when nothing is left.
-        """
-        d = self.dimensions
-        threads = list(range(1, cores + 1)) if d.threads == "auto" else list(d.threads)
-        too_many = [t for t in threads if t > cores]
-        if too_many:
-            raise SpaceError(
-                f"{source}: `dimensions.threads` lists {too_many}, but a trial can have at most "
-                f"{cores} core(s) here; use values 1..{cores} or `auto`"
-            )
-
-        def ok(**fields: Any) -> bool:
-            v = Variant(**{**BASELINE_FIELDS, **fields})
-            return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) is None
-
-        # The sampler's conditional space (search/sampling.py) keeps each compile mode's own
-        # choices apart: int8 and dynamic int8 sample their compile mode from their own lists,
-        # `openvino_throughput` its batch from `batch_split`. Pairs no runtime runs are never
-        # offered; the sampler checks every draw all the same.
-        batches = d.batch_size_gpu if device == "cuda" else d.batch_size
-        batch = max(batches)
-        precision = [p.value for p in d.precision if ok(precision=p)]
-        compile_fp = [
-            c.value for c in d.compile if any(ok(compile=c, precision=p, batch_size=batch) for p in precision)
-        ]
-        compile_int8 = [c.value for c in d.compile if ok(quantization="static_int8", compile=c, batch_size=batch)]
-        compile_dynamic = [c.value for c in d.compile if ok(quantization="dynamic_int8", compile=c, batch_size=batch)]
-        quantization = [
-            q.value
-            for q in d.quantization
-            if (q is Quantization.NONE and precision)
-            or (q is Quantization.STATIC_INT8 and compile_int8)
-            or (q is Quantization.DYNAMIC_INT8 and compile_dynamic)
-        ]
-        if not quantization and not precision:
-            raise SpaceError(
-                f"{source}: no feasible precision/quantization is left on this hardware "
-                f"(device={device}, fp16_native={fp16_native}, bf16_native={bf16_native})"
-            )
-        choices: dict[str, list[Any]] = {
-            "quantization": quantization,
-            "precision": precision,
-            "compile": compile_fp,
-            "compile_int8": compile_int8,
-            "compile_dynamic": compile_dynamic,
-            "precision_int8": list(precision),  # OpenVINO int8: the precision of its layers left in float
-            "batch_split": [b for b in batches if b >= 2],  # openvino_throughput splits a batch
-            "batch_size": list(batches),
-            "threads": threads,
-            "layout": [x.value for x in d.layout],
-        }
-        # Trial 0 is always the baseline (fp32, eager, batch 1), so its values are always
-        # part of the space, whatever the file lists.
-        for key, value in {**BASELINE_FIELDS, "batch_size": 1}.items():
-            if value not in choices[key]:
-                choices[key].insert(0, value)
-        return choices
 
 
 def resolve_space_file(model: str, space: str | Path | None) -> Path:

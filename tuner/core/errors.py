@@ -1,4 +1,4 @@
-"""The tuner's exception hierarchy.
+"""The tuner's exception hierarchy, and the exit codes every command shares.
 
 User mistakes (`SpaceError`, `ConfigError`) are reported by the CLI as one paragraph
 with exit code 2 and no traceback. `VariantUnsupported` is an *expected* per-trial
@@ -7,6 +7,13 @@ Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0  # done: a recommendation was made, the service stopped, the figures were measured
+EXIT_NO_RESULT = 1  # the search ran but nothing finished ok (or a measured variant failed)
+EXIT_USAGE = 2  # bad input: the message names the file, key or flag and what is allowed
+EXIT_REGRESSION = 3  # nightly: a regression was found (cron/CI alert on this)
+EXIT_LOCKED = 75  # nightly: another nightly run holds the lock (EX_TEMPFAIL: try again later)
+EXIT_INTERRUPTED = 130  # interrupted (a search resumes with --resume)
 
 
 class TunerError(Exception):

@@ -161,23 +161,41 @@ def objectives_of(figures: dict[str, Any]) -> dict[str, float]:
 
 
 # Confirmation (decide/confirm.py): finalists re-measured in fresh processes, interleaved.
-CONFIRMED_COLUMNS = (
-    "confirmed_p50_ms",
-    "confirmed_p50_ci_low_ms",
-    "confirmed_p50_ci_high_ms",
+# One rule names every confirmed figure: `confirmed_<figure>`, and for a figure with a 95%
+# interval `confirmed_<figure>_low` and `confirmed_<figure>_high` (`confirmed()`), where
+# <figure> is the trial figure it confirms (the latency percentiles without `latency_`).
+# The ceiling fraction is against the machine
+# probe of the config's precision, measured in the same rounds; the speedup pairs each
+# round's measurement with the baseline's.
+CONFIRMED_INTERVALS = ("p50_ms", "throughput_ips", "speedup_vs_baseline", "ceiling_fraction")
+CONFIRMED_VALUES = ("p90_ms", "rounds")  # no interval
+
+
+def confirmed(figure: str) -> tuple[str, str, str]:
+    """The columns of a confirmed figure with an interval: value, low, high."""
+    return f"confirmed_{figure}", f"confirmed_{figure}_low", f"confirmed_{figure}_high"
+
+
+CONFIRMED_COLUMNS: tuple[str, ...] = (
+    *confirmed("p50_ms"),
     "confirmed_p90_ms",
-    "confirmed_throughput_ips",
-    "confirmed_throughput_ci_low",
-    "confirmed_throughput_ci_high",
+    *confirmed("throughput_ips"),
     "confirmed_rounds",
-    "confirmed_speedup_vs_baseline",
-    "confirmed_speedup_ci_low",
-    "confirmed_speedup_ci_high",
-    # against the machine probe of the config's precision, measured in the same rounds
-    "confirmed_ceiling_fraction",
-    "confirmed_ceiling_fraction_ci_low",
-    "confirmed_ceiling_fraction_ci_high",
+    *confirmed("speedup_vs_baseline"),
+    *confirmed("ceiling_fraction"),
 )
+# The names before that rule (a trials.csv, or the child runs, of an earlier search): read
+# back under the new ones (outputs/tables.py).
+CONFIRMED_RENAMED = {
+    "confirmed_p50_ci_low_ms": "confirmed_p50_ms_low",
+    "confirmed_p50_ci_high_ms": "confirmed_p50_ms_high",
+    "confirmed_throughput_ci_low": "confirmed_throughput_ips_low",
+    "confirmed_throughput_ci_high": "confirmed_throughput_ips_high",
+    "confirmed_speedup_ci_low": "confirmed_speedup_vs_baseline_low",
+    "confirmed_speedup_ci_high": "confirmed_speedup_vs_baseline_high",
+    "confirmed_ceiling_fraction_ci_low": "confirmed_ceiling_fraction_low",
+    "confirmed_ceiling_fraction_ci_high": "confirmed_ceiling_fraction_high",
+}
 
 # ---- trials.csv ----------------------------------------------------------------------
 VARIANT_COLUMNS: tuple[str, ...] = tuple(Variant.__dataclass_fields__)
@@ -254,8 +272,10 @@ def selection_tags(row: Any) -> dict[str, str]:
 def row_from_run(
     params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], run_id: str
 ) -> dict[str, Any]:
-    """A trials.csv row read back from a child run (the inverse of what the recorder logs)."""
-    row: dict[str, Any] = {**params, **metrics, "label": tags.get("mlflow.runName", ""), "mlflow_run_id": run_id}
+    """A trials.csv row read back from a child run (the inverse of what the recorder logs;
+    confirmed figures logged under their names before the rule read back under the new)."""
+    renamed = {CONFIRMED_RENAMED.get(k, k): v for k, v in metrics.items()}
+    row: dict[str, Any] = {**params, **renamed, "label": tags.get("mlflow.runName", ""), "mlflow_run_id": run_id}
     for col, tag in TAGS.items():
         v = tags.get(tag)
         if col in FLAG_COLUMNS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tuner.core.errors import ConfigError
@@ -23,7 +23,7 @@ class Precision(str, enum.Enum):
 
 
 class Quantization(str, enum.Enum):
-    """How each runtime gets there is in build/ (README "Runtimes"): FX x86 for eager and
+    """How each runtime gets there is in build/ (docs/runtimes.md): FX x86 for eager and
     TorchScript, PT2E for inductor, NNCF for OpenVINO, onnxruntime.quantization for ORT."""
 
     NONE = "none"
@@ -160,6 +160,36 @@ BASELINE_FIELDS = {"precision": "fp32", "quantization": "none", "compile": "eage
 
 
 @dataclass(frozen=True)
+class Accepts:
+    """What one compile mode (a runtime) runs, as its module under build/ declares it
+    (`tuner.build.ACCEPTS` gathers them). The sampler's conditional space is derived from
+    these declarations alone: it draws a precision, an int8 path, a layout or a batch only
+    where the runtime has a choice, and a hand-written variant outside them is infeasible
+    with the declared reason (`refusal`)."""
+
+    float_precisions: bool = True  # a float variant draws its precision (False: fp32 only)
+    int8: tuple[Quantization, ...] = (Quantization.STATIC_INT8, Quantization.DYNAMIC_INT8)  # the int8 paths it has
+    int8_float_precision: bool = False  # int8 runs its layers left in float at a drawn precision (else fp32)
+    layouts: bool = True  # the memory layout is drawn (False: NCHW input, the runtime picks its own)
+    min_batch: int = 1  # each batch is split over parallel requests: batch sizes >= this only
+    why: dict[str, str] = field(default_factory=dict)  # per refusal ("precision", "int8", "layout", "batch"): why
+
+
+def refusal(v: Variant, accepts: Accepts) -> str | None:
+    """Why `v` is outside what its runtime declares (Accepts), else None."""
+    name = v.compile.value
+    if v.quantization is Quantization.NONE and not accepts.float_precisions and v.precision is not Precision.FP32:
+        return accepts.why.get("precision", f"{name} runs fp32 only")
+    if v.quantization is not Quantization.NONE and v.quantization not in accepts.int8:
+        return accepts.why.get("int8", f"{name} has no {v.quantization.value}")
+    if not accepts.layouts and v.layout is not Layout.CONTIGUOUS:
+        return accepts.why.get("layout", f"{name} takes NCHW input and chooses its own internal layout")
+    if v.batch_size < accepts.min_batch:
+        return accepts.why.get("batch", f"{name} needs a batch of at least {accepts.min_batch}")
+    return None
+
+
+@dataclass(frozen=True)
 class MachineProbe:
     """Not a variant: a fixed kernel (a GEMM of `precision`, the ceiling's probe) timed like
     one, in the same interleaved rounds, to tell how fast the machine is right now."""
@@ -187,11 +217,9 @@ def baseline(threads: int) -> Variant:
 
 
 def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
-    """Why this variant is known not to work (or not to make sense) here, else None.
-
-    These rules keep known failures out of the sampled space (`config/space.py` never offers
-    them) and mark a hand-written variant `infeasible` without building it.
-    """
+    """Why this variant cannot run on this hardware or this install, else None: the
+    hardware's precisions, the device, the runtime's packages. (What a runtime runs at all
+    is its declaration: `tuner.build.infeasible` checks both.)"""
     if v.precision is Precision.FP16 and not fp16_native:
         return "fp16 is not native on this hardware (no avx512_fp16/amx_fp16 and no CUDA)"
     if v.precision is Precision.TF32 and (device != "cuda" or not bf16_native):
@@ -207,19 +235,7 @@ def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf1
         return "int8 variants (FX x86, PT2E x86-inductor, NNCF, ONNX Runtime QDQ) run on the CPU only"
     if v.compile not in TORCH_COMPILES and device != "cpu":
         return f"{v.compile.value} runs on the CPU here (its GPU providers are not wired in)"
-    if v.compile not in TORCH_COMPILES and v.layout is Layout.CHANNELS_LAST:
-        return f"{v.compile.value} takes NCHW input and chooses its own internal layout"
-    if v.compile is CompileMode.ONNXRUNTIME and v.precision is not Precision.FP32:
-        return "ONNX Runtime's CPU execution provider has no bf16/fp16 kernels for most operators"
-    if v.compile in OPENVINO_COMPILES and v.quantization is Quantization.DYNAMIC_INT8:
-        return "OpenVINO has no dynamic int8 for a float model on the CPU (NNCF quantizes statically)"
-    if v.compile is CompileMode.INDUCTOR_MAX_AUTOTUNE and v.quantization is Quantization.DYNAMIC_INT8:
-        # Seen twice on resnet50 and mobilenet_v3_large here: the process aborts in native code
-        # while autotuning `qlinear_unary` (torch/_inductor/mkldnn_lowerings.py).
-        return "max-autotune aborts autotuning PT2E dynamic int8 linears (torch 2.14.1): use inductor"
-    if v.compile is CompileMode.OPENVINO_THROUGHPUT and v.batch_size < 2:
-        return "the THROUGHPUT hint splits a batch over parallel requests: batch 1 has nothing to split"
-    return None
+    return None  # what each runtime runs at all is its own declaration (Accepts, `refusal`)
 
 
 def unavailable_runtimes(compiles: list[CompileMode]) -> dict[str, str]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuner.core.schema import confirmed
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -122,17 +124,17 @@ class Confirmed:
         return hierarchical_bootstrap(self.rounds, lambda t: self.batch_size / float(np.mean(t)))
 
     def columns(self) -> dict[str, float]:
-        p50, thr = self.p50_ms, self.throughput_ips
         return {
-            "confirmed_p50_ms": p50.value,
-            "confirmed_p50_ci_low_ms": p50.low,
-            "confirmed_p50_ci_high_ms": p50.high,
+            **interval_columns("p50_ms", self.p50_ms),
             "confirmed_p90_ms": self.p90_ms,
-            "confirmed_throughput_ips": thr.value,
-            "confirmed_throughput_ci_low": thr.low,
-            "confirmed_throughput_ci_high": thr.high,
+            **interval_columns("throughput_ips", self.throughput_ips),
             "confirmed_rounds": float(len(self.rounds)),
         }
+
+
+def interval_columns(figure: str, iv: Interval) -> dict[str, float]:
+    """`confirmed_<figure>`, `_low`, `_high` (core.schema.confirmed)."""
+    return dict(zip(confirmed(figure), (iv.value, iv.low, iv.high), strict=True))
 
 
 def probe_fraction(measured: Confirmed, probe: Confirmed, flops_per_item: float, probe_flops: float) -> Interval:

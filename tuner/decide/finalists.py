@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -14,7 +15,7 @@ from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
 from tuner.core.schema import CONFIRMED_COLUMNS
 from tuner.core.variant import MachineProbe, Variant, ceiling_key
-from tuner.decide.confirm import Confirmed, Interval, choose, lead_over, probe_fraction
+from tuner.decide.confirm import Confirmed, Interval, choose, interval_columns, lead_over, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
 
 # What confirmation measures: a variant, or the machine probe (nightly's regression check).
@@ -22,6 +23,19 @@ Measurable = Variant | MachineProbe
 # Measures each item `rounds` times, interleaved, one fresh process per measurement;
 # returns, per item index, the list of `trial.evaluate.time_variant` / `time_probe` results.
 ConfirmFn = Callable[[Sequence[Measurable], int], dict[int, list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What a confirmation decided and measured beside the confirmed_* columns it writes into
+    the trials table: the confirmed recommendation, how long it took, and the machine probe
+    it ran in the same rounds (its p50 per precision key, with its threads: the nightly
+    check's reference for the machine's speed)."""
+
+    recommendation: Recommendation
+    seconds: float = 0.0
+    probe_threads: int = 0
+    probe_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
 def finalists(df: pd.DataFrame, rec: Recommendation, objective: str, n: int) -> list[Any]:
@@ -46,13 +60,12 @@ def confirm_finalists(
     also_confirm: Sequence[str] = (),
     probe_threads: int = 0,
     flops_per_item: float = 0.0,
-) -> Recommendation:
+) -> Confirmation:
     """Re-measure the finalists (and the baseline, and the `also_confirm` labels, e.g. a
     nightly job's champion) interleaved in fresh processes; write the confirmed_* columns
-    into `df`; return the confirmed recommendation. With `probe_threads`, the machine probe
-    of each finalist's precision runs in the same rounds, for `confirmed_ceiling_fraction`
-    (and its p50 per precision goes to `df.attrs["probe_p50_ms"]`, the nightly check's
-    reference for the machine's speed)."""
+    into `df`; return the confirmed recommendation with what else was measured. With
+    `probe_threads`, the machine probe of each finalist's precision runs in the same rounds,
+    for `confirmed_ceiling_fraction` and `Confirmation.probe_p50_ms`."""
     picks = finalists(df, rec, objective, settings.finalists)
     base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     extra = [base[0]] if settings.include_baseline and len(base) and base[0] not in picks else []
@@ -72,7 +85,7 @@ def confirm_finalists(
     )
     confirm_start = time.perf_counter()
     results = confirm_fn([*variants, *probes], settings.rounds)
-    df.attrs["confirm_s"] = time.perf_counter() - confirm_start
+    seconds = time.perf_counter() - confirm_start
     for col in CONFIRMED_COLUMNS:
         if col not in df:
             df[col] = float("nan")
@@ -89,19 +102,16 @@ def confirm_finalists(
             df.loc[i, col] = ",".join(sorted({str(r[key]) for r in results.get(k, []) if r.get(key)}))
     if len(base) and base[0] in confirmed:
         for i in confirmed:
-            _put(
-                df,
-                i,
-                "confirmed_speedup_vs_baseline",
-                "confirmed_speedup",
-                confirmed[i].speedup_over(confirmed[base[0]]),
-            )
+            _put(df, i, "speedup_vs_baseline", confirmed[i].speedup_over(confirmed[base[0]]))
     probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
-    _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
-    df.attrs["probe_threads"] = probe_threads  # the nightly check measures its probe the same way
+    p50 = _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
+
+    def done(r: Recommendation) -> Confirmation:
+        return Confirmation(r, seconds, probe_threads, p50)
+
     candidates = [i for i in picks if i in confirmed]
     if not candidates:
-        return Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept")
+        return done(Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept"))
     latency = objective == "latency"
     intervals = {k: (confirmed[i].p50_ms if latency else confirmed[i].throughput_ips) for k, i in enumerate(candidates)}
     complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
@@ -114,7 +124,7 @@ def confirm_finalists(
             return None
 
     k, why = choose(intervals, complexity, lower_is_better=latency, lead=lead)
-    return Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}")
+    return done(Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}"))
 
 
 def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:
@@ -127,10 +137,9 @@ def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[i
     return out
 
 
-def _put(df: pd.DataFrame, i: Any, value_col: str, prefix: str, iv: Interval) -> None:
-    df.loc[i, value_col] = iv.value
-    df.loc[i, f"{prefix}_ci_low"] = iv.low
-    df.loc[i, f"{prefix}_ci_high"] = iv.high
+def _put(df: pd.DataFrame, i: Any, figure: str, iv: Interval) -> None:
+    for col, v in interval_columns(figure, iv).items():
+        df.loc[i, col] = v
 
 
 def _probe_fractions(
@@ -140,8 +149,9 @@ def _probe_fractions(
     rows: list[Any],
     probe_results: dict[str, list[dict[str, Any]]],
     flops_per_item: float,
-) -> None:
-    """confirmed_ceiling_fraction of each confirmed row, against its precision's probe."""
+) -> dict[str, float]:
+    """confirmed_ceiling_fraction of each confirmed row, against its precision's probe;
+    returns each probe's confirmed p50 (ms) by precision key."""
     p50: dict[str, float] = {}
     for key, runs in probe_results.items():
         (probe,) = confirmed_runs({0: runs}, [1])
@@ -152,5 +162,5 @@ def _probe_fractions(
         for i, v in zip(rows, variants, strict=True):
             if i in confirmed and ceiling_key(v.precision.value, v.quantization.value) == key:
                 fraction = probe_fraction(confirmed[i], probe, flops_per_item, flops)
-                _put(df, i, "confirmed_ceiling_fraction", "confirmed_ceiling_fraction", fraction)
-    df.attrs["probe_p50_ms"] = p50
+                _put(df, i, "ceiling_fraction", fraction)
+    return p50

@@ -1,5 +1,5 @@
 """The MLflow model of a tuner pick: its runtime's own artifact, loaded and run with the
-settings it was measured with (README "The recommended model").
+settings it was measured with (docs/mlflow.md).
 
 MLflow logs this file as the model's code ("models from code") and runs it when the model
 is loaded, so it imports no tuner module: a deployment needs mlflow, numpy and the

@@ -1,4 +1,4 @@
-"""The recommended variant as a deployable MLflow model (README "The recommended model").
+"""The recommended variant as a deployable MLflow model (docs/mlflow.md).
 
 The variant is saved in its runtime's own form (deploy/native.py) and logged under the
 search's parent run with `mlflow.pyfunc.log_model` as "models from code": the loader
@@ -27,26 +27,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tuner.build import torch_settings_kept
 from tuner.core.console import say
 from tuner.core.errors import VariantUnsupported, one_line
+from tuner.core.schema import confirmed
 from tuner.core.variant import Variant
 from tuner.deploy.native import Native, save_native
 from tuner.inputs.reference import Reference
-from tuner.tracking.store import Tracker, registered_name
+from tuner.tracking.store import Tracker, fluent_uri, registered_name
 
 LOADER = Path(__file__).with_name("pyfunc_model.py")
 
 # What the version's description and tags carry from the recommended row.
-CONFIRMED = (
-    ("p50 ms", "confirmed_p50_ms", "confirmed_p50_ci_low_ms", "confirmed_p50_ci_high_ms"),
-    ("items/s", "confirmed_throughput_ips", "confirmed_throughput_ci_low", "confirmed_throughput_ci_high"),
-    ("speedup x", "confirmed_speedup_vs_baseline", "confirmed_speedup_ci_low", "confirmed_speedup_ci_high"),
-)
+CONFIRMED = (("p50 ms", "p50_ms"), ("items/s", "throughput_ips"), ("speedup x", "speedup_vs_baseline"))
 
 
 def confirmed_text(row: pd.Series) -> str:
     parts = []
-    for name, value, low, high in CONFIRMED:
+    for name, figure in CONFIRMED:
+        value, low, high = confirmed(figure)
         if pd.notna(row.get(value, float("nan"))):
             parts.append(f"{name} {row[value]:.4g} [{row[low]:.4g}, {row[high]:.4g}]")
     return ", ".join(parts) or "not confirmed (search-time figures only)"
@@ -67,9 +66,9 @@ def log_and_register(
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracker.uri)
     name = registered_name(model)
-    with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
+    # The build, the load-back and the profile run in the driver: its torch settings are kept.
+    with fluent_uri(tracker.uri), torch_settings_kept(), tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         native = save_native(variant, ref, Path(tmp) / "artifact")
         config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
                   "input_shape": list(native.example.shape[1:]),

@@ -72,7 +72,7 @@ IMAGENET_SYNSETS = (
 def class_index(
     folders: list[str], categories: list[str] | None, num_outputs: int, root: Path
 ) -> tuple[dict[str, int], str]:
-    """Folder name -> model output index, and which rule mapped them. The rule (README "Data"), first match wins:
+    """Folder name -> model output index, and which rule mapped them. The rule (docs/models-data.md), first match wins:
     1. every folder name is an integer: that output index;
     2. every folder name is one of the weights' category names ("tench", "goldfish", ...): its index;
     3. every folder name is an ImageNet-1k synset ("n01440764", ...) and the model has 1000

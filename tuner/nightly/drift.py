@@ -1,5 +1,5 @@
 """The nightly regression check in relative terms, so that an alarm means the champion got
-slower and not the machine (README "Nightly jobs").
+slower and not the machine (docs/nightly.md).
 
 The check re-measures three things in the same interleaved rounds, each in a fresh process:
 the champion, the fp32 eager baseline and a machine probe (a GEMM of the champion's

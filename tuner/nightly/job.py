@@ -1,4 +1,4 @@
-"""`python -m tuner nightly JOBFILE.yaml`: unattended tuning with a history (README "Nightly jobs").
+"""`python -m tuner nightly JOBFILE.yaml`: unattended tuning with a history (docs/nightly.md).
 
 For each model of the job, one search (search/run.py; the model's part is nightly/model.py),
 plus:
@@ -42,11 +42,9 @@ from typing import IO, Any
 from tuner.config.job import Job, ModelJob, load_job
 from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
-from tuner.core.errors import ConfigError, TunerError
+from tuner.core.errors import EXIT_LOCKED, EXIT_NO_RESULT, EXIT_OK, EXIT_REGRESSION, ConfigError, TunerError
 from tuner.nightly.report import write_report
 
-EXIT_REGRESSION = 3  # a regression was found (cron/CI alert on this)
-EXIT_LOCKED = 75  # another nightly run holds the lock (EX_TEMPFAIL: try again later)
 NIGHTLY_STATE = "nightly-state.json"
 MODEL_RESULT = "nightly-model.json"  # in each model's folder: its result, once it has one
 
@@ -95,7 +93,7 @@ def run_job(path: Path, resume: bool = False, only_class: str | None = None, run
     if only_class is not None and run_dir is not None:
         state = json.loads((run_dir / NIGHTLY_STATE).read_text())
         _run_models(job, path, run_dir, _by_class(job)[only_class], _deadline(job, state), resume)
-        return 0
+        return EXIT_OK
     lock = FileLock(str(lock_path()))
     try:
         lock.acquire(timeout=0)
@@ -160,7 +158,7 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
     state_file.write_text(json.dumps(state, indent=2))
     if any(r.get("regression") for r in results):
         return EXIT_REGRESSION
-    return 0 if all(r.get("recommended") for r in results) else 1
+    return EXIT_OK if all(r.get("recommended") for r in results) else EXIT_NO_RESULT
 
 
 def _run_models(

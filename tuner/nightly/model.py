@@ -1,4 +1,4 @@
-"""One model of a nightly job (README "Nightly jobs"):
+"""One model of a nightly job (docs/nightly.md):
 
 run_model
   _History.read     the previous nightly search on this hardware: champion, accepted
@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -35,6 +35,9 @@ from tuner.nightly.regression import accepted_figures, decide_champion, nightly_
 from tuner.nightly.report import print_verdict
 from tuner.tracking.history import previous_front, previous_run, promote
 from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri
+
+if TYPE_CHECKING:
+    from tuner.search.finalize import SearchOutcome
 
 
 def _path(base: Path, p: str) -> str:
@@ -97,7 +100,7 @@ def run_model(
     check: dict[str, Any] = {}
     hook = _regression_hook(req, hist, job.regression, check)
     outcome = run_search(_with_history(req, hist), before_search=hook)
-    champ = _judge(result, req, hist, check.get("result"), outcome.table, outcome.recommended, job.regression.threshold)
+    champ = _judge(result, req, hist, check.get("result"), outcome, job.regression.threshold)
     _record(tracker, outcome.parent_run_id, mj.model, result, champ, mj.hardware)
     print_verdict(result, result["regression_check"])
     return result
@@ -200,11 +203,11 @@ def _judge(
     req: SearchRequest,
     hist: _History,
     check: CheckResult | None,
-    df: pd.DataFrame,
-    new_row: pd.Series | None,
+    outcome: SearchOutcome,
     threshold: float,
 ) -> _Champion:
     """The regression verdict on the champion, and who is champion now (also into `result`)."""
+    df, new_row = outcome.table, outcome.recommended
     champion = hist.champion
     champ_row = _row(df, champion.label) if champion else None
     quality = float(champ_row["quality"]) if champ_row is not None and pd.notna(champ_row.get("quality")) else None
@@ -222,7 +225,7 @@ def _judge(
     )
     if new_champ and new_row is not None:
         label, variant = str(new_row["label"]), variant_of(new_row).to_dict()
-        figures = accepted_figures(new_row, df)
+        figures = accepted_figures(new_row, df, outcome.confirmation)
     elif champion is not None:
         label, variant, figures = champion.label, champion.to_dict(), dict(hist.accepted)
         if verdict is not None and not verdict["normalised_stored"]:  # accepted before they were stored:

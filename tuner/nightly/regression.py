@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tuner.core.schema import confirmed
 from tuner.core.variant import ceiling_key
 from tuner.decide.confirm import Confirmed
+from tuner.decide.finalists import Confirmation
 
 if TYPE_CHECKING:
     from tuner.nightly.check import CheckResult
@@ -67,18 +69,16 @@ def figures_of(conf: Confirmed | None, row: pd.Series | None) -> dict[str, float
     return out
 
 
+def _interval(row: pd.Series, figure: str, name: str) -> dict[str, float]:
+    """A confirmed figure's columns (core.schema.confirmed) as `name`, `name_low`, `name_high`."""
+    return dict(zip((name, f"{name}_low", f"{name}_high"), (float(row[c]) for c in confirmed(figure)), strict=True))
+
+
 def confirmed_figures(row: pd.Series) -> dict[str, float]:
     if pd.isna(row.get("confirmed_p50_ms", float("nan"))):
         return {}
-    return {
-        "p50_ms": float(row["confirmed_p50_ms"]),
-        "p50_ms_low": float(row["confirmed_p50_ci_low_ms"]),
-        "p50_ms_high": float(row["confirmed_p50_ci_high_ms"]),
-        "throughput_ips": float(row["confirmed_throughput_ips"]),
-        "throughput_ips_low": float(row["confirmed_throughput_ci_low"]),
-        "throughput_ips_high": float(row["confirmed_throughput_ci_high"]),
-        "quality": float(row["quality"]),
-    }
+    return {**_interval(row, "p50_ms", "p50_ms"), **_interval(row, "throughput_ips", "throughput_ips"),
+            "quality": float(row["quality"])}  # fmt: skip
 
 
 def decide_champion(
@@ -116,7 +116,7 @@ def verdict_line(verdict: dict[str, Any]) -> str:
     )
 
 
-def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
+def accepted_figures(row: pd.Series, df: pd.DataFrame, confirmation: Confirmation | None) -> dict[str, float]:
     """What a new champion is accepted on: its confirmed figures, its normalised ones (the
     speedup and the ceiling fraction, paired by round), and the references of that moment
     (the baseline's and the machine probe's p50 in the same confirmation rounds)."""
@@ -125,18 +125,17 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame) -> dict[str, float]:
         "throughput_ips": float(row["throughput_ips"]),
         "quality": float(row["quality"]),
     }
-    for name, col in (("speedup", "confirmed_speedup_vs_baseline"), ("ceiling_fraction", "confirmed_ceiling_fraction")):
-        prefix = "confirmed_speedup" if name == "speedup" else col
-        if pd.notna(row.get(col, float("nan"))):
-            figures.update({name: float(row[col]), f"{name}_low": float(row[f"{prefix}_ci_low"]),
-                            f"{name}_high": float(row[f"{prefix}_ci_high"])})  # fmt: skip
+    for name, figure in (("speedup", "speedup_vs_baseline"), ("ceiling_fraction", "ceiling_fraction")):
+        if pd.notna(row.get(f"confirmed_{figure}", float("nan"))):
+            figures.update(_interval(row, figure, name))
     base = df[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
     if len(base) and pd.notna(base.iloc[0].get("confirmed_p50_ms", float("nan"))):
         figures["baseline_p50_ms"] = float(base.iloc[0]["confirmed_p50_ms"])
-    probe = df.attrs.get("probe_p50_ms", {}).get(ceiling_key(str(row["precision"]), str(row["quantization"])))
-    if probe:
+    key = ceiling_key(str(row["precision"]), str(row["quantization"]))
+    probe = confirmation.probe_p50_ms.get(key) if confirmation else None
+    if confirmation and probe:
         figures["probe_p50_ms"] = float(probe)
-        figures["probe_threads"] = float(df.attrs["probe_threads"])  # the check's probe must match it
+        figures["probe_threads"] = float(confirmation.probe_threads)  # the check's probe must match it
     return figures
 
 

@@ -74,19 +74,34 @@ def write_report(results: list[dict[str, Any]], run_dir: Path, wall_s: float, bu
             {"wall_s": wall_s, "time_budget_minutes": budget_min, "models": results}, indent=2, default=_json_default
         )  # fmt: skip
     )
-    budget = f"{budget_min:g} min for the searches" if budget_min else "no time budget"
+    budget = f"the job's time budget for its searches: {budget_min:g} min" if budget_min else "no time budget"
+    wall = f"{wall_s / 60:.1f} min" if wall_s >= 60 else f"{wall_s:.0f} s"
     lines = [f"# Nightly tuning report ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"Wall time {wall_s / 60:.1f} min ({budget}; the regression checks and confirmations come on top).",
-             ""]  # fmt: skip
+             f"Wall time {wall}, measured from the run's start to this report ({budget}; the regression checks "
+             "and confirmations come on top).", ""]  # fmt: skip
     for r in results:
         lines += _model_section(r)
     (run_dir / "nightly-report.md").write_text("\n".join(lines))
     say(f"\nnightly report: {run_dir / 'nightly-report.md'} and nightly-report.json")
 
 
+def flag(r: dict[str, Any]) -> str:
+    """One word for a model's night: error, not run, REGRESSION, improvement or ok."""
+    status = str(r.get("status") or "")
+    if status.startswith("error"):
+        return "error"
+    if status.startswith("not run"):
+        return "not run"
+    return "REGRESSION" if r.get("regression") else "improvement" if r.get("improvement") else "ok"
+
+
+def heading(r: dict[str, Any]) -> str:
+    where = f"class `{r['hardware']}`" if r.get("hardware") else "this machine's class"
+    return f"## `{r['model']}` on {where}: {flag(r)}"
+
+
 def _model_section(r: dict[str, Any]) -> list[str]:
-    flag = "REGRESSION" if r.get("regression") else "improvement" if r.get("improvement") else "ok"
-    lines = [f"## `{r['model']}`: {flag}", ""]
+    lines = [heading(r), ""]
     for key, label in (("warm_start_from", "warm start from search"), ("recommended", "recommended"),
                        ("champion_before", "champion before"), ("champion", "champion now"),
                        ("champion_reason", "why"), ("status", "status"), ("output", "output")):  # fmt: skip

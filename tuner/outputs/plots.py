@@ -1,4 +1,4 @@
-"""Pareto plots for reviewers (artifacts of the parent run, README "Viewing results"):
+"""Pareto plots for reviewers (artifacts of the parent run, docs/mlflow.md):
 
 - `pareto.html`: interactive plotly, with plotly.js embedded (works offline, no CDN);
 - `pareto.png`: the same two panels rendered with matplotlib.

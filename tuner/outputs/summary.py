@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuner.core.console import say
+from tuner.core.schema import confirmed
 from tuner.decide.confirm import Interval
 
 
@@ -56,7 +57,7 @@ def describe(
     if rec is not None:
         conf = rec.get("confirmed_p50_ms", float("nan"))
         speed = rec.get("confirmed_speedup_vs_baseline", rec.get("speedup_vs_baseline"))
-        low, high = rec.get("confirmed_speedup_ci_low"), rec.get("confirmed_speedup_ci_high")
+        low, high = rec.get("confirmed_speedup_vs_baseline_low"), rec.get("confirmed_speedup_vs_baseline_high")
         speed_ci = f" [{low:.2f}, {high:.2f}]" if low is not None and pd.notna(low) else ""
         lines += [
             f"### Recommended: `{rec['label']}`",
@@ -138,12 +139,12 @@ def print_summary(
 def _print_confirmed(conf: pd.DataFrame) -> None:
     say("\nConfirmed (median of fresh-process re-measurements, 95% interval):")
     for _, r in conf.iterrows():
-        p50 = Interval(r["confirmed_p50_ms"], r["confirmed_p50_ci_low_ms"], r["confirmed_p50_ci_high_ms"])
+        p50 = Interval(*(r[c] for c in confirmed("p50_ms")))
         thr = Interval(
-            r["confirmed_throughput_ips"], r["confirmed_throughput_ci_low"], r["confirmed_throughput_ci_high"]
+            *(r[c] for c in confirmed("throughput_ips"))
         )
         speed = r.get("confirmed_speedup_vs_baseline")
-        ci = (r.get("confirmed_speedup_ci_low", speed), r.get("confirmed_speedup_ci_high", speed))
+        ci = (r.get("confirmed_speedup_vs_baseline_low", speed), r.get("confirmed_speedup_vs_baseline_high", speed))
         say(
             f"  {r['label']:<38} p50 {_fmt_interval(p50, 'ms'):<28} {_fmt_interval(thr, 'items/s'):<32}"
             + ("" if pd.isna(speed) else f" {speed:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]")
@@ -156,10 +157,10 @@ def _print_recommended(rec: pd.Series, reason: str) -> None:
     say(f"RECOMMENDED: {rec['label']}  ({reason})")
     if pd.notna(rec.get("confirmed_p50_ms", float("nan"))):
         cs = rec.get("confirmed_speedup_vs_baseline")
-        low, high = rec.get("confirmed_speedup_ci_low", cs), rec.get("confirmed_speedup_ci_high", cs)
+        low, high = rec.get("confirmed_speedup_vs_baseline_low", cs), rec.get("confirmed_speedup_vs_baseline_high", cs)
         say(
             f"  confirmed p50 {rec['confirmed_p50_ms']:.1f} ms "
-            f"[{rec['confirmed_p50_ci_low_ms']:.1f}, {rec['confirmed_p50_ci_high_ms']:.1f}], "
+            f"[{rec['confirmed_p50_ms_low']:.1f}, {rec['confirmed_p50_ms_high']:.1f}], "
             f"{rec['confirmed_throughput_ips']:.1f} items/s"
             + ("" if pd.isna(cs) else f", {cs:.2f}x [{low:.2f}, {high:.2f}] the confirmed baseline (paired by round)")
         )

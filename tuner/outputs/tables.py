@@ -11,7 +11,15 @@ from typing import Any, TextIO
 import pandas as pd
 import yaml
 
-from tuner.core.schema import COLUMNS, CONFIRMED_COLUMNS, METRICS, SHOWN, VARIANT_COLUMNS, row_from_run
+from tuner.core.schema import (
+    COLUMNS,
+    CONFIRMED_COLUMNS,
+    CONFIRMED_RENAMED,
+    METRICS,
+    SHOWN,
+    VARIANT_COLUMNS,
+    row_from_run,
+)
 
 # The files of a search's output folder that go on its parent run (`log_artifacts` skips
 # a file that was not written).
@@ -31,8 +39,10 @@ ID_COLUMNS = ("trial_id", "mlflow_run_id")
 
 
 def read_trials(source: Path | TextIO) -> pd.DataFrame:
-    """trials.csv, pareto.csv or `report --format csv`, read back: ids as strings, "" as missing."""
-    return pd.read_csv(source, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(ID_COLUMNS, str))
+    """trials.csv, pareto.csv or `report --format csv`, read back: ids as strings, "" as missing,
+    and the confirmed columns of an earlier tuner under today's names (core.schema)."""
+    df = pd.read_csv(source, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(ID_COLUMNS, str))
+    return df.rename(columns=CONFIRMED_RENAMED)
 
 
 def write_tables(df: pd.DataFrame, out: Path) -> None:

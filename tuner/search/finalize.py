@@ -1,12 +1,12 @@
-"""After the trials: selection, finalist confirmation, tags on the child runs, output files,
-the registered model, the parent run's summary and the terminal report.
+"""After the trials: select -> confirm -> publish.
 
     finalize
-      recheck     a trial above its ceiling: that ceiling re-measured, else the best achieved
-      select      feasible rows, Pareto front, recommendation (decide/pareto.py)
-      confirm     finalists re-measured interleaved (decide/finalists.py)
-      _tag_children, tables, recommended.yaml, plots, model (deploy/register.py)
-      _close      parent-run metrics, tags, description and artifacts; terminal summary
+      select        a trial above its ceiling: that ceiling re-measured (recheck_ceiling);
+                    feasible rows, Pareto front, recommendation (decide/pareto.py)
+      confirm       finalists re-measured interleaved (decide/finalists.py): a Confirmation
+      publish       tags on the child runs, tables, recommended.yaml, plots, the registered
+                    model (register_pick: deploy/register.py), the parent run's description,
+                    metrics and artifacts, the terminal summary
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from tuner.config.request import SearchRequest
 from tuner.core.console import say
 from tuner.core.errors import one_line
 from tuner.core.schema import CONFIRMED_COLUMNS, TAGS, selection_tags
-from tuner.decide.finalists import ConfirmFn, confirm_finalists
+from tuner.decide.finalists import Confirmation, ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
 from tuner.measure.ceiling import CeilingEntry, Refit, entries_for, keys_over_one, refit_fractions
-from tuner.measure.hardware import detect
+from tuner.measure.hardware import Hardware, detect
 from tuner.outputs import tables
 from tuner.outputs.summary import SearchFacts, describe, failures_tag, print_summary
 from tuner.tracking.recorder import TrialRecorder, close_parent
@@ -40,6 +40,19 @@ class SearchOutcome:
     output: Path
     recommended: pd.Series | None
     reason: str
+    confirmation: Confirmation | None = None  # None: nothing was confirmed
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A search's ending, as `finalize` hands it from step to step."""
+
+    req: SearchRequest
+    ref: Reference
+    hw: Hardware  # the hardware class the trials ran on
+    tracker: Tracker
+    parent_id: str
+    started: float
 
 
 def finalize(
@@ -50,69 +63,97 @@ def finalize(
     ref: Reference,
     started: float,
     confirm_fn: ConfirmFn | None = None,
-    export: bool = True,
     remeasure: Callable[[list[str]], dict[str, CeilingEntry]] | None = None,
 ) -> SearchOutcome:
-    """Selection, tags on the child runs, output files and plots, the recommended model
-    (logged and registered), parent-run summary and description."""
-    sp = req.space
+    """select -> confirm -> publish (the module docstring). `remeasure`: the ceiling probes
+    again on the trials' hardware class (search/cluster.py)."""
+    end = Finished(req, ref, recorder.hw, tracker, parent_id, started)
     df = recorder.table()
     if df.empty:
         tracker.log(parent_id, tags={"tuner.status": "empty"})
         tracker.finish(parent_id, "FAILED")
         say("no trial finished (time budget too small?)")
         return SearchOutcome(df, parent_id, req.output, None, "no trial finished")
+    rec = select(df, end, remeasure or (lambda keys: entries_for(recorder.hw, keys, remeasure=True)))
+    confirmation = confirm(df, rec, end, confirm_fn)
+    return publish(df, confirmation.recommendation if confirmation else rec, confirmation, end)
 
-    # `remeasure`: the ceiling probes again on the trials' hardware class (search/cluster.py)
-    remeasure = remeasure or (lambda keys: entries_for(recorder.hw, keys, remeasure=True))
-    recheck_ceiling(df, tracker, parent_id, remeasure)
+
+def select(
+    df: pd.DataFrame, end: Finished, remeasure: Callable[[list[str]], dict[str, CeilingEntry]]
+) -> Recommendation:
+    """The ceiling rechecked where a trial beat it, then the feasible rows, the Pareto front
+    and the search-time recommendation (columns of `df`)."""
+    sp = end.req.space
+    recheck_ceiling(df, end.tracker, end.parent_id, remeasure)
     df["feasible"] = feasible_mask(df, sp.constraints)
     df["pareto"] = pareto_mask(df, df["feasible"])
-    rec = recommend(df, sp.search.objective, sp.constraints)
-    if confirm_fn is not None and rec.index is not None and sp.confirm.finalists > 0:
-        rec = confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, req.also_confirm,
-                                probe_threads=recorder.hw.cores, flops_per_item=ref.flops_per_item)  # fmt: skip
+    return recommend(df, sp.search.objective, sp.constraints)
+
+
+def confirm(df: pd.DataFrame, rec: Recommendation, end: Finished, confirm_fn: ConfirmFn | None) -> Confirmation | None:
+    """The finalists re-measured interleaved (decide/finalists.py), unless there is nothing
+    to confirm or the space turns confirmation off."""
+    sp = end.req.space
+    if confirm_fn is None or rec.index is None or sp.confirm.finalists <= 0:
+        return None
+    return confirm_finalists(df, rec, sp.confirm, sp.search.objective, confirm_fn, end.req.also_confirm,
+                             probe_threads=end.hw.cores, flops_per_item=end.ref.flops_per_item)  # fmt: skip
+
+
+def publish(df: pd.DataFrame, rec: Recommendation, confirmation: Confirmation | None, end: Finished) -> SearchOutcome:
+    """Tags on the child runs, trials.csv and pareto.csv, recommended.yaml, the plots, the
+    registered model, and the parent run's description, metrics and artifacts; the summary."""
+    req, ref, tracker, parent_id = end.req, end.ref, end.tracker, end.parent_id
     df["recommended"] = df.index == rec.index
     _tag_children(df, tracker)
     tables.write_tables(df, req.output)
-
     recommended = df.loc[rec.index] if rec.index is not None else None
     parent_tags = {"tuner.recommendation_reason": rec.reason}
     failures = failures_tag(df)
     if failures:
         parent_tags["tuner.failures"] = failures
     if recommended is not None:
-        _write_recommended(recommended, rec, req, ref, parent_id, recorder.hw.fingerprint)
+        _write_recommended(recommended, rec, req, ref, parent_id, end.hw.fingerprint)
     plots = plots_for(df, req.output, f"{req.model}: {len(df)} trials ({ref.weights_label}; {ref.data_label})")
-    if recommended is not None and export:
-        from tuner.deploy.register import register_recommended
-
-        hw = recorder.hw
-        hardware = (
-            f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu},"
-            f" fingerprint {hw.fingerprint}"
-        )
-        here = detect().for_device(req.device)
-        if (here.cpu_model, here.isa, here.gpu) != (hw.cpu_model, hw.isa, hw.gpu):
-            # The artifact is saved and checked by this driver (deploy/), not on a node of the class.
-            built_on = f"{here.cpu_model} ({here.isa}), gpu {here.gpu}"
-            parent_tags["tuner.model_built_on"] = built_on
-            say(
-                f"note: the recommended model is saved and checked on this driver, {built_on}, not on a node of"
-                f" class {req.hardware}; a compiled artifact (AOTInductor's .pt2) may need rebuilding there"
-            )
-        parent_tags.update(register_recommended(recommended, ref, parent_id, req.model, tracker, hardware,
-                                                req.hardware or ""))  # fmt: skip
-        if "tuner.registered_model" in parent_tags:  # what `tuner serve OUTPUT_DIR` serves
-            tables.note_registered(req.output, parent_tags["tuner.registered_model"])
-    wall = time.time() - started
-    facts = SearchFacts(req.model, ref.weights_label, ref.data_label, sp.search.objective,
-                        sp.constraints.max_accuracy_drop, sp.search.trials, req.output, req.tracking_uri)  # fmt: skip
+    if recommended is not None:
+        parent_tags.update(register_pick(recommended, end))
+    wall = time.time() - end.started
+    facts = SearchFacts(req.model, ref.weights_label, ref.data_label, req.space.search.objective,
+                        req.space.constraints.max_accuracy_drop, req.space.search.trials, req.output,
+                        req.tracking_uri)  # fmt: skip
     parent_tags["mlflow.note.content"] = describe(df, recommended, rec.reason, facts, wall, parent_tags)
     tracker.log_artifacts(parent_id, req.output, [*tables.TABLES, *plots])  # plots only if drawn this time
-    close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=_summary_metrics(df, recommended, wall))
+    metrics = _summary_metrics(df, recommended, wall, confirmation)
+    close_parent(tracker, parent_id, recommended, tags=parent_tags, metrics=metrics)
     print_summary(df, recommended, rec.reason, facts, parent_id, wall)
-    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason)
+    return SearchOutcome(df, parent_id, req.output, recommended, rec.reason, confirmation)
+
+
+def register_pick(recommended: pd.Series, end: Finished) -> dict[str, str]:
+    """The pick saved in its runtime's form and registered (deploy/register.py); the parent
+    run's tags say how it went. recommended.yaml names the registered version."""
+    from tuner.deploy.register import register_recommended
+
+    req, hw = end.req, end.hw
+    tags: dict[str, str] = {}
+    hardware = (
+        f"class {req.hardware}: {hw.cpu_model} ({hw.isa}), {hw.cores} cores, gpu {hw.gpu}, fingerprint {hw.fingerprint}"
+    )
+    here = detect().for_device(req.device)
+    if (here.cpu_model, here.isa, here.gpu) != (hw.cpu_model, hw.isa, hw.gpu):
+        # The artifact is saved and checked by this driver (deploy/), not on a node of the class.
+        built_on = f"{here.cpu_model} ({here.isa}), gpu {here.gpu}"
+        tags["tuner.model_built_on"] = built_on
+        say(
+            f"note: the recommended model is saved and checked on this driver, {built_on}, not on a node of"
+            f" class {req.hardware}; a compiled artifact (AOTInductor's .pt2) may need rebuilding there"
+        )
+    tags.update(register_recommended(recommended, end.ref, end.parent_id, req.model, end.tracker, hardware,
+                                     req.hardware or ""))  # fmt: skip
+    if "tuner.registered_model" in tags:  # what `tuner serve OUTPUT_DIR` serves
+        tables.note_registered(req.output, tags["tuner.registered_model"])
+    return tags
 
 
 def recheck_ceiling(
@@ -167,12 +208,14 @@ def _tag_children(df: pd.DataFrame, tracker: Tracker) -> None:
             tracker.log(row["mlflow_run_id"], tags=selection_tags(row))
 
 
-def _summary_metrics(df: pd.DataFrame, recommended: pd.Series | None, wall: float) -> dict[str, float]:
+def _summary_metrics(
+    df: pd.DataFrame, recommended: pd.Series | None, wall: float, confirmation: Confirmation | None
+) -> dict[str, float]:
     summary: dict[str, float] = {"wall_s": wall, "n_trials": float(len(df))}
-    if "confirm_s" in df.attrs:
-        summary["confirm_s"] = df.attrs["confirm_s"]
-    for key, p50 in df.attrs.get("probe_p50_ms", {}).items():  # the machine's speed, in the same rounds
-        summary[f"probe_p50_ms.{key}"] = p50
+    if confirmation is not None:
+        summary["confirm_s"] = confirmation.seconds
+        for key, p50 in confirmation.probe_p50_ms.items():  # the machine's speed, in the same rounds
+            summary[f"probe_p50_ms.{key}"] = p50
     summary.update({f"n_{k}": float(v) for k, v in df["status"].value_counts().to_dict().items()})
     ok = df[df["status"].eq("ok")]
     if len(ok):

@@ -37,6 +37,7 @@ from tuner.measure.hardware import Hardware
 from tuner.outputs import tables
 from tuner.search import cluster
 from tuner.search import tune as tune_wiring
+from tuner.search.choices import feasible_choices
 from tuner.search.cluster import HardwareClass
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize
@@ -121,7 +122,8 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
         prep = _place(req, begun)
         klass = prep.klass
         req = dataclasses.replace(req, hardware=klass.name, device=klass.device)  # saved: `--resume` keeps them
-        choices = req.space.feasible_choices(
+        choices = feasible_choices(
+            req.space,
             cores=klass.cores,
             device=prep.hw.device,
             fp16_native=prep.hw.fp16_native,

@@ -13,8 +13,8 @@ on it while configs are still untried: at the limit, the first untried point of 
 
 Some pairs of values are not a variant at all: ONNX Runtime has no bf16 on the CPU,
 OpenVINO and ONNX Runtime take NCHW input, the THROUGHPUT hint needs a batch to split
-(`core.variant.infeasible_reason`). `define_by_run` never draws one (its parameters are
-conditional on the compile mode). Every draw is checked all the same: one that is not a
+(each runtime's declaration, search/choices.py). `define_by_run` never draws one (its
+parameters are conditional on the compile mode). Every draw is checked all the same: one that is not a
 variant is told to Optuna as FAIL and drawn again, at no trial's cost. (Relying on that
 alone was tried: TPE ignores FAIL trials, kept proposing the pairs next to its best configs,
 hit the redraw limit on most guided trials of a resnet50 search, and the untried-config
@@ -30,27 +30,14 @@ It relies on two attributes of `OptunaSearch` in ray 2.60 (`_ot_trials`,
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Callable
 from typing import Any
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.core.errors import ConfigError
-from tuner.core.variant import (
-    BASELINE_FIELDS,
-    OPENVINO_COMPILES,
-    TORCH_COMPILES,
-    CompileMode,
-    Layout,
-    Precision,
-    Quantization,
-    config_key,
-    infeasible_reason,
-    variant_from_config,
-)
+from tuner.core.variant import BASELINE_FIELDS, config_key
+from tuner.search.choices import baseline_point, feasible, in_space, to_params
 
 
 class DedupOptunaSearch(OptunaSearch):
@@ -144,109 +131,6 @@ class DedupOptunaSearch(OptunaSearch):
         if k is not None:
             self._known[k] = {m: result[m] for m in self.metric}
         super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def define_by_run(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any] | None:
-    """Optuna define-by-run space (module-level so that Ray can pickle it with `partial`).
-
-    Conditional, so that no draw is a pair that no runtime runs: the compile mode first (int8
-    and dynamic int8 sample theirs from `compile_int8` / `compile_dynamic`, other Optuna
-    parameters, since a categorical parameter's choices may not change between trials); the
-    precision only where the runtime has a choice (int8 keeps fp32 activations, ONNX Runtime
-    runs fp32; OpenVINO int8 draws `precision_int8`, its layers left in float);
-    `openvino_throughput` its batch from `batch_split` (at least 2); the layout
-    only for torch's own compile modes. The returned dict holds the constants Ray adds to
-    the trial config (`SAMPLER_ALIASES` maps the parameters back to Variant fields).
-    """
-    quant = trial.suggest_categorical("quantization", choices["quantization"])
-    const: dict[str, Any] = {}
-    if quant == Quantization.NONE.value:
-        compile_ = trial.suggest_categorical("compile", choices["compile"])
-        if compile_ == CompileMode.ONNXRUNTIME.value:
-            const["precision"] = Precision.FP32.value
-        else:
-            trial.suggest_categorical("precision", choices["precision"])
-    else:
-        name = "compile_int8" if quant == Quantization.STATIC_INT8.value else "compile_dynamic"
-        compile_ = trial.suggest_categorical(name, choices[name])
-        if CompileMode(compile_) in OPENVINO_COMPILES:  # its layers left in float: f32 or bf16
-            trial.suggest_categorical("precision_int8", choices["precision_int8"])
-        else:
-            const["precision"] = Precision.FP32.value
-    if compile_ == CompileMode.OPENVINO_THROUGHPUT.value:
-        trial.suggest_categorical("batch_split", choices["batch_split"])
-    else:
-        trial.suggest_categorical("batch_size", choices["batch_size"])
-    trial.suggest_categorical("threads", choices["threads"])
-    if CompileMode(compile_) in TORCH_COMPILES:
-        trial.suggest_categorical("layout", choices["layout"])
-    else:
-        const["layout"] = Layout.CONTIGUOUS.value
-    return const
-
-
-def space_function(choices: dict[str, list[Any]]) -> functools.partial[dict[str, Any] | None]:
-    return functools.partial(define_by_run, choices=choices)
-
-
-def to_params(variant: dict[str, Any]) -> dict[str, Any]:
-    """A flat variant (Variant fields) as the Optuna parameters `define_by_run` would draw
-    for it: the conditional names, and no parameter for what it fixes as a constant."""
-    v = variant_from_config(variant)
-    params: dict[str, Any] = {"quantization": v.quantization.value}
-    if v.quantization is Quantization.NONE:
-        params["compile"] = v.compile.value
-        if v.compile is not CompileMode.ONNXRUNTIME:
-            params["precision"] = v.precision.value
-    else:
-        params["compile_int8" if v.quantization is Quantization.STATIC_INT8 else "compile_dynamic"] = v.compile.value
-        if v.compile in OPENVINO_COMPILES:
-            params["precision_int8"] = v.precision.value
-    params["batch_split" if v.compile is CompileMode.OPENVINO_THROUGHPUT else "batch_size"] = v.batch_size
-    params["threads"] = v.threads
-    if v.compile in TORCH_COMPILES:
-        params["layout"] = v.layout.value
-    return params
-
-
-def in_space(params: dict[str, Any], choices: dict[str, list[Any]]) -> bool:
-    return all(k in choices and value in choices[k] for k, value in params.items())
-
-
-def all_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every point of the define-by-run space, as Optuna params (`to_params`), in the
-    choices' order, each once."""
-    names = ("quantization", "precision", "compile", "batch_size", "threads", "layout")
-    compiles = list(dict.fromkeys(choices["compile"] + choices["compile_int8"] + choices["compile_dynamic"]))
-    pools = [choices["quantization"], choices["precision"], compiles, choices["batch_size"], choices["threads"],
-             choices["layout"]]  # fmt: skip
-    points: dict[str, dict[str, Any]] = {}
-    for values in itertools.product(*pools):
-        flat = dict(zip(names, values, strict=True))
-        if not feasible(flat):
-            continue
-        params = to_params(flat)
-        if in_space(params, choices):
-            points.setdefault(config_key(params), params)
-    return list(points.values())
-
-
-def baseline_point(choices: dict[str, list[Any]]) -> dict[str, Any]:
-    """Trial 0 as an Optuna point: fp32, eager, batch 1, the most threads the space offers
-    (all cores of a trial with `threads: auto`)."""
-    return {**BASELINE_FIELDS, "batch_size": 1, "threads": max(choices["threads"])}
-
-
-def feasible(config: dict[str, Any]) -> bool:
-    """Whether a sampled config is a variant at all (the pairs `infeasible_reason` rules
-    out). Each value on its own is already feasible on this hardware: `choices` holds only
-    those (config/space.py), so the hardware flags and the device are not asked again here:
-    a pair that one of the devices runs is a variant."""
-    try:
-        v = variant_from_config(config)
-    except ConfigError:  # e.g. int8 with bf16 on a runtime that runs its float layers in fp32
-        return False
-    return any(infeasible_reason(v, device=d, fp16_native=True, bf16_native=True) is None for d in ("cpu", "cuda"))
 
 
 # Families that often win on CPUs, tried right after the baseline so that a small budget

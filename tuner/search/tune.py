@@ -107,7 +107,8 @@ def searcher(
     folder (`optuna.db`) so that `--resume` continues the same study."""
     import optuna
 
-    from tuner.search.sampling import DedupOptunaSearch, all_points, feasible, space_function
+    from tuner.search.choices import all_points, feasible, space_function
+    from tuner.search.sampling import DedupOptunaSearch
 
     # TPE's `group` is experimental; it is what conditional spaces need (the driver only).
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

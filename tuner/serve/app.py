@@ -1,4 +1,4 @@
-"""The Ray Serve deployment of a tuner pick (README "Serving").
+"""The Ray Serve deployment of a tuner pick (docs/serving.md).
 
     HTTP proxy -> TunedService replica (replicas x threads)
         __call__      reads the body (at most `max_body_mb`), decodes and preprocesses it

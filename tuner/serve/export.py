@@ -110,7 +110,7 @@ def export(spec: ServeSpec, folder: Path, title: str, host: str, port: int) -> l
     """Write both files into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     name = "tuner-" + "".join(c if c.isalnum() else "-" for c in spec.model.lower()).strip("-")
-    head = f'# {title}: {spec.label} ({spec.artifact}). Written by `tuner serve --export`; README "Serving".\n'
+    head = f'# {title}: {spec.label} ({spec.artifact}). Written by `tuner serve --export`; docs/serving.md.\n'
     config = folder / "serve_config.yaml"
     config.write_text(head + "# serve run serve_config.yaml   (or: serve deploy serve_config.yaml)\n"
                       + yaml.safe_dump(serve_config(spec, host, port), sort_keys=False))  # fmt: skip

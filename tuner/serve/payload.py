@@ -1,4 +1,4 @@
-"""What a client sends to `tuner serve` and what it gets back (README "Serving").
+"""What a client sends to `tuner serve` and what it gets back (docs/serving.md).
 
 A request body is one of (the Content-Type says which; without one, the first bytes do):
 

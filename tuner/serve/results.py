@@ -1,4 +1,4 @@
-"""A load test as an MLflow run (README "Serving: the load test").
+"""A load test as an MLflow run (docs/serving.md).
 
 The run goes in the served model's experiment (`tuner/<model>`), as a child of the search
 that made the pick when the registry says which (the version's `tuner.search_run` tag), so

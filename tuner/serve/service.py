@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.core.console import say
-from tuner.core.errors import ConfigError
+from tuner.core.errors import EXIT_OK, ConfigError
 from tuner.serve.spec import ServeSpec
 
 ANSWER_TIMEOUT_S = 300  # replicas download and load the artifact, then run one warm-up call
@@ -118,7 +118,7 @@ def serve_until_stopped(spec: ServeSpec, title: str, address: str | None, host: 
             signal.signal(sig, signal.SIG_IGN)
         stop(running)
     say("stopped")
-    return 0
+    return EXIT_OK
 
 
 def wait_for(url: str, timeout_s: float) -> None:

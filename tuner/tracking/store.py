@@ -30,6 +30,22 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+@contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (`log_model`, `load_model` of a `models:/` URI) reads the
+    process-wide tracking and registry URIs: set to `uri` for the block, then put back."""
+    import mlflow
+
+    old = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old[0])
+        mlflow.set_registry_uri(old[1])
+
+
 def registered_name(model: str) -> str:
     """`tuner-<model>`, with characters the registry dislikes in user factory names replaced."""
     return "tuner-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
@@ -78,7 +94,7 @@ def check_reachable(uri: str) -> None:
     except OSError as e:
         raise TrackingError(
             f"--tracking-uri {uri}: no MLflow server answers at {parsed.hostname}:{port} ({e}). "
-            "Start one (see README) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
+            "Start one (see docs/mlflow.md) or use a local store, e.g. sqlite:///$PWD/mlflow.db"
         ) from None
 
 
@@ -306,7 +322,7 @@ def store_lock(uri: str) -> Iterator[None]:
     except Timeout:
         print(
             f"another search is using {uri}; waiting for it to finish. For searches at the same time, "
-            "use an MLflow server (README: Viewing results) and give each search its own machine.",
+            "use an MLflow server (docs/mlflow.md) and give each search its own machine.",
             flush=True,
         )
         lock.acquire()

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from tuner.build import BuiltVariant, build
+from tuner.build import BuiltVariant, build, infeasible
 from tuner.build.runtime import full_batches
 from tuner.config.space import TimingConfig
 from tuner.core.env import pin_threads
 from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.schema import TrialResult
-from tuner.core.variant import MachineProbe, Variant, ceiling_key, infeasible_reason
+from tuner.core.variant import MachineProbe, Variant, ceiling_key
 from tuner.inputs.models import weights_digest
 from tuner.inputs.reference import Reference
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
@@ -136,7 +136,7 @@ def evaluate(
     `measure --model-uri` measures a registered model's own artifact under this protocol."""
     hw = settings.hardware()
     load_start = os.getloadavg()[0]
-    reason = infeasible_reason(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
+    reason = infeasible(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
     if reason:
         return TrialResult(status="infeasible", error=reason, load_start=load_start)
 

@@ -1,4 +1,4 @@
-"""Test-only fault injection (`inject_faults:` in a space file; README "Faults"): a trial
+"""Test-only fault injection (`inject_faults:` in a space file; docs/errors-faults.md): a trial
 whose config matches a rule raises, aborts, hangs, allocates memory or runs slower, for
 real, in the trial's own process, so every fault path (and the nightly regression alarm)
 is tested without mocks."""

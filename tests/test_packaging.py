@@ -1,0 +1,55 @@
+"""tuner as a user installs it from an index: a wheel, installed without `-e` into a fresh
+virtual environment, runs a search with the default space it ships (not the repository's
+files), from a folder outside the repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, tuner_env
+
+ROOT = TESTS.parent
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_searches_with_its_own_default_space(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            str(ROOT), "-w", str(tmp_path / "dist")],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp_path / "dist").glob("tuner-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("tuner/search_spaces/default.yaml", "tuner/search_spaces/resnet50.yaml",
+              "tuner/search_spaces/jobs/nightly.example.yaml", "tuner/data/imagenet_synsets.txt",
+              "tuner/deploy/pyfunc_model.py", "tuner/serve/app.py"):  # fmt: skip
+        assert f in names, f
+
+    # A fresh environment that sees this one's dependencies (torch and the rest: installing them
+    # again would take minutes), but not its editable tuner: a .pth line only adds the folder,
+    # it does not run the editable install's finder.
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    purelib = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                           text=True).strip())  # fmt: skip
+    (purelib / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
+                              str(wheel)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    where = subprocess.check_output([str(py), "-c", "import tuner; print(tuner.__file__)"], text=True, cwd=tmp_path)
+    assert where.startswith(str(purelib)), where  # the installed copy, not the repository's
+
+    run = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--trials", "2", "--weights",
+                          "random", "--eval-samples", "8", "--address", "local", "--output", str(tmp_path / "out")],
+                         cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"space {purelib / 'tuner' / 'search_spaces' / 'default.yaml'}" in run.stdout, run.stdout[:2000]
+    assert "RECOMMENDED:" in run.stdout
