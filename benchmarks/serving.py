@@ -180,7 +180,7 @@ def one_round(args: argparse.Namespace, folder: Path, shape: str) -> dict[str, A
         try:
             few = ("--request", "json", "--input-shape", shape, "--min-queries", "100", "--duration-s", "10")
             got["mlflow"] = loadtest(url, folder / "mlflow", args, *few, "--scenario", "single-stream,offline,server",
-                                     "--concurrency", "4")  # fmt: skip
+                                     "--concurrency", "4", "--max-steps", "3")  # fmt: skip
             got["mlflow-5qps"] = loadtest(url, folder / "mlflow-5qps", args, *few, "--scenario", "server", "--qps", "5")
         finally:
             _stop(proc)

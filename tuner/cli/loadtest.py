@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     service = describe_service(args.url)
     t = LoadTest(url=args.url, scenarios=scenarios, request=args.request, latency_bound_ms=args.latency_bound_ms,
                  target_qps=args.qps, duration_s=args.duration_s, min_queries=args.min_queries, samples=args.samples,
-                 concurrency=args.concurrency or _admitted(service), timeout_s=args.timeout_s,
+                 concurrency=args.concurrency or _admitted(service), timeout_s=args.timeout_s, max_steps=args.max_steps,
                  empty=not args.no_empty)  # fmt: skip
     shape = _shape(args.input_shape, service, args.url)
     bodies, label = make_bodies(t.request, t.samples, shape)

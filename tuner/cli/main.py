@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tuner.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, TunerError
 from tuner.core.variant import DEVICES
@@ -21,7 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 no result, 2 bad input, 3 nightly regression, 75 nightly locked, 130 interrupted",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_search, _measure, _nightly, _report, _serve, _loadtest, _ceiling):
+        add(sub)
+    return p
 
+
+def _search(sub: Any) -> None:
     s = sub.add_parser("search", help="search the variants of a model and recommend one")
     s.add_argument("model", help="torchvision model name (resnet50, ...) or module.path:factory")
     s.add_argument("--space", help="search-space YAML (default: search_spaces/<model>.yaml, else default.yaml)")
@@ -53,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted search from its output folder (every setting as it was)",
     )
 
+
+def _measure(sub: Any) -> None:
     m = sub.add_parser(
         "measure", help="measure one variant, or a registered model, outside Ray, with the same protocol"
     )
@@ -70,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     m.add_argument("--device", choices=DEVICES, help="where to run it (default: cuda where torch sees a GPU, else cpu)")
 
+
+def _nightly(sub: Any) -> None:
     n = sub.add_parser("nightly", help="run a nightly tuning job: warm start, regression check, champion")
     n.add_argument("job", type=Path, metavar="JOBFILE", help="job YAML, e.g. search_spaces/jobs/nightly.example.yaml")
     n.add_argument("--resume", action="store_true", help="continue the job's last interrupted run")
@@ -77,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--only-class", help=argparse.SUPPRESS)
     n.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
 
+
+def _report(sub: Any) -> None:
     r = sub.add_parser("report", help="print the trial table and Pareto front of a logged search")
     r.add_argument("--experiment", help="MLflow experiment (default: the latest tuner/* search)")
     r.add_argument("--run-id", metavar="PARENT_RUN_ID", help="the search's parent run (default: the latest)")
@@ -99,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         help="upload the trials a search kept in OUTPUT_DIR while the MLflow store was unreachable",
     )
 
+
+def _serve(sub: Any) -> None:
     v = sub.add_parser("serve", help="serve a registered pick with Ray Serve: dynamic batching, image requests")
     v.add_argument(
         "model_uri",
@@ -137,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         help="write serve_config.yaml (serve run / serve deploy) and rayservice.yaml (KubeRay) to DIR; serve nothing",
     )
 
+
+def _loadtest(sub: Any) -> None:
     t = sub.add_parser("loadtest", help="measure a service with MLPerf LoadGen: single-stream, server, offline")
     t.add_argument(
         "url", metavar="URL", help="where requests go: tuner serve's URL, or e.g. http://HOST:5001/invocations"
@@ -149,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--request", choices=["npy", "jpeg", "json"], default="npy", help="request bodies (default npy)")
     t.add_argument("--latency-bound-ms", type=float, default=100.0, metavar="MS", help="server: the p99 bound (100)")
     t.add_argument("--qps", type=float, help="server: measure at this QPS (default: find the highest under the bound)")
+    t.add_argument("--max-steps", type=int, default=7, help="server: LoadGen runs of the QPS search, at most (7)")
     t.add_argument("--duration-s", type=float, default=10.0, metavar="S", help="each LoadGen run, at least (10)")
     t.add_argument("--min-queries", type=int, default=500, help="each LoadGen run, at least (500)")
     t.add_argument("--samples", type=int, default=64, help="distinct request bodies (64)")
@@ -167,9 +184,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--experiment", help="MLflow experiment (default: tuner/<model> of the service)")
     t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
 
+
+def _ceiling(sub: Any) -> None:
     c = sub.add_parser("ceiling", help="print this machine's ceiling per precision (GFLOP/s, probe, when, load)")
     c.add_argument("--remeasure", action="store_true", help="measure it again now and update the cache")
-    return p
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
