@@ -130,7 +130,7 @@ def test_second_night_warm_starts_and_finds_no_regression(nights):
     assert second.data.tags["tuner.regression"] == "false"
     assert second.data.tags["tuner.warm_start_from"] == first.info.run_id
     md = (run / "nightly-report.md").read_text()
-    assert f"## `{MODEL}`: " in md and "| speedup |" in md and "| p50_ms (absolute) |" in md
+    assert f"## `{MODEL}` on this machine's class: " in md and "| speedup |" in md and "| p50_ms (absolute) |" in md
     assert "**Machine drift:**" in md and "tuner.machine_drift" in second.data.tags
 
 

@@ -1,6 +1,8 @@
 """tuner as a user installs it from an index: a wheel, installed without `-e` into a fresh
-virtual environment, runs a search with the default space it ships (not the repository's
-files), from a folder outside the repository."""
+virtual environment, finds the search spaces it ships (not the repository's files) and runs
+a search, trials in Ray workers and the registered pick included, from a folder outside
+the repository. (The search uses a small space: the default space's confirmation rounds
+would add a minute and test nothing about packaging.)"""
 
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, tuner_env
+from conftest import TESTS, tuner_env, write_space
 
 ROOT = TESTS.parent
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_and_searches_with_its_own_default_space(tmp_path):
+def test_the_wheel_installs_finds_its_spaces_and_searches(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             str(ROOT), "-w", str(tmp_path / "dist")],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -46,10 +48,25 @@ def test_the_wheel_installs_and_searches_with_its_own_default_space(tmp_path):
     where = subprocess.check_output([str(py), "-c", "import tuner; print(tuner.__file__)"], text=True, cwd=tmp_path)
     assert where.startswith(str(purelib)), where  # the installed copy, not the repository's
 
-    run = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--trials", "2", "--weights",
-                          "random", "--eval-samples", "8", "--address", "local", "--output", str(tmp_path / "out")],
+    spaces = subprocess.run([str(py), "-c", SPACES], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert spaces.returncode == 0, spaces.stderr[-3000:]
+    shipped = purelib / "tuner" / "search_spaces"
+    assert spaces.stdout.split() == [str(shipped / "resnet50.yaml"), str(shipped / "default.yaml")], spaces.stdout
+
+    space = write_space(tmp_path / "small.yaml", search={"trials": 2}, confirm={"finalists": 1, "rounds": 1})
+    run = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--space", str(space),
+                          "--weights", "random", "--address", "local", "--output", str(tmp_path / "out")],
                          cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert f"space {purelib / 'tuner' / 'search_spaces' / 'default.yaml'}" in run.stdout, run.stdout[:2000]
-    assert "RECOMMENDED:" in run.stdout
+    assert "RECOMMENDED:" in run.stdout and "registered as tuner-tiny_models_small_cnn/1" in run.stdout
+
+
+# The installed copy's spaces: resnet50's own, and the default for a model without one; both load.
+SPACES = """
+from tuner.config.space import SearchSpace, resolve_space_file
+for model in ("resnet50", "tiny_models:small_cnn"):
+    path = resolve_space_file(model, None)
+    SearchSpace.load(path)
+    print(path)
+"""

@@ -33,10 +33,16 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 @contextmanager
 def fluent_uri(uri: str) -> Iterator[None]:
     """MLflow's fluent API (`log_model`, `load_model` of a `models:/` URI) reads the
-    process-wide tracking and registry URIs: set to `uri` for the block, then put back."""
+    process-wide tracking and registry URIs: set to `uri` for the block, then put back as
+    they were, unset included. `mlflow.get_*_uri()` would return the resolved default and
+    pin it (and `set_*_uri` exports it to the environment, for every later subprocess), so
+    the module-level settings and the two environment variables are saved instead."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
 
-    old = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    old = (tracking._tracking_uri, registry._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -44,6 +50,11 @@ def fluent_uri(uri: str) -> Iterator[None]:
     finally:
         mlflow.set_tracking_uri(old[0])
         mlflow.set_registry_uri(old[1])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def registered_name(model: str) -> str:
@@ -172,7 +183,7 @@ class Tracker:
         self.uri = uri
         check_reachable(uri)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None and not create:
                 raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
