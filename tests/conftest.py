@@ -50,6 +50,17 @@ FAST_TIMING = {
 }
 
 
+def use_store(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    """MLflow's fluent API (`models:/` URIs) reads `uri` for the rest of the test, then the
+    process-wide setting is put back. Module attributes, not `mlflow.set_tracking_uri`,
+    which would also export the URI to every later subprocess's environment."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    monkeypatch.setattr(tracking, "_tracking_uri", uri)
+    monkeypatch.setattr(registry, "_registry_uri", uri)
+
+
 def write_space(path: Path, **sections: object) -> Path:
     doc = {
         "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"]},

@@ -29,7 +29,7 @@ from tuner.inputs.models import ModelSpec
 from tuner.inputs.reference import prepare_reference
 from tuner.tracking.store import Tracker
 
-from conftest import NAME, TESTS, VARIANTS, stop, tiny_variant, tuner, tuner_env, write_space
+from conftest import NAME, TESTS, VARIANTS, stop, tiny_variant, tuner, tuner_env, use_store, write_space
 
 slow = pytest.mark.slow  # `registered` builds each variant twice (the variant and its artifact)
 
@@ -47,10 +47,10 @@ for uri, x_path, out_path in json.loads(sys.argv[1]):
 
 
 @slow
-def test_each_runtime_is_saved_in_its_own_form_and_described(registered):
+def test_each_runtime_is_saved_in_its_own_form_and_described(registered, monkeypatch):
     folder, uri, ref, versions = registered
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     for variant, kind, version, tags in versions.values():
         assert artifact_kind(variant) == kind
         assert tags["tuner.model_artifact"].startswith(f"{kind} (")

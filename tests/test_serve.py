@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import NAME, VARIANTS, tiny_variant, tuner
+from conftest import NAME, VARIANTS, tiny_variant, tuner, use_store
 
 pytestmark = pytest.mark.slow  # a Ray cluster, Serve, and one replica process per application
 
@@ -90,6 +90,7 @@ def service(registered, tmp_path_factory):
     one queued). Yields (base URL, {kind: URL}, registered)."""
     import ray
     from ray import serve
+    from ray.serve.api import RunTarget
 
     from tuner.serve.app import HAPROXY_DIR_MAX, HAPROXY_FILES, app_builder
     from tuner.serve.service import start
@@ -110,14 +111,16 @@ def service(registered, tmp_path_factory):
         main = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), threads=1, max_batch_size=4,
                         batch_wait_timeout_s=0.05, max_ongoing_requests=16, max_queued_requests=64)  # fmt: skip
         running = start(main, None, "127.0.0.1", port)
-        kinds = {}
+        # The other applications are deployed together (serve.run_many): their replicas start at once.
+        targets, kinds = [], {}
         for kind, index in zip(KINDS, (0, 1, 2, 4, 5), strict=True):
             spec = spec_for(resolve(f"models:/{NAME}/{_version(versions, index)}", uri), route_prefix=f"/kind/{kind}")
-            serve.run(app_builder(spec.to_args()), name=f"kind-{kind}", route_prefix=spec.route_prefix)
+            targets.append(RunTarget(app_builder(spec.to_args()), name=f"kind-{kind}", route_prefix=spec.route_prefix))
             kinds[kind] = f"http://127.0.0.1:{port}/kind/{kind}"
         tight = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), route_prefix="/tight",
                          max_ongoing_requests=1, max_queued_requests=1)  # fmt: skip
-        serve.run(app_builder(tight.to_args()), name="tight", route_prefix="/tight")
+        targets.append(RunTarget(app_builder(tight.to_args()), name="tight", route_prefix="/tight"))
+        serve.run_many(targets)
         yield running.url, kinds, registered
     finally:
         ray.shutdown()  # Serve with it (stop(running) would drain the replicas for 30 s first)
@@ -154,8 +157,9 @@ def test_concurrent_images_are_batched_and_answered_as_one_at_a_time(service):
         assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want], abs=1e-4)
 
 
-def test_tensor_and_json_requests_give_the_models_outputs(service):
+def test_tensor_and_json_requests_give_the_models_outputs(service, monkeypatch):
     url, _, (folder, uri, ref, versions) = service
+    use_store(monkeypatch, uri)
     x = np.load(folder / "x.npy")
     want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, 0)}").predict(x)
     status, headers, body = post(url, _npy(x), "application/x-npy", accept="application/x-npy")
@@ -210,8 +214,9 @@ def test_overload_is_refused_with_503_and_a_retry_hint_never_failed(service):
     assert all(h.get("retry-after") == "1" for status, h, _ in answers if status == 503)
 
 
-def test_each_artifact_kind_is_served(service):
+def test_each_artifact_kind_is_served(service, monkeypatch):
     _, kinds, (folder, uri, ref, versions) = service
+    use_store(monkeypatch, uri)
     x = np.load(folder / "x.npy")
     for (kind, url), index in zip(kinds.items(), (0, 1, 2, 4, 5), strict=True):
         want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, index)}").predict(x)
