@@ -2,7 +2,8 @@
 virtual environment, finds the search spaces it ships (not the repository's files) and runs
 a search, trials in Ray workers and the registered pick included, from a folder outside
 the repository. (The search uses a small space: the default space's confirmation rounds
-would add a minute and test nothing about packaging.)"""
+would add a minute and test nothing about packaging; the installed CLI reads the default
+space in a run that stops at the Ray cluster.)"""
 
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ def test_the_wheel_installs_finds_its_spaces_and_searches(tmp_path):
     assert spaces.returncode == 0, spaces.stderr[-3000:]
     shipped = purelib / "tuner" / "search_spaces"
     assert spaces.stdout.split() == [str(shipped / "resnet50.yaml"), str(shipped / "default.yaml")], spaces.stdout
+
+    # The installed CLI with the default space, as far as the Ray cluster (a class no node has:
+    # exit 2 after the space is read and the reference prepared).
+    cli = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--weights", "random",
+                          "--address", "local", "--hardware", "no-such-class", "--output", str(tmp_path / "none")],
+                         cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert f"space {shipped / 'default.yaml'}" in cli.stdout, cli.stdout[-3000:] + cli.stderr[-3000:]
+    assert cli.returncode == 2 and "--hardware no-such-class: no such hardware class" in cli.stderr, cli.stderr
 
     space = write_space(tmp_path / "small.yaml", search={"trials": 2}, confirm={"finalists": 1, "rounds": 1})
     run = subprocess.run([str(py), "-m", "tuner", "search", "tiny_models:small_cnn", "--space", str(space),
