@@ -13,7 +13,7 @@ import pandas as pd
 
 from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
-from tuner.core.schema import CONFIRMED_COLUMNS
+from tuner.core.schema import CONFIRMED_COLUMNS, TrialStatus
 from tuner.core.variant import MachineProbe, Variant, ceiling_key
 from tuner.decide.confirm import Confirmed, Interval, choose, interval_columns, lead_over, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
@@ -67,10 +67,10 @@ def confirm_finalists(
     `probe_threads`, the machine probe of each finalist's precision runs in the same rounds,
     for `confirmed_ceiling_fraction` and `Confirmation.probe_p50_ms`."""
     picks = finalists(df, rec, objective, settings.finalists)
-    base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
+    base = df.index[df["is_baseline"].astype(bool) & df["status"].eq(TrialStatus.OK)]
     extra = [base[0]] if settings.include_baseline and len(base) and base[0] not in picks else []
     for label in also_confirm:
-        rows_of = df.index[df["label"].eq(label) & df["status"].eq("ok")]
+        rows_of = df.index[df["label"].eq(label) & df["status"].eq(TrialStatus.OK)]
         if len(rows_of) and rows_of[0] not in picks + extra:
             extra.append(rows_of[0])
     rows = picks + extra
