@@ -92,13 +92,12 @@ def main() -> None:
                 print(f"check {n} ({kind}): measurement failed")
                 continue
             absolute = judge(accepted, res.figures, args.threshold)
-            speed = res.verdict["checks"].get("speedup", {})
-            frac = res.verdict["checks"].get("ceiling_fraction", {})
-            drift = res.drift["text"] if res.drift else "-"
-            rows.append((kind, res.verdict["regression"], absolute["regression"], res.remeasured))
-            print(f"check {n:>2} {kind:<6} {time.time() - t0:5.0f} s  alarm {str(res.verdict['regression']):<5} "
-                  f"(absolute judgement: {str(absolute['regression']):<5})  judged: {res.verdict.get('judged')}  "
-                  f"ceiling fraction {frac.get('change', 0):+.1%}  speedup {speed.get('change', 0):+.1%}  "
+            speed, frac = (res.verdict.checks.get(name) for name in ("speedup", "ceiling_fraction"))
+            drift = res.drift.text if res.drift else "-"
+            rows.append((kind, res.verdict.regression, absolute.regression, res.remeasured))
+            print(f"check {n:>2} {kind:<6} {time.time() - t0:5.0f} s  alarm {str(res.verdict.regression):<5} "
+                  f"(absolute judgement: {str(absolute.regression):<5})  judged: {res.verdict.judged}  "
+                  f"ceiling fraction {frac.change if frac else 0:+.1%}  speedup {speed.change if speed else 0:+.1%}  "
                   f"p50 {res.figures['p50_ms']:.2f} ms  {drift}"
                   + ("  [re-measured once]" if res.remeasured else ""), flush=True)  # fmt: skip
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from tuner.decide.confirm import Confirmed
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+from tuner.nightly.verdict import Judgement
 
 RNG = np.random.default_rng(0)
 PROBE_FLOPS = 2.0 * 1024**3  # one 1024x1024 GEMM
@@ -41,39 +42,39 @@ def test_a_slower_machine_is_drift_not_a_regression():
     # Every round 25-40% slower, and one round in a slow phase: all three slow down alike.
     now = _check(13.0, 60.0, 2.0, [1.25, 1.4, 1.3]).figures()
     verdict = judge_normalised(ACCEPTED, now, threshold=0.10)
-    assert not verdict["regression"] and verdict["stored"], verdict
+    assert not verdict.regression and verdict.stored, verdict
     drift = machine_drift(ACCEPTED, now, warn_at=0.2)
-    assert drift is not None and drift["together"] and drift["warning"]
-    assert drift["machine"] == pytest.approx(0.32, abs=0.03)
-    assert drift["text"] == f"machine slower by {drift['machine']:.0%}"
+    assert drift is not None and drift.together and drift.warning
+    assert drift.machine == pytest.approx(0.32, abs=0.03)
+    assert drift.text == f"machine slower by {drift.machine:.0%}"
 
 
 def test_a_slower_champion_is_a_regression_whatever_the_machine_did():
     # The champion 20% slower; the machine 30% faster in the same rounds.
     now = _check(13.0 * 1.2 * 0.7, 60.0 * 0.7, 2.0 * 0.7, [1.0, 1.0, 1.0]).figures()
     verdict = judge_normalised(ACCEPTED, now, threshold=0.10)
-    assert verdict["regression"] and verdict["judged"] == "ceiling_fraction"
-    assert verdict["checks"]["speedup"]["change"] == pytest.approx(1 / 1.2 - 1, abs=0.01)
-    assert verdict["checks"]["ceiling_fraction"]["verdict"] == "regression"
-    assert verdict["checks"]["ceiling_fraction"]["judged"] and not verdict["checks"]["speedup"]["judged"]
+    assert verdict.regression and verdict.judged == "ceiling_fraction"
+    assert verdict.checks["speedup"].change == pytest.approx(1 / 1.2 - 1, abs=0.01)
+    assert verdict.checks["ceiling_fraction"].verdict == "regression"
+    assert verdict.checks["ceiling_fraction"].judged and not verdict.checks["speedup"].judged
     drift = machine_drift(ACCEPTED, now, warn_at=0.5)
-    assert drift is not None and drift["together"] and not drift["warning"]
-    assert drift["text"].startswith("machine faster by 3")
+    assert drift is not None and drift.together and not drift.warning
+    assert drift.text.startswith("machine faster by 3")
 
 
 def test_the_references_moving_apart_is_not_called_machine_drift():
     now = _check(13.0, 60.0 * 1.3, 2.0, [1.0, 1.0, 1.0]).figures()  # only fp32 eager got slower
     drift = machine_drift(ACCEPTED, now, warn_at=0.1)
-    assert drift is not None and not drift["together"] and not drift["warning"]
-    assert "moved apart" in drift["text"]
+    assert drift is not None and not drift.together and not drift.warning
+    assert "moved apart" in drift.text
     # The champion did not change: its speedup over a slower baseline rises, no regression.
-    assert not judge_normalised(ACCEPTED, now, threshold=0.1)["regression"]
+    assert not judge_normalised(ACCEPTED, now, threshold=0.1).regression
 
 
 def test_a_champion_accepted_before_normalised_figures_were_stored():
     old = {"p50_ms": 13.0, "throughput_ips": 76.0, "quality": 1.0}  # what older nights stored
     verdict = judge_normalised(old, ACCEPTED, threshold=0.1)
-    assert verdict == {"stored": False, "judged": None, "regression": False, "improvement": False, "checks": {}}
+    assert verdict == Judgement({}, judged=None, stored=False) and not verdict.regression and not verdict.improvement
     assert machine_drift(old, ACCEPTED, warn_at=0.1) is None
 
 
@@ -87,16 +88,16 @@ def _noisy_baseline(champion_ms: float, swing: list[float]) -> Measured:
 def test_a_noisy_baseline_neither_hides_a_slower_champion_nor_raises_a_false_alarm():
     # The champion 20% slower while the baseline swings: the ceiling fraction (judged) sees it.
     slower = judge_normalised(ACCEPTED, _noisy_baseline(13.0 * 1.2, [1.0, 1.17, 0.86]).figures(), threshold=0.10)
-    assert slower["regression"] and slower["checks"]["ceiling_fraction"]["verdict"] == "regression"
+    assert slower.regression and slower.checks["ceiling_fraction"].verdict == "regression"
     # The champion unchanged, the baseline 15% faster in every round: the speedup drops by 13%
     # (shown) but the fraction holds, so no alarm.
     same = judge_normalised(ACCEPTED, _noisy_baseline(13.0, [0.85, 0.86, 0.84]).figures(), threshold=0.10)
-    assert same["checks"]["speedup"]["verdict"] == "regression" and not same["checks"]["speedup"]["judged"]
-    assert not same["regression"], same
+    assert same.checks["speedup"].verdict == "regression" and not same.checks["speedup"].judged
+    assert not same.regression, same
 
 
 def test_without_a_probe_the_speedup_is_judged():
     accepted = {k: v for k, v in ACCEPTED.items() if not k.startswith("ceiling_fraction")}
     now = _check(13.0 * 1.3, 60.0, 2.0, [1.0, 1.0, 1.0]).figures()
     verdict = judge_normalised(accepted, now, threshold=0.10)
-    assert verdict["judged"] == "speedup" and verdict["regression"]
+    assert verdict.judged == "speedup" and verdict.regression

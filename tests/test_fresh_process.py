@@ -46,9 +46,9 @@ def test_each_call_is_a_new_process_that_returns_its_result(tmp_path):
     assert len({a["pid"], b["pid"], os.getpid()}) == 3
 
 
-def test_an_exception_is_a_failed_result_with_its_traceback(tmp_path):
+def test_an_exception_is_an_error_result_with_its_traceback(tmp_path):
     out = fresh_process(_raise, (), tmp_path, None, None)
-    assert out["status"] == "failed" and out["error"] == "ValueError: bad combination"
+    assert out["status"] == "error" and out["error"] == "ValueError: bad combination"
     assert "in _raise" in out["traceback"] and "second line" in out["traceback"]
 
 

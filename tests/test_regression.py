@@ -23,27 +23,27 @@ def now(p50: float, thr: float, q: float = 0.80, spread: float = 0.02) -> dict[s
 
 def test_a_change_within_the_threshold_is_not_a_regression():
     v = judge(ACCEPTED, now(10.8, 93.0), threshold=0.10)  # 8% slower, 7% less throughput
-    assert not v["regression"] and not v["improvement"]
-    assert v["checks"]["p50_ms"]["change"] == pytest.approx(0.08) and v["checks"]["p50_ms"]["verdict"] == "same"
+    assert not v.regression and not v.improvement
+    assert v.checks["p50_ms"].change == pytest.approx(0.08) and v.checks["p50_ms"].verdict == "same"
 
 
 def test_slower_beyond_the_threshold_is_a_regression_and_faster_an_improvement():
     slow = judge(ACCEPTED, now(11.5, 87.0), threshold=0.10)
-    assert slow["regression"] and slow["checks"]["p50_ms"]["verdict"] == "regression"
-    assert slow["checks"]["throughput_ips"]["verdict"] == "regression"  # -13%
+    assert slow.regression and slow.checks["p50_ms"].verdict == "regression"
+    assert slow.checks["throughput_ips"].verdict == "regression"  # -13%
     fast = judge(ACCEPTED, now(8.5, 118.0), threshold=0.10)
-    assert fast["improvement"] and not fast["regression"]
+    assert fast.improvement and not fast.regression
 
 
 def test_a_wide_interval_widens_the_band():
     # 15% slower, but tonight's interval is +-20% wide: not beyond the noise.
     v = judge(ACCEPTED, now(11.5, 100.0, spread=0.20), threshold=0.10)
-    assert v["checks"]["p50_ms"]["band"] == pytest.approx(0.20) and not v["regression"]
+    assert v.checks["p50_ms"].band == pytest.approx(0.20) and not v.regression
 
 
 def test_a_quality_drop_beyond_the_allowed_drop_is_a_regression():
     v = judge(ACCEPTED, now(10.0, 100.0, q=0.78), threshold=0.10)  # drop 0.02 > the allowed 0.01 x 0.80
-    assert v["regression"] and v["checks"]["quality"]["verdict"] == "regression"
+    assert v.regression and v.checks["quality"].verdict == "regression"
 
 
 def row(label: str, p50: float, low: float, high: float, feasible: bool = True) -> pd.Series:
@@ -84,11 +84,11 @@ def test_the_verdict_is_judged_on_normalised_figures_and_quality_not_on_absolute
     slower = {**now(13.0, 77.0), **{k: v for k, v in NORMALISED.items() if k.startswith(("speedup", "ceiling"))},
               "baseline_p50_ms": 52.0, "probe_p50_ms": 2.6}  # fmt: skip
     v = nightly_verdict(NORMALISED, _check(slower, NORMALISED), 0.80, 0.01, 0.10)
-    assert not v["regression"] and set(v["checks"]) == {"speedup", "ceiling_fraction", "quality"}
-    assert v["absolute"]["p50_ms"]["verdict"] == "regression"  # what the old check would have called
-    assert v["drift"]["text"] == "machine slower by 30%"
+    assert not v.regression and set(v.checks) == {"speedup", "ceiling_fraction", "quality"}
+    assert v.absolute["p50_ms"].verdict == "regression"  # what the old check would have called
+    assert v.drift.text == "machine slower by 30%"
     # Quality still counts on its own: a drop beyond the allowed one is a regression.
-    assert nightly_verdict(NORMALISED, _check(slower, NORMALISED), 0.70, 0.01, 0.10)["regression"]
+    assert nightly_verdict(NORMALISED, _check(slower, NORMALISED), 0.70, 0.01, 0.10).regression
 
 
 def test_accepted_figures_carry_the_normalised_figures_and_references():

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import torch
 
 from tuner.config.space import TimingConfig
+from tuner.core.errors import VariantUnsupported
 from tuner.core.schema import METRICS, PENALTY
 from tuner.core.variant import Variant
 from tuner.inputs.models import ModelSpec
@@ -84,6 +88,25 @@ def test_failed_build_is_recorded_with_its_error():
     assert out.error.startswith("VariantUnsupported: FX static quantization")
     assert "Traceback" in out.traceback
     assert out.objectives()["objective_throughput_ips"] == 0.0
+
+
+def test_a_runtimes_error_is_failed_and_a_raise_of_tuners_own_propagates(small_reference):
+    from tuner.trial.evaluate import refused
+    from tuner.trial.faults import inject
+
+    def runtime_refuses(model: torch.nn.Module) -> Any:
+        return torch.ones(2, 3) @ torch.ones(2, 3)  # ATen's RuntimeError (a shape it cannot multiply)
+
+    out = evaluate(Variant(), small_reference, SETTINGS, builder=runtime_refuses)
+    assert out.status == "failed" and "RuntimeError" in out.error and "cannot be multiplied" in out.error
+
+    def tuner_raises(model: torch.nn.Module) -> Any:  # a `raise RuntimeError` in tuner's own code
+        inject([SimpleNamespace(action="raise", when={})], {})
+
+    with pytest.raises(RuntimeError, match="injected fault") as raised:
+        evaluate(Variant(), small_reference, SETTINGS, builder=tuner_raises)
+    assert not refused(raised.value) and not refused(ValueError("a bug of ours"))
+    assert refused(VariantUnsupported("no int8 kernel here"))
 
 
 def test_inaccurate_variant_is_screened_before_timing(small_reference):

@@ -25,7 +25,7 @@ from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import quantize
 from tuner.build.runtime import Runtime, example_batch
-from tuner.core.variant import Accepts, CompileMode, Layout, Precision, Variant, infeasible_reason, refusal
+from tuner.core.variant import Accepts, CompileMode, Device, Layout, Precision, Variant, infeasible_reason, refusal
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ ACCEPTS: dict[CompileMode, Accepts] = {**compile_mod.ACCEPTS, **onnxrt.ACCEPTS, 
 assert set(ACCEPTS) == set(CompileMode), f"a compile mode declares nothing: {set(CompileMode) - set(ACCEPTS)}"
 
 
-def infeasible(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
+def infeasible(v: Variant, *, device: str = Device.CPU, fp16_native: bool, bf16_native: bool) -> str | None:
     """Why `v` cannot run here (the hardware, the install: core.variant.infeasible_reason) or
     at all (its runtime's declaration: ACCEPTS), else None."""
     return infeasible_reason(v, device=device, fp16_native=fp16_native, bf16_native=bf16_native) or refusal(

@@ -156,7 +156,7 @@ def _throughput_runner(ov_model: ov.Model, variant: Variant) -> tuple[Runner, ov
         queue.wait_all()
         done = [o for o in outputs if o is not None]
         if len(done) < requests:
-            raise RuntimeError(f"OpenVINO: {requests - len(done)} of {requests} requests returned no output")
+            raise VariantUnsupported(f"OpenVINO: {requests - len(done)} of {requests} requests returned no output")
         return torch.from_numpy(np.concatenate(done))
 
     return run, compiled, requests

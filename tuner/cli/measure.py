@@ -16,7 +16,8 @@ import yaml
 
 from tuner.cli.search import load_space
 from tuner.core.errors import EXIT_NO_RESULT, EXIT_OK, ConfigError, TunerError
-from tuner.core.variant import Variant
+from tuner.core.schema import TrialStatus
+from tuner.core.variant import Device, Variant
 from tuner.measure.hardware import detect, usable_cores
 
 PRINTED = ("device", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_ips", "quality", "build_s",
@@ -48,17 +49,17 @@ def run(args: argparse.Namespace) -> int:
     return _print(args, variant, result, ref, {})
 
 
-def _use_device(device: str | None) -> None:
+def _use_device(device: Device | str | None) -> None:
     """`--device cpu` hides the GPUs from torch the way CUDA itself offers (before torch first
     asks CUDA for them); `--device cuda` must find one. Unset: cuda where torch sees a GPU."""
     import os
 
-    if device == "cpu":
+    if device == Device.CPU:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         return
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == Device.CUDA and not torch.cuda.is_available():
         raise ConfigError(
             f"--device cuda: torch sees no CUDA device here (torch {torch.__version__}, built with CUDA"
             f" {torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
@@ -84,7 +85,7 @@ def _print(args: argparse.Namespace, variant: Variant, result: Any, ref: Any, ex
         for k in (*PRINTED, *extra):
             if out.get(k) is not None:
                 print(f"  {k:16s} {out[k]}")
-    return EXIT_OK if result.status == "ok" else EXIT_NO_RESULT
+    return EXIT_OK if result.status is TrialStatus.OK else EXIT_NO_RESULT
 
 
 def _run_registered(args: argparse.Namespace) -> int:
@@ -120,7 +121,7 @@ def _run_registered(args: argparse.Namespace) -> int:
     result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
     extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
     confirmed = config.get("confirmed_p50_ms")
-    if confirmed and result.status == "ok":
+    if confirmed and result.status is TrialStatus.OK:
         extra.update(registered_confirmed_p50_ms=confirmed,
                      p50_vs_confirmed=result.to_dict()["latency_p50_ms"] / confirmed)  # fmt: skip
     return _print(args, variant, result, ref, extra)

@@ -12,6 +12,7 @@ from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import safe_name
 from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import EXIT_NO_RESULT, EXIT_OK, ConfigError
+from tuner.core.variant import Device
 from tuner.tracking.store import absolute_uri, default_tracking_uri
 
 
@@ -59,7 +60,7 @@ def _new(args: argparse.Namespace) -> SearchRequest:
         seed=args.seed or 0,
         address=args.address,
         hardware=args.hardware,
-        device=args.device,
+        device=Device(args.device) if args.device else None,  # argparse checked the choice
     )
 
 

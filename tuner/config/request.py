@@ -16,6 +16,7 @@ import yaml
 
 from tuner.config.space import SearchSpace
 from tuner.core.errors import ConfigError
+from tuner.core.variant import Device
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class SearchRequest:
     seed: int = 0
     address: str | None = None
     hardware: str | None = None  # the Ray hardware class (search/cluster.py); None: the driver's own
-    device: str | None = None  # "cuda" or "cpu" (search/cluster.choose_device); None: cuda where there is a GPU
+    device: Device | None = None  # search/cluster.choose_device; None: cuda where there is a GPU
     resume: bool = False  # continue the interrupted search in `output` (see `load_request`)
     # Nightly jobs (nightly/model.py): extra parent-run tags, and configs (labels) the
     # confirmation must include (the champion, measured in the same rounds).
@@ -97,6 +98,7 @@ def load_request(output: Path) -> SearchRequest:
         seed=st["seed"],
         address=st["address"],
         hardware=st.get("hardware"),  # absent in searches saved before hardware classes
-        device=st.get("device"),  # absent in searches saved before --device: the default, as they had
+        # absent in searches saved before --device: the default, as they had
+        device=Device(st["device"]) if st.get("device") else None,
         resume=True,
     )

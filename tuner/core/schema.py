@@ -15,6 +15,7 @@ Adding a figure is one line here, plus the code that measures it.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -40,16 +41,26 @@ def metric(unit: str, doc: str, **kw: Any) -> Any:
     return field(default=None, metadata={"metric": (unit, doc, kw)})
 
 
-# Statuses: ok; infeasible (known not to work here, nothing built); failed (raised, or the
-# process crashed); inaccurate (first batch far from fp32, not timed); timeout and oom (the
-# trial's watchdog killed it). Every status but ok carries its `error` text.
-STATUSES = ("ok", "infeasible", "failed", "inaccurate", "timeout", "oom")
-FAILED = ("failed", "timeout", "oom")  # statuses whose child run is marked FAILED in MLflow
+class TrialStatus(enum.StrEnum):
+    """How a trial ended. Every status but ok carries its `error` text. A StrEnum: it is its
+    own value in trials.csv, MLflow tags and the terminal, and equal to that string."""
+
+    OK = "ok"
+    INFEASIBLE = "infeasible"  # known not to work here: nothing was built
+    FAILED = "failed"  # a runtime refused the variant (trial/evaluate.py `refused`), or the process crashed
+    ERROR = "error"  # the trial raised anything else: most likely tuner's own bug, not the variant's fault
+    INACCURATE = "inaccurate"  # the first batch was far from fp32: not timed
+    TIMEOUT = "timeout"  # the trial's watchdog killed it: too long
+    OOM = "oom"  # the trial's watchdog killed it: too much memory
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in TrialStatus)
+FAILED = (TrialStatus.FAILED, TrialStatus.ERROR, TrialStatus.TIMEOUT, TrialStatus.OOM)  # MLflow run FAILED
 
 
 @dataclass
 class TrialResult:
-    status: str = "ok"
+    status: TrialStatus = TrialStatus.OK
     error: str = ""
     traceback: str = field(default="", repr=False)  # kept as an artifact, never a column
     stable: bool = False  # the timed windows agreed (measure/latency.py)
@@ -104,6 +115,13 @@ class TrialResult:
     runtime_requests: float | None = metric("requests", "OpenVINO THROUGHPUT: parallel requests a batch is split over")
     onnx_exporter_dynamo: float | None = metric("", "ONNX Runtime: 1 = dynamo exporter, 0 = TorchScript fallback")
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, TrialStatus):  # from a report: a plain string
+            try:
+                self.status = TrialStatus(self.status)
+            except ValueError:
+                raise ValueError(f"trial status {self.status!r}; allowed: {', '.join(STATUSES)}") from None
+
     # ---- conversions -------------------------------------------------------------------
     @classmethod
     def of(cls, measured: dict[str, Any], **fields: Any) -> TrialResult:
@@ -118,7 +136,8 @@ class TrialResult:
         return cls(**{k: v for k, v in result.items() if k in _FIELD_NAMES})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (the status as its string), for Ray's reports and the tables."""
+        return {**asdict(self), "status": self.status.value}
 
     def report(self) -> dict[str, Any]:
         """What `tune.report` gets: every field, plus the sampler's objectives."""
@@ -136,7 +155,7 @@ class TrialResult:
     def objectives(self) -> dict[str, float]:
         """The sampler's objectives: the real figures for ok, penalties otherwise (a FAIL
         would make TPE re-propose the same broken config)."""
-        if self.status != "ok":
+        if self.status is not TrialStatus.OK:
             return dict(PENALTY)
         return objectives_of(self.to_dict())
 

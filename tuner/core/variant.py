@@ -63,7 +63,14 @@ INT8_PACKAGES: dict[CompileMode, tuple[str, ...]] = {  # int8 beyond what the ru
 }
 
 
-DEVICES = ("cuda", "cpu")  # where a search's trials run (`--device`; search/cluster.choose_device)
+class Device(enum.StrEnum):
+    """Where a search's trials run (`--device`; search/cluster.choose_device)."""
+
+    CUDA = "cuda"  # one GPU each
+    CPU = "cpu"
+
+
+DEVICES: tuple[str, ...] = tuple(d.value for d in Device)
 
 
 class Layout(str, enum.Enum):
@@ -216,24 +223,24 @@ def baseline(threads: int) -> Variant:
     return Variant(batch_size=1, threads=threads)
 
 
-def infeasible_reason(v: Variant, *, device: str = "cpu", fp16_native: bool, bf16_native: bool) -> str | None:
+def infeasible_reason(v: Variant, *, device: str = Device.CPU, fp16_native: bool, bf16_native: bool) -> str | None:
     """Why this variant cannot run on this hardware or this install, else None: the
     hardware's precisions, the device, the runtime's packages. (What a runtime runs at all
     is its declaration: `tuner.build.infeasible` checks both.)"""
     if v.precision is Precision.FP16 and not fp16_native:
         return "fp16 is not native on this hardware (no avx512_fp16/amx_fp16 and no CUDA)"
-    if v.precision is Precision.TF32 and (device != "cuda" or not bf16_native):
+    if v.precision is Precision.TF32 and (device != Device.CUDA or not bf16_native):
         return "tf32 is a GPU tensor-core mode (compute capability 8.0+)"
     if v.precision is Precision.BF16 and not bf16_native:
         return "bf16 is not native on this hardware (no avx512_bf16/amx_bf16, and no GPU of compute capability 8.0+)"
     missing = missing_packages(v)
     if missing:
         return f"{' '.join(missing)} not installed: `pip install {' '.join(missing)}` (README's set-up installs it)"
-    if v.compile is CompileMode.INDUCTOR_REDUCE_OVERHEAD and device != "cuda":
+    if v.compile is CompileMode.INDUCTOR_REDUCE_OVERHEAD and device != Device.CUDA:
         return "reduce-overhead captures and replays CUDA graphs: a GPU only"
-    if v.quantization is not Quantization.NONE and device != "cpu":
+    if v.quantization is not Quantization.NONE and device != Device.CPU:
         return "int8 variants (FX x86, PT2E x86-inductor, NNCF, ONNX Runtime QDQ) run on the CPU only"
-    if v.compile not in TORCH_COMPILES and device != "cpu":
+    if v.compile not in TORCH_COMPILES and device != Device.CPU:
         return f"{v.compile.value} runs on the CPU here (its GPU providers are not wired in)"
     return None  # what each runtime runs at all is its own declaration (Accepts, `refusal`)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from tuner.config.space import ConfirmSettings
 from tuner.core.console import say
-from tuner.core.schema import CONFIRMED_COLUMNS
+from tuner.core.schema import CONFIRMED_COLUMNS, TrialStatus
 from tuner.core.variant import MachineProbe, Variant, ceiling_key
 from tuner.decide.confirm import Confirmed, Interval, choose, interval_columns, lead_over, probe_fraction
 from tuner.decide.pareto import RANK_BY, Recommendation, variant_of
@@ -67,14 +67,8 @@ def confirm_finalists(
     `probe_threads`, the machine probe of each finalist's precision runs in the same rounds,
     for `confirmed_ceiling_fraction` and `Confirmation.probe_p50_ms`."""
     picks = finalists(df, rec, objective, settings.finalists)
-    base = df.index[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
-    extra = [base[0]] if settings.include_baseline and len(base) and base[0] not in picks else []
-    for label in also_confirm:
-        rows_of = df.index[df["label"].eq(label) & df["status"].eq("ok")]
-        if len(rows_of) and rows_of[0] not in picks + extra:
-            extra.append(rows_of[0])
+    base, extra, also = _also_measured(df, picks, settings.include_baseline, also_confirm)
     rows = picks + extra
-    also = ["the baseline" if len(base) and i == base[0] else str(df.loc[i, "label"]) for i in extra]
     variants = [variant_of(df.loc[i]) for i in rows]
     keys = sorted({ceiling_key(v.precision.value, v.quantization.value) for v in variants}) if probe_threads else []
     probes = [MachineProbe(k, probe_threads) for k in keys]
@@ -86,6 +80,43 @@ def confirm_finalists(
     confirm_start = time.perf_counter()
     results = confirm_fn([*variants, *probes], settings.rounds)
     seconds = time.perf_counter() - confirm_start
+    confirmed = _write_confirmed(df, rows, variants, results, base)
+    probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
+    p50 = _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
+    candidates = [i for i in picks if i in confirmed]
+    if not candidates:
+        why = rec.reason + "; confirmation failed, search-time figures kept"
+        return Confirmation(Recommendation(rec.index, why), seconds, probe_threads, p50)
+    complexity = [variants[rows.index(i)].complexity for i in candidates]
+    k, why = _choose_confirmed([confirmed[i] for i in candidates], complexity, objective == "latency")
+    why = f"confirmed over {len(candidates)} finalist(s): {why}"
+    return Confirmation(Recommendation(candidates[k], why), seconds, probe_threads, p50)
+
+
+def _also_measured(
+    df: pd.DataFrame, picks: list[Any], include_baseline: bool, also_confirm: Sequence[str]
+) -> tuple[pd.Index, list[Any], list[str]]:
+    """The baseline's rows, the rows measured beside the finalists (the baseline, the
+    `also_confirm` labels) and how the progress line names them."""
+    base = df.index[df["is_baseline"].astype(bool) & df["status"].eq(TrialStatus.OK)]
+    extra = [base[0]] if include_baseline and len(base) and base[0] not in picks else []
+    for label in also_confirm:
+        rows_of = df.index[df["label"].eq(label) & df["status"].eq(TrialStatus.OK)]
+        if len(rows_of) and rows_of[0] not in picks + extra:
+            extra.append(rows_of[0])
+    also = ["the baseline" if len(base) and i == base[0] else str(df.loc[i, "label"]) for i in extra]
+    return base, extra, also
+
+
+def _write_confirmed(
+    df: pd.DataFrame,
+    rows: list[Any],
+    variants: list[Variant],
+    results: dict[int, list[dict[str, Any]]],
+    base: pd.Index,
+) -> dict[Any, Confirmed]:
+    """The confirmed_* columns of the rows measured, where they ran, and the speedup over the
+    baseline paired by round; returns the rows' confirmed runs (a failed one left out)."""
     for col in CONFIRMED_COLUMNS:
         if col not in df:
             df[col] = float("nan")
@@ -103,28 +134,21 @@ def confirm_finalists(
     if len(base) and base[0] in confirmed:
         for i in confirmed:
             _put(df, i, "speedup_vs_baseline", confirmed[i].speedup_over(confirmed[base[0]]))
-    probe_results = {k: results.get(len(variants) + n, []) for n, k in enumerate(keys)}
-    p50 = _probe_fractions(df, confirmed, variants, rows, probe_results, flops_per_item)
+    return confirmed
 
-    def done(r: Recommendation) -> Confirmation:
-        return Confirmation(r, seconds, probe_threads, p50)
 
-    candidates = [i for i in picks if i in confirmed]
-    if not candidates:
-        return done(Recommendation(rec.index, rec.reason + "; confirmation failed, search-time figures kept"))
-    latency = objective == "latency"
-    intervals = {k: (confirmed[i].p50_ms if latency else confirmed[i].throughput_ips) for k, i in enumerate(candidates)}
-    complexity = {k: variants[rows.index(i)].complexity for k, i in enumerate(candidates)}
-    runs = {k: confirmed[i] for k, i in enumerate(candidates)}
+def _choose_confirmed(runs: list[Confirmed], complexity: Sequence[tuple[int, ...]], latency: bool) -> tuple[int, str]:
+    """The best of the confirmed candidates on the objective's interval (decide.confirm.choose),
+    leads paired by round where both have a round."""
+    intervals = {k: (r.p50_ms if latency else r.throughput_ips) for k, r in enumerate(runs)}
 
-    def lead(best: int, k: int) -> Interval | None:  # paired by round, where both have a round
+    def lead(best: int, k: int) -> Interval | None:
         try:
             return lead_over(runs[best], runs[k], lower_is_better=latency)
         except ValueError:
             return None
 
-    k, why = choose(intervals, complexity, lower_is_better=latency, lead=lead)
-    return done(Recommendation(candidates[k], f"confirmed over {len(candidates)} finalist(s): {why}"))
+    return choose(intervals, dict(enumerate(complexity)), lower_is_better=latency, lead=lead)
 
 
 def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:

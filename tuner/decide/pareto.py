@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.config.space import Constraints
-from tuner.core.schema import OBJECTIVES
+from tuner.core.schema import OBJECTIVES, TrialStatus
 from tuner.core.variant import Variant
 
 # The front's axes (figure -> direction) are core.schema.OBJECTIVES: p90 latency, throughput
@@ -31,7 +31,7 @@ def memory_mb(df: pd.DataFrame) -> pd.Series:
 
 def feasible_mask(df: pd.DataFrame, limits: Constraints) -> pd.Series:
     """ok rows that meet every constraint (latency limit applies to p90; memory: `memory_mb`)."""
-    ok = df["status"].eq("ok")
+    ok = df["status"].eq(TrialStatus.OK)
     ok &= df["accuracy_drop"].le(limits.max_accuracy_drop + 1e-12)
     if limits.max_latency_ms is not None:
         ok &= df["latency_p90_ms"].le(limits.max_latency_ms)
@@ -85,7 +85,7 @@ def recommend(df: pd.DataFrame, objective: str, limits: Constraints) -> Recommen
         key = feasible[col] if ascending else -feasible[col]
         order = sorted(feasible.index, key=lambda i: (key[i], variant_of(feasible.loc[i]).complexity))
         return Recommendation(order[0], f"best {col} among the {int(feas.sum())} config(s) meeting the constraints")
-    base = df[df.get("is_baseline", pd.Series(False, index=df.index)).astype(bool) & df["status"].eq("ok")]
+    base = df[df.get("is_baseline", pd.Series(False, index=df.index)).astype(bool) & df["status"].eq(TrialStatus.OK)]
     if len(base):
         return Recommendation(base.index[0], "no config met the constraints; falling back to the baseline")
     return Recommendation(None, "no trial finished ok, not even the baseline")

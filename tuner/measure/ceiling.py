@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from tuner.core.console import say
+from tuner.core.schema import TrialStatus
 from tuner.core.variant import ceiling_key
 from tuner.measure.hardware import Hardware
 from tuner.measure.interference import sample_load
@@ -257,7 +258,7 @@ def keys_over_one(df: pd.DataFrame) -> list[str]:
     """The ceiling keys of ok trials that ran faster than their ceiling (cannot be true)."""
     if df.empty or not {"ceiling_fraction", "precision", "quantization", "status"} <= set(df.columns):
         return []
-    over = df[df["status"].eq("ok") & (pd.to_numeric(df["ceiling_fraction"], errors="coerce") > 1.0)]
+    over = df[df["status"].eq(TrialStatus.OK) & (pd.to_numeric(df["ceiling_fraction"], errors="coerce") > 1.0)]
     return sorted({ceiling_key(str(r.precision), str(r.quantization)) for r in over.itertuples()})
 
 
@@ -273,7 +274,7 @@ def refit_fractions(df: pd.DataFrame, keys: list[str], entries: dict[str, Ceilin
     achieved = pd.to_numeric(df["achieved_gflops"], errors="coerce")
     for key in keys:
         rows = row_keys.eq(key) & achieved.notna()
-        ok = rows & df["status"].eq("ok")
+        ok = rows & df["status"].eq(TrialStatus.OK)
         if not ok.any():
             continue
         entry = entries.get(key)

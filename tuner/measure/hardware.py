@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 
+from tuner.core.variant import Device
+
 
 def _cpu_flags() -> set[str]:
     try:
@@ -59,13 +61,13 @@ class Hardware:
     gpu_capability: str = "none"  # the GPU's CUDA compute capability, e.g. "9.0"
 
     @property
-    def device(self) -> str:
-        return "cpu" if self.gpu == "none" else "cuda"
+    def device(self) -> Device:
+        return Device.CPU if self.gpu == "none" else Device.CUDA
 
     @property
     def bf16_native(self) -> bool:
         """bf16 kernels: AVX512_BF16/AMX on the CPU; compute capability 8.0+ (Ampere on) on a GPU."""
-        if self.device == "cuda":
+        if self.device is Device.CUDA:
             major = self.gpu_capability.split(".")[0]
             return not major.isdigit() or int(major) >= 8  # unknown: let the trial find out
         return bool(set(self.isa.split(",")) & {"avx512_bf16", "amx_bf16"})
@@ -73,7 +75,7 @@ class Hardware:
     @property
     def fp16_native(self) -> bool:
         flags = set(self.isa.split(","))
-        return self.device == "cuda" or bool(flags & {"avx512_fp16", "amx_fp16"})
+        return self.device is Device.CUDA or bool(flags & {"avx512_fp16", "amx_fp16"})
 
     @property
     def fingerprint(self) -> str:
@@ -90,10 +92,10 @@ class Hardware:
         fingerprint, ceiling and history are then those of its CPU."""
         return replace(self, gpu="none", gpu_driver="none", cudnn_version="none", gpu_capability="none")
 
-    def for_device(self, device: str | None) -> Hardware:
+    def for_device(self, device: Device | None) -> Hardware:
         """This machine as a search on `device` uses it: without its GPU on "cpu"; as it is on
         "cuda", or when no device was said (None)."""
-        return self.without_gpu() if device == "cpu" else self
+        return self.without_gpu() if device == Device.CPU else self
 
     def tags(self) -> dict[str, str]:
         out = {f"hw.{k}": str(v) for k, v in asdict(self).items()}

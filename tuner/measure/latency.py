@@ -130,50 +130,57 @@ def measure_latency(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        # Warm-up: until two consecutive windows agree (after a minimum count), or capped.
-        start = clock()
-        warm: list[float] = []
-        prev_median: float | None = None
-        while True:
-            w = one_window()
-            warm += w
-            med = statistics.median(w)
-            settled = prev_median is not None and _spread([prev_median, med]) <= cfg.tolerance
-            if (settled and len(warm) >= cfg.warmup_min_iters) or clock() - start >= cfg.warmup_max_s:
-                break
-            prev_median = med
-        warmup_s = clock() - start
-
-        # Timed phase.
-        start = clock()
-        times: list[float] = []
-        medians: list[float] = []
-        stable = False
-        while True:
-            w = one_window()
-            times += w
-            medians.append(statistics.median(w))
-            elapsed = clock() - start
-            if (
-                len(times) >= cfg.min_iters
-                and elapsed >= cfg.min_time_s
-                and len(medians) >= cfg.stable_windows
-                and _spread(medians[-cfg.stable_windows :]) <= cfg.tolerance
-            ):
-                stable = True
-                break
-            if elapsed >= cfg.max_time_s:
-                break
-        wall = clock() - start
+        warm, warmup_s = _warm_up(one_window, cfg, clock)
+        times, medians, stable, wall = _timed(one_window, cfg, clock)
     finally:
         if gc_was_enabled:
             gc.enable()
     return LatencyResult(
         times_s=tuple(times),
         window_medians_s=tuple(medians),
-        warmup_iters=len(warm),
+        warmup_iters=warm,
         warmup_s=warmup_s,
         timed_wall_s=wall,
         stable=stable,
         stable_windows=cfg.stable_windows,
     )
+
+
+def _warm_up(one_window: Callable[[], list[float]], cfg: TimingConfig, clock: Callable[[], float]) -> tuple[int, float]:
+    """Windows until two consecutive ones agree (after a minimum count of calls), or the cap:
+    (calls, seconds)."""
+    start = clock()
+    calls = 0
+    prev_median: float | None = None
+    while True:
+        w = one_window()
+        calls += len(w)
+        med = statistics.median(w)
+        settled = prev_median is not None and _spread([prev_median, med]) <= cfg.tolerance
+        if (settled and calls >= cfg.warmup_min_iters) or clock() - start >= cfg.warmup_max_s:
+            return calls, clock() - start
+        prev_median = med
+
+
+def _timed(
+    one_window: Callable[[], list[float]], cfg: TimingConfig, clock: Callable[[], float]
+) -> tuple[list[float], list[float], bool, float]:
+    """Windows until enough calls and time, with the last `stable_windows` medians within
+    the tolerance (stable), or the time cap: (call times, window medians, stable, wall s)."""
+    start = clock()
+    times: list[float] = []
+    medians: list[float] = []
+    while True:
+        w = one_window()
+        times += w
+        medians.append(statistics.median(w))
+        elapsed = clock() - start
+        if (
+            len(times) >= cfg.min_iters
+            and elapsed >= cfg.min_time_s
+            and len(medians) >= cfg.stable_windows
+            and _spread(medians[-cfg.stable_windows :]) <= cfg.tolerance
+        ):
+            return times, medians, True, clock() - start
+        if elapsed >= cfg.max_time_s:
+            return times, medians, False, clock() - start

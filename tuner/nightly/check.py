@@ -9,22 +9,22 @@ Shared by nightly/model.py (before each search) and benchmarks/nightly_alarms.py
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from tuner.core.console import say
 from tuner.core.variant import MachineProbe, Variant, baseline, ceiling_key
 from tuner.decide.finalists import ConfirmFn, confirmed_runs
 from tuner.measure.hardware import usable_cores
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+from tuner.nightly.verdict import Drift, Judgement
 
 
 @dataclass
 class CheckResult:
     figures: dict[str, float]  # absolute and normalised, as measured tonight (the last attempt)
-    verdict: dict[str, Any]  # judge_normalised: regression / improvement, per figure
-    drift: dict[str, Any] | None  # machine_drift, None without stored references
+    verdict: Judgement  # judge_normalised: regression / improvement, per figure
+    drift: Drift | None  # machine_drift, None without stored references
     remeasured: bool = False  # a suspected regression was measured once more
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # each attempt's verdict
+    attempts: list[Judgement] = field(default_factory=list)  # each attempt's verdict
 
 
 def references(champion: Variant, threads: int, probe_threads: int) -> tuple[Variant, MachineProbe]:
@@ -77,7 +77,7 @@ def run_check(
         drift = machine_drift(accepted, figures, drift_warning)
         previous = result.attempts if result else []
         result = CheckResult(figures, verdict, drift, attempt > 1, [*previous, verdict])
-        if not verdict["regression"]:
+        if not verdict.regression:
             return result
         if attempt == 1:
             say("  the normalised figures look worse: measuring once more to rule out a slow phase of the host ...")

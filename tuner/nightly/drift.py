@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from tuner.decide.confirm import Confirmed, Interval, probe_fraction
+from tuner.nightly.verdict import Drift, FigureCheck, Judgement
 
 NORMALISED = ("speedup", "ceiling_fraction")  # higher is better for both; the last one present is judged
 # Below this relative change a reference "did not move": the drift verdict needs both to move.
@@ -67,7 +67,7 @@ def _interval(name: str, iv: Interval) -> dict[str, float]:
     return {name: iv.value, f"{name}_low": iv.low, f"{name}_high": iv.high}
 
 
-def judge_normalised(accepted: dict[str, float], now: dict[str, float], threshold: float) -> dict[str, Any]:
+def judge_normalised(accepted: dict[str, float], now: dict[str, float], threshold: float) -> Judgement:
     """The verdict on the *judged* figure: the ceiling fraction where both nights have one,
     else the speedup. It is a regression when that figure is lower now by more than the
     job's threshold *and* tonight's whole interval lies below the accepted value; an
@@ -75,30 +75,20 @@ def judge_normalised(accepted: dict[str, float], now: dict[str, float], threshol
     the speedup leans on the fp32 eager baseline, the noisiest of the references
     (benchmarks/nightly_alarms.py saw it swing by 14-17% between checks, the int8 probe by
     about 2%). `stored` is False when the champion was accepted before tuner stored these."""
-    checks: dict[str, Any] = {}
-    for name in NORMALISED:
-        old, new = accepted.get(name), now.get(name)
-        if not old or not new:
-            continue
+    present = [n for n in NORMALISED if accepted.get(n) and now.get(n)]
+    judged = present[-1] if present else None
+    checks: dict[str, FigureCheck] = {}
+    for name in present:
+        old, new = accepted[name], now[name]
         change = new / old - 1
         low, high = now.get(f"{name}_low", new), now.get(f"{name}_high", new)
         worse, better = change < -threshold and high < old, change > threshold and low > old
-        verdict = "regression" if worse else "improvement" if better else "same"
-        checks[name] = {"accepted": old, "now": new, "change": change, "band": threshold, "low": low, "high": high,
-                        "verdict": verdict, "judged": False}  # fmt: skip
-    judged = next((n for n in reversed(NORMALISED) if n in checks), None)
-    if judged is not None:
-        checks[judged]["judged"] = True
-    return {
-        "stored": any(n in accepted for n in NORMALISED),
-        "judged": judged,
-        "regression": judged is not None and checks[judged]["verdict"] == "regression",
-        "improvement": judged is not None and checks[judged]["verdict"] == "improvement",
-        "checks": checks,
-    }
+        checks[name] = FigureCheck(old, new, change, threshold, "regression" if worse else "improvement" if better
+                                   else "same", judged=name == judged, low=low, high=high)  # fmt: skip
+    return Judgement(checks, judged=judged, stored=any(n in accepted for n in NORMALISED))
 
 
-def machine_drift(accepted: dict[str, float], now: dict[str, float], warn_at: float) -> dict[str, Any] | None:
+def machine_drift(accepted: dict[str, float], now: dict[str, float], warn_at: float) -> Drift | None:
     """How the references moved since the champion was accepted: the baseline's and the
     probe's p50, as relative changes (+0.12 = 12% slower). When both moved the same way
     beyond the noise, the machine drifted by their geometric mean."""
@@ -117,5 +107,4 @@ def machine_drift(accepted: dict[str, float], now: dict[str, float], warn_at: fl
         text = "no machine drift"
     else:
         text = f"references moved apart (baseline {base:+.0%}, probe {probe:+.0%}): not a uniform drift"
-    return {"baseline": base, "probe": probe, "machine": machine, "together": together,
-            "warning": together and abs(machine) > warn_at, "text": text}  # fmt: skip
+    return Drift(base, probe, machine, together, together and abs(machine) > warn_at, text)

@@ -44,6 +44,7 @@ from tuner.core.console import say
 from tuner.core.env import measurement_env, quiet_logs, service_env
 from tuner.core.errors import EXIT_LOCKED, EXIT_NO_RESULT, EXIT_OK, EXIT_REGRESSION, ConfigError, TunerError
 from tuner.nightly.report import write_report
+from tuner.nightly.verdict import ModelNight
 
 NIGHTLY_STATE = "nightly-state.json"
 MODEL_RESULT = "nightly-model.json"  # in each model's folder: its result, once it has one
@@ -136,7 +137,7 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
     )
     state["status"] = "running"
     state_file.write_text(json.dumps(state, indent=2))
-    results: list[dict[str, Any]] = []
+    results: list[ModelNight] = []
     groups = _by_class(job)
     with open(run_dir / "nightly.log", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
         say(f"nightly: {path} -> {run_dir} (log: {run_dir / 'nightly.log'})")
@@ -156,14 +157,14 @@ def _run_locked(job: Job, path: Path, resume: bool) -> int:
                 write_report(results, run_dir, time.time() - state["started"], job.time_budget_minutes)
     state["status"] = "finished"
     state_file.write_text(json.dumps(state, indent=2))
-    if any(r.get("regression") for r in results):
+    if any(r.regression for r in results):
         return EXIT_REGRESSION
-    return EXIT_OK if all(r.get("recommended") for r in results) else EXIT_NO_RESULT
+    return EXIT_OK if all(r.recommended for r in results) else EXIT_NO_RESULT
 
 
 def _run_models(
     job: Job, path: Path, run_dir: Path, models: list[ModelJob], deadline: float | None, resume: bool
-) -> list[dict[str, Any]]:
+) -> list[ModelNight]:
     """The models one after another (one hardware class); each one's result is also written
     to its folder (`nightly-model.json`), which `--resume` and `_run_classes` read."""
     from tuner.nightly.model import run_model
@@ -178,10 +179,10 @@ def _run_models(
         try:
             res = run_model(job, mj, path, run_dir / mj.folder, deadline, resume)
         except TunerError as e:
-            res = {"model": mj.model, "hardware": mj.hardware, "status": f"error: {e}"}
+            res = ModelNight(mj.model, mj.hardware, status=f"error: {e}")
             say(f"\n== {mj.model}: error: {e}")
         (run_dir / mj.folder).mkdir(exist_ok=True)
-        done.write_text(json.dumps(res, indent=2, default=str))
+        done.write_text(json.dumps(res.to_json(), indent=2, default=str))
         results.append(res)
     return results
 
@@ -227,12 +228,12 @@ def _run_classes(path: Path, run_dir: Path, groups: dict[str, list[ModelJob]], r
             raise KeyboardInterrupt
 
 
-def _result_of(run_dir: Path, mj: ModelJob) -> dict[str, Any]:
+def _result_of(run_dir: Path, mj: ModelJob) -> ModelNight:
     """A model's result as its process wrote it (`MODEL_RESULT`), or why there is none."""
     done = run_dir / mj.folder / MODEL_RESULT
     if done.exists():
-        return dict(json.loads(done.read_text()))
-    return {"model": mj.model, "hardware": mj.hardware, "status": "error: its hardware class's process ended early"}
+        return ModelNight.from_json(json.loads(done.read_text()))
+    return ModelNight(mj.model, mj.hardware, status="error: its hardware class's process ended early")
 
 
 def _last_unfinished(root: Path) -> Path | None:

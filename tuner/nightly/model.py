@@ -27,12 +27,14 @@ from tuner.config.job import Job, ModelJob, RegressionSettings
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_request, load_state, normalise_weights
 from tuner.config.space import SearchSpace, resolve_space_file
 from tuner.core.console import say
+from tuner.core.schema import TrialStatus
 from tuner.core.variant import Variant
 from tuner.decide.pareto import variant_of
 from tuner.measure.hardware import detect
 from tuner.nightly.check import CheckResult, run_check
 from tuner.nightly.regression import accepted_figures, decide_champion, nightly_verdict, verdict_line
 from tuner.nightly.report import print_verdict
+from tuner.nightly.verdict import ModelNight
 from tuner.tracking.history import previous_front, previous_run, promote
 from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri
 
@@ -74,26 +76,28 @@ class _History:
 
 def run_model(
     job: Job, mj: ModelJob, job_file: Path, out: Path, deadline: float | None, resume: bool
-) -> dict[str, Any]:
+) -> ModelNight:
     """One model's nightly search; returns its part of the report. Inputs named in the job
     file (space, data, weights) are relative to it."""
     uri = tracking_uri(job)
     experiment = f"{job.experiment_prefix}/{mj.model}"
-    result: dict[str, Any] = {"model": mj.model, "hardware": mj.hardware, "experiment": experiment, "output": str(out)}
     check_reachable(uri)
     tracker = Tracker(uri, experiment)
     hist = _History.read(tracker, job.regression.warm_start, mj.hardware)
-    result["previous_search"] = hist.prev.info.run_id if hist.prev else None
-    result["champion_before"] = hist.champion.label if hist.champion else None
+    result = ModelNight(
+        mj.model, mj.hardware, experiment, str(out),
+        previous_search=hist.prev.info.run_id if hist.prev else None,
+        champion_before=hist.champion.label if hist.champion else None,
+    )  # fmt: skip
 
     budget_left = (deadline - time.time()) / 60 if deadline else None
     if budget_left is not None and budget_left < 0.5:
         say(f"\n== {mj.model}: not run, the job's time budget is used up")
-        return {**result, "status": "not run (job time budget used up)"}
+        return dataclasses.replace(result, status="not run (job time budget used up)")
     req = _request(mj, job_file, out, uri, experiment, hist, budget_left, resume)
     _say_warm_start(hist)
-    result["warm_start_from"] = hist.prev.info.run_id if hist.prev and hist.enqueue else None
-    result["warm_start_configs"] = len(hist.enqueue)
+    result.warm_start_from = hist.prev.info.run_id if hist.prev and hist.enqueue else None
+    result.warm_start_configs = len(hist.enqueue)
 
     from tuner.search.run import run_search
 
@@ -102,7 +106,7 @@ def run_model(
     outcome = run_search(_with_history(req, hist), before_search=hook)
     champ = _judge(result, req, hist, check.get("result"), outcome, job.regression.threshold)
     _record(tracker, outcome.parent_run_id, mj.model, result, champ, mj.hardware)
-    print_verdict(result, result["regression_check"])
+    print_verdict(result)
     return result
 
 
@@ -185,7 +189,7 @@ def _with_history(req: SearchRequest, hist: _History) -> SearchRequest:
 
 
 def _row(df: pd.DataFrame, label: str) -> pd.Series | None:
-    rows = df[df["label"].eq(label) & df["status"].eq("ok")]
+    rows = df[df["label"].eq(label) & df["status"].eq(TrialStatus.OK)]
     return rows.iloc[0] if len(rows) else None
 
 
@@ -199,14 +203,14 @@ class _Champion:
 
 
 def _judge(
-    result: dict[str, Any],
+    result: ModelNight,
     req: SearchRequest,
     hist: _History,
     check: CheckResult | None,
     outcome: SearchOutcome,
     threshold: float,
 ) -> _Champion:
-    """The regression verdict on the champion, and who is champion now (also into `result`)."""
+    """The regression verdict on the champion, and who is champion now (both into `result`)."""
     df, new_row = outcome.table, outcome.recommended
     champion = hist.champion
     champ_row = _row(df, champion.label) if champion else None
@@ -214,11 +218,10 @@ def _judge(
     verdict = None
     if champion and hist.accepted and check is not None:
         verdict = nightly_verdict(hist.accepted, check, quality, req.space.constraints.max_accuracy_drop, threshold)
-    result["regression_check"] = verdict
-    result["machine_drift"] = verdict["drift"] if verdict else None
-    result["regression"] = bool(verdict and verdict["regression"])
-    result["improvement"] = bool(verdict and verdict["improvement"])
-    result["recommended"] = new_row["label"] if new_row is not None else None
+    result.regression_check = verdict
+    result.regression = bool(verdict and verdict.regression)
+    result.improvement = bool(verdict and verdict.improvement)
+    result.recommended = str(new_row["label"]) if new_row is not None else None
 
     new_champ, why = decide_champion(
         champion.label if champion else None, champ_row, new_row, req.space.search.objective
@@ -228,14 +231,14 @@ def _judge(
         figures = accepted_figures(new_row, df, outcome.confirmation)
     elif champion is not None:
         label, variant, figures = champion.label, champion.to_dict(), dict(hist.accepted)
-        if verdict is not None and not verdict["normalised_stored"]:  # accepted before they were stored:
-            figures.update({k: v for k, v in verdict["now"].items() if k.startswith(_NORMALISED_KEYS)})
+        if verdict is not None and not verdict.normalised_stored:  # accepted before they were stored:
+            figures.update({k: v for k, v in verdict.now.items() if k.startswith(_NORMALISED_KEYS)})
     else:
         label, variant, figures = "", {}, {}
-    result.update(
-        champion=label or None, champion_changed=bool(new_champ and champion is not None), champion_reason=why
+    result.champion, result.champion_changed, result.champion_reason = (
+        label or None, bool(new_champ and champion is not None), why
     )
-    result["champion_figures"] = figures  # what it stands on from now on (the first night's report shows them)
+    result.champion_figures = figures  # what it stands on from now on (the first night's report shows them)
     return _Champion(variant, figures, bool(new_champ))
 
 
@@ -244,25 +247,25 @@ _NORMALISED_KEYS = ("speedup", "ceiling_fraction", "baseline_p50_ms", "probe_p50
 
 
 def _record(
-    tracker: Tracker, parent_id: str, model: str, result: dict[str, Any], champ: _Champion, hardware: str | None
+    tracker: Tracker, parent_id: str, model: str, result: ModelNight, champ: _Champion, hardware: str | None
 ) -> None:
     """The verdict and the champion as parent-run tags and metrics; the registry alias."""
     tags = {
-        "tuner.regression": str(result["regression"]).lower(),
-        "tuner.improvement": str(result["improvement"]).lower(),
-        "tuner.warm_start_from": result["warm_start_from"] or "",
-        "tuner.champion_changed": str(result["champion_changed"]).lower(),
-        "tuner.champion_reason": result["champion_reason"],
+        "tuner.regression": str(result.regression).lower(),
+        "tuner.improvement": str(result.improvement).lower(),
+        "tuner.warm_start_from": result.warm_start_from or "",
+        "tuner.champion_changed": str(result.champion_changed).lower(),
+        "tuner.champion_reason": result.champion_reason,
     }
-    if result["champion"]:
-        tags.update({"tuner.champion_config": result["champion"], "tuner.champion_variant": json.dumps(champ.variant)})
-    if result["regression_check"]:
-        tags["tuner.regression_detail"] = verdict_line(result["regression_check"])
-    drift = result.get("machine_drift")
+    if result.champion:
+        tags.update({"tuner.champion_config": result.champion, "tuner.champion_variant": json.dumps(champ.variant)})
+    if result.regression_check:
+        tags["tuner.regression_detail"] = verdict_line(result.regression_check)
+    drift = result.machine_drift
     metrics = {f"champion_{k}": float(v) for k, v in champ.figures.items() if k != "max_accuracy_drop"}
     if drift:
-        tags["tuner.machine_drift"] = drift["text"]
-        metrics.update(machine_drift=drift["machine"], baseline_drift=drift["baseline"], probe_drift=drift["probe"])
+        tags["tuner.machine_drift"] = drift.text
+        metrics.update(machine_drift=drift.machine, baseline_drift=drift.baseline, probe_drift=drift.probe)
     tracker.log(parent_id, metrics=metrics, tags=tags)
     if champ.new:
         promote(tracker, parent_id, model, hardware)

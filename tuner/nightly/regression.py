@@ -9,14 +9,16 @@ since normalised figures are stored, `speedup`, `ceiling_fraction` (+ `_low`/`_h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tuner.core.schema import confirmed
+from tuner.core.schema import TrialStatus, confirmed
 from tuner.core.variant import ceiling_key
 from tuner.decide.confirm import Confirmed
 from tuner.decide.finalists import Confirmation
+from tuner.nightly.verdict import FigureCheck, Judgement, NightlyVerdict, Word
 
 if TYPE_CHECKING:
     from tuner.nightly.check import CheckResult
@@ -26,11 +28,11 @@ def _half_width(value: float, low: float, high: float) -> float:
     return max(value - low, high - value) / value if value > 0 else 0.0
 
 
-def judge(accepted: dict[str, float], now: dict[str, float], threshold: float) -> dict[str, Any]:
+def judge(accepted: dict[str, float], now: dict[str, float], threshold: float) -> Judgement:
     """Compare the champion's figures now with the ones it was accepted on. Latency up, or
     throughput or quality down, by more than the noise band is a regression; the other way
     an improvement. The band: max(threshold, either interval's relative half-width)."""
-    checks: dict[str, Any] = {}
+    checks: dict[str, FigureCheck] = {}
     for metric, worse_if_higher in (("p50_ms", True), ("throughput_ips", False)):
         old, new = accepted.get(metric), now.get(metric)
         if not old or not new:
@@ -43,19 +45,15 @@ def judge(accepted: dict[str, float], now: dict[str, float], threshold: float) -
         change = new / old - 1
         worse = change > band if worse_if_higher else change < -band
         better = change < -band if worse_if_higher else change > band
-        checks[metric] = {"accepted": old, "now": new, "change": change, "band": band,
-                          "verdict": "regression" if worse else "improvement" if better else "same"}  # fmt: skip
+        checks[metric] = FigureCheck(old, new, change, band, "regression" if worse else "improvement" if better
+                                     else "same")  # fmt: skip
     if accepted.get("quality") is not None and now.get("quality") is not None:
         old_q, new_q = accepted["quality"], now["quality"]
         change = new_q - old_q
         band = max(accepted.get("max_accuracy_drop", 0.01) * old_q, 1e-9)
-        verdict = "regression" if change < -band else "improvement" if change > band else "same"
-        checks["quality"] = {"accepted": old_q, "now": new_q, "change": change, "band": band, "verdict": verdict}
-    return {
-        "regression": any(c["verdict"] == "regression" for c in checks.values()),
-        "improvement": any(c["verdict"] == "improvement" for c in checks.values()),
-        "checks": checks,
-    }
+        verdict: Word = "regression" if change < -band else "improvement" if change > band else "same"
+        checks["quality"] = FigureCheck(old_q, new_q, change, band, verdict)
+    return Judgement(checks)
 
 
 def figures_of(conf: Confirmed | None, row: pd.Series | None) -> dict[str, float]:
@@ -107,12 +105,12 @@ def decide_champion(
     return False, "the new recommendation is not significantly better than the champion"
 
 
-def verdict_line(verdict: dict[str, Any]) -> str:
+def verdict_line(verdict: NightlyVerdict | Judgement) -> str:
     return "; ".join(
-        f"{m} {c['verdict']}: {c['accepted']:.4g} -> {c['now']:.4g} ({c['change']:+.1%}, band {c['band']:.1%})"
+        f"{m} {c.verdict}: {c.accepted:.4g} -> {c.now:.4g} ({c.change:+.1%}, band {c.band:.1%})"
         if m != "quality"
-        else f"quality {c['verdict']}: {c['accepted']:.3f} -> {c['now']:.3f}"
-        for m, c in verdict["checks"].items()
+        else f"quality {c.verdict}: {c.accepted:.3f} -> {c.now:.3f}"
+        for m, c in verdict.checks.items()
     )
 
 
@@ -128,7 +126,7 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame, confirmation: Confirmatio
     for name, figure in (("speedup", "speedup_vs_baseline"), ("ceiling_fraction", "ceiling_fraction")):
         if pd.notna(row.get(f"confirmed_{figure}", float("nan"))):
             figures.update(_interval(row, figure, name))
-    base = df[df["is_baseline"].astype(bool) & df["status"].eq("ok")]
+    base = df[df["is_baseline"].astype(bool) & df["status"].eq(TrialStatus.OK)]
     if len(base) and pd.notna(base.iloc[0].get("confirmed_p50_ms", float("nan"))):
         figures["baseline_p50_ms"] = float(base.iloc[0]["confirmed_p50_ms"])
     key = ceiling_key(str(row["precision"]), str(row["quantization"]))
@@ -141,24 +139,25 @@ def accepted_figures(row: pd.Series, df: pd.DataFrame, confirmation: Confirmatio
 
 def nightly_verdict(
     accepted: dict[str, float], check: CheckResult, quality_now: float | None, max_drop: float, threshold: float
-) -> dict[str, Any]:
+) -> NightlyVerdict:
     """Tonight's verdict on the champion: a regression when the judged normalised figure
     (check.verdict: the ceiling fraction, else the speedup) or quality got worse beyond its
     band. The other normalised figure and the absolute ones are compared too, and shown, but
     not judged: the speedup leans on the noisy baseline, the absolute figures move with the
     machine."""
     now = {**check.figures, **({"quality": quality_now} if quality_now is not None else {})}
-    absolute = judge({**accepted, "max_accuracy_drop": max_drop}, now, threshold)
-    quality = absolute["checks"].pop("quality", None)
-    checks = {**check.verdict["checks"], **({"quality": quality} if quality else {})}
-    return {
-        "regression": any(c["verdict"] == "regression" for c in checks.values() if c.get("judged", True)),
-        "improvement": any(c["verdict"] == "improvement" for c in checks.values() if c.get("judged", True)),
-        "checks": checks,  # judged, and the normalised figure shown beside the judged one ("judged": False)
-        "absolute": absolute["checks"],  # shown beside them
-        "normalised_stored": check.verdict["stored"],
-        "judged": check.verdict.get("judged"),  # ceiling_fraction, speedup, or None
-        "drift": check.drift,
-        "remeasured": check.remeasured,
-        "now": check.figures,
-    }
+    absolute = dict(judge({**accepted, "max_accuracy_drop": max_drop}, now, threshold).checks)
+    quality = absolute.pop("quality", None)
+    # judged, and the normalised figure shown beside the judged one (`judged` False); quality
+    judged = Judgement({**check.verdict.checks, **({"quality": quality} if quality else {})})
+    return NightlyVerdict(
+        regression=judged.regression,
+        improvement=judged.improvement,
+        checks=judged.checks,
+        absolute={m: dataclasses.replace(c, judged=False) for m, c in absolute.items()},  # shown beside them
+        normalised_stored=check.verdict.stored,
+        judged=check.verdict.judged,
+        drift=check.drift,
+        remeasured=check.remeasured,
+        now=check.figures,
+    )

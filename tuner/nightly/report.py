@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tuner.core.console import say
+from tuner.nightly.verdict import ModelNight, NightlyVerdict
 
 SHOWN_FIGURES = (("p50_ms", "p50 ms"), ("throughput_ips", "items/s"), ("speedup", "speedup x"),
                  ("ceiling_fraction", "ceiling fraction"))  # fmt: skip
@@ -33,47 +34,45 @@ _JUDGED = {
 }
 
 
-def _verdict_word(verdict: dict[str, Any]) -> str:
-    return "REGRESSION" if verdict["regression"] else "improvement" if verdict["improvement"] else "no change"
+def _verdict_word(verdict: NightlyVerdict) -> str:
+    return "REGRESSION" if verdict.regression else "improvement" if verdict.improvement else "no change"
 
 
-def print_verdict(result: dict[str, Any], verdict: dict[str, Any] | None) -> None:
-    say(f"\n== nightly {result['model']}:")
+def print_verdict(result: ModelNight) -> None:
+    say(f"\n== nightly {result.model}:")
+    verdict = result.regression_check
     if verdict is None:
         say("  regression check: nothing to compare with (no earlier champion on this hardware)")
     else:
-        judged = _JUDGED.get(str(verdict.get("judged")))
-        say(f"  regression check of {result['champion_before']}: {_verdict_word(verdict)} "
+        judged = _JUDGED.get(str(verdict.judged))
+        say(f"  regression check of {result.champion_before}: {_verdict_word(verdict)} "
             f"(judged on {judged + ', and quality' if judged else 'quality only'})")  # fmt: skip
-        if not verdict["normalised_stored"]:
+        if not verdict.normalised_stored:
             say("    no normalised figure was stored for this champion (accepted before tuner stored them): "
                 "tonight's are stored from now on")  # fmt: skip
-        for m, c in verdict["checks"].items():
-            say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%} (band {c['band']:.1%})  "
-                f"{c['verdict']}{'' if c.get('judged', True) else '  (shown, not judged)'}")  # fmt: skip
-        for m, c in verdict["absolute"].items():
-            say(f"    {m:<17} {c['accepted']:.4g} -> {c['now']:.4g}  {c['change']:+.1%}  (absolute: not judged)")
-        if verdict["remeasured"]:
+        for m, c in verdict.checks.items():
+            say(f"    {m:<17} {c.accepted:.4g} -> {c.now:.4g}  {c.change:+.1%} (band {c.band:.1%})  "
+                f"{c.verdict}{'' if c.judged else '  (shown, not judged)'}")  # fmt: skip
+        for m, c in verdict.absolute.items():
+            say(f"    {m:<17} {c.accepted:.4g} -> {c.now:.4g}  {c.change:+.1%}  (absolute: not judged)")
+        if verdict.remeasured:
             say("    re-measured once to rule out a slow phase of the host")
-        drift = verdict["drift"]
+        drift = verdict.drift
         if drift:
-            say(f"  machine drift: {drift['text']} (baseline {drift['baseline']:+.1%}, probe {drift['probe']:+.1%})")
-            if drift["warning"]:
-                say(f"  warning: the machine drifted beyond the job's regression.drift_warning: {drift['text']}")
-    say(f"  recommended: {result['recommended']}")
-    how = "changed" if result["champion_changed"] else "new" if result["champion_before"] is None else "kept"
-    say(f"  champion: {result['champion']} ({how}: {result['champion_reason']})")
-    figures = result.get("champion_figures") or {}
-    if figures:
-        say("  champion stands on: " + ", ".join(f"{label} {_figure(figures, n)}" for n, label in SHOWN_FIGURES))
+            say(f"  machine drift: {drift.text} (baseline {drift.baseline:+.1%}, probe {drift.probe:+.1%})")
+            if drift.warning:
+                say(f"  warning: the machine drifted beyond the job's regression.drift_warning: {drift.text}")
+    say(f"  recommended: {result.recommended}")
+    how = "changed" if result.champion_changed else "new" if result.champion_before is None else "kept"
+    say(f"  champion: {result.champion} ({how}: {result.champion_reason})")
+    if result.champion_figures:
+        say("  champion stands on: " + ", ".join(f"{label} {_figure(result.champion_figures, n)}"
+                                                for n, label in SHOWN_FIGURES))  # fmt: skip
 
 
-def write_report(results: list[dict[str, Any]], run_dir: Path, wall_s: float, budget_min: float | None) -> None:
-    (run_dir / "nightly-report.json").write_text(
-        json.dumps(
-            {"wall_s": wall_s, "time_budget_minutes": budget_min, "models": results}, indent=2, default=_json_default
-        )  # fmt: skip
-    )
+def write_report(results: list[ModelNight], run_dir: Path, wall_s: float, budget_min: float | None) -> None:
+    doc = {"wall_s": wall_s, "time_budget_minutes": budget_min, "models": [r.to_json() for r in results]}
+    (run_dir / "nightly-report.json").write_text(json.dumps(doc, indent=2, default=_json_default))
     budget = f"the job's time budget for its searches: {budget_min:g} min" if budget_min else "no time budget"
     wall = f"{wall_s / 60:.1f} min" if wall_s >= 60 else f"{wall_s:.0f} s"
     lines = [f"# Nightly tuning report ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -85,51 +84,51 @@ def write_report(results: list[dict[str, Any]], run_dir: Path, wall_s: float, bu
     say(f"\nnightly report: {run_dir / 'nightly-report.md'} and nightly-report.json")
 
 
-def flag(r: dict[str, Any]) -> str:
+def flag(r: ModelNight) -> str:
     """One word for a model's night: error, not run, REGRESSION, improvement or ok."""
-    status = str(r.get("status") or "")
+    status = r.status or ""
     if status.startswith("error"):
         return "error"
     if status.startswith("not run"):
         return "not run"
-    return "REGRESSION" if r.get("regression") else "improvement" if r.get("improvement") else "ok"
+    return "REGRESSION" if r.regression else "improvement" if r.improvement else "ok"
 
 
-def heading(r: dict[str, Any]) -> str:
-    where = f"class `{r['hardware']}`" if r.get("hardware") else "this machine's class"
-    return f"## `{r['model']}` on {where}: {flag(r)}"
+def heading(r: ModelNight) -> str:
+    where = f"class `{r.hardware}`" if r.hardware else "this machine's class"
+    return f"## `{r.model}` on {where}: {flag(r)}"
 
 
-def _model_section(r: dict[str, Any]) -> list[str]:
+def _model_section(r: ModelNight) -> list[str]:
     lines = [heading(r), ""]
     for key, label in (("warm_start_from", "warm start from search"), ("recommended", "recommended"),
                        ("champion_before", "champion before"), ("champion", "champion now"),
                        ("champion_reason", "why"), ("status", "status"), ("output", "output")):  # fmt: skip
-        if r.get(key) is not None:
-            lines.append(f"- {label}: `{r[key]}`")
-    figures = r.get("champion_figures") or {}
+        value = getattr(r, key)
+        if value:
+            lines.append(f"- {label}: `{value}`")
+    figures = r.champion_figures
     if figures:
         lines += ["", "The champion's accepted figures (confirmed, 95% intervals):", "",
                   "| " + " | ".join(label for _, label in SHOWN_FIGURES) + " |", "|---" * len(SHOWN_FIGURES) + "|",
                   "| " + " | ".join(_figure(figures, n) for n, _ in SHOWN_FIGURES) + " |"]  # fmt: skip
-    verdict = r.get("regression_check")
+    verdict = r.regression_check
     if verdict:
         lines += ["", "| figure | accepted | now | change | threshold | verdict |", "|---|---|---|---|---|---|"]
-        for m, c in verdict["checks"].items():
-            lines.append(f"| {m} | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | {c['band']:.1%} | "
-                         f"{c['verdict'] if c.get('judged', True) else c['verdict'] + ' (not judged)'} |")  # fmt: skip
-        for m, c in verdict["absolute"].items():
-            lines.append(f"| {m} (absolute) | {c['accepted']:.4g} | {c['now']:.4g} | {c['change']:+.1%} | | "
-                         "not judged |")  # fmt: skip
-        if not verdict["normalised_stored"]:
+        for m, c in verdict.checks.items():
+            lines.append(f"| {m} | {c.accepted:.4g} | {c.now:.4g} | {c.change:+.1%} | {c.band:.1%} | "
+                         f"{c.verdict if c.judged else c.verdict + ' (not judged)'} |")  # fmt: skip
+        for m, c in verdict.absolute.items():
+            lines.append(f"| {m} (absolute) | {c.accepted:.4g} | {c.now:.4g} | {c.change:+.1%} | | not judged |")
+        if not verdict.normalised_stored:
             lines.append("\nNo normalised figure was stored for this champion; tonight's are stored from now on.")
-        if verdict["remeasured"]:
+        if verdict.remeasured:
             lines.append("\nThe check looked like a regression and was measured once more, to rule out a slow phase.")
-        drift = verdict["drift"]
+        drift = verdict.drift
         if drift:
-            lines.append(f"\n**Machine drift:** {drift['text']} (baseline {drift['baseline']:+.1%}, "
-                         f"probe {drift['probe']:+.1%})" + (" - beyond the job's drift_warning" if drift["warning"]
-                                                            else ""))  # fmt: skip
+            lines.append(f"\n**Machine drift:** {drift.text} (baseline {drift.baseline:+.1%}, "
+                         f"probe {drift.probe:+.1%})" + (" - beyond the job's drift_warning" if drift.warning
+                                                          else ""))  # fmt: skip
     lines.append("")
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tuner.core.schema import TrialStatus
 from tuner.outputs.tables import is_missing
 
 COMPARED = ("latency_p50_ms", "latency_p90_ms", "throughput_ips", "quality")
@@ -16,7 +17,7 @@ def compare(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     with its other side empty. Only ok trials carry figures."""
 
     def side(d: pd.DataFrame) -> pd.DataFrame:
-        ok = d[d["status"].eq("ok")] if "status" in d else d
+        ok = d[d["status"].eq(TrialStatus.OK)] if "status" in d else d
         cols = [c for c in COMPARED if c in ok]
         return ok.groupby("label")[cols].median()  # a config measured twice: its median
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tuner.core.schema import TrialStatus
+
 PANELS = (
     ("throughput_ips", "throughput (items/s)"),
     ("quality", "quality (top-1, or top-1 agreement with fp32)"),
@@ -37,7 +39,7 @@ def _kind(row: pd.Series) -> str:
 
 
 def _prepare(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    ok = df[df["status"].eq("ok")].copy()
+    ok = df[df["status"].eq(TrialStatus.OK)].copy()
     ok["kind"] = ok.apply(_kind, axis=1)
     for col in ("pareto", "recommended", "is_baseline"):
         ok[col] = ok[col].fillna(False).astype(bool) if col in ok else False

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuner.core.console import say
-from tuner.core.schema import confirmed
+from tuner.core.schema import TrialStatus, confirmed
 from tuner.decide.confirm import Interval
 
 
@@ -28,7 +28,7 @@ class SearchFacts:
 
 def failures_by_reason(df: pd.DataFrame) -> list[tuple[str, str, int]]:
     """(status, error, count) of the trials that are not ok, most frequent first."""
-    not_ok = df[~df["status"].eq("ok")]
+    not_ok = df[~df["status"].eq(TrialStatus.OK)]
     if not len(not_ok):
         return []
     groups = not_ok.groupby(["status", "error"]).size().sort_values(ascending=False)
@@ -44,7 +44,7 @@ def describe(
     df: pd.DataFrame, rec: pd.Series | None, reason: str, facts: SearchFacts, wall: float, tags: dict[str, str]
 ) -> str:
     """The parent run's description (MLflow `mlflow.note.content`, shown as markdown)."""
-    ok = df[df["status"].eq("ok")]
+    ok = df[df["status"].eq(TrialStatus.OK)]
     lines = [
         f"## Search of `{facts.model}`: {len(df)} trials, {len(ok)} ok, {wall / 60:.1f} min",
         "",

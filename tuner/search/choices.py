@@ -29,6 +29,7 @@ from tuner.core.errors import ConfigError, SpaceError
 from tuner.core.variant import (
     BASELINE_FIELDS,
     CompileMode,
+    Device,
     Layout,
     Precision,
     Quantization,
@@ -56,7 +57,7 @@ def feasible_choices(
             f"{source}: `dimensions.threads` lists {too_many}, but a trial can have at most "
             f"{cores} core(s) here; use values 1..{cores} or `auto`"
         )
-    batches = d.batch_size_gpu if device == "cuda" else d.batch_size
+    batches = d.batch_size_gpu if device == Device.CUDA else d.batch_size
     batch = max(batches)
 
     def ok(**fields: Any) -> bool:
@@ -183,4 +184,4 @@ def feasible(config: dict[str, Any]) -> bool:
         v = variant_from_config(config)
     except ConfigError:  # e.g. int8 with bf16 on a runtime that runs its float layers in fp32
         return False
-    return any(infeasible(v, device=d, fp16_native=True, bf16_native=True) is None for d in ("cpu", "cuda"))
+    return any(infeasible(v, device=d, fp16_native=True, bf16_native=True) is None for d in Device)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.core.errors import ConfigError
-from tuner.core.variant import DEVICES
+from tuner.core.variant import DEVICES, Device
 from tuner.measure.ceiling import CeilingEntry, entries_for
 from tuner.measure.hardware import Hardware, detect
 
@@ -69,7 +69,7 @@ class Node:
 class HardwareClass:
     name: str
     nodes: tuple[Node, ...]
-    device: str = "cpu"  # where trials run: "cuda" (one GPU each) or "cpu" (`choose_device`)
+    device: Device = Device.CPU  # where trials run (`choose_device`)
 
     @property
     def cores(self) -> int:
@@ -84,7 +84,7 @@ class HardwareClass:
     @property
     def gpus(self) -> int:
         """The GPUs a trial reserves: one on `cuda`, none on `cpu`."""
-        return 1 if self.device == "cuda" else 0
+        return 1 if self.device is Device.CUDA else 0
 
     def resources(self) -> dict[str, float]:
         """One trial's reservation: the whole node's CPUs, and its GPU on `cuda`."""
@@ -180,15 +180,15 @@ def choose_class(
     )
 
 
-def choose_device(klass: HardwareClass, wanted: str | None) -> HardwareClass:
+def choose_device(klass: HardwareClass, wanted: Device | str | None) -> HardwareClass:
     """The class with the device its trials run on: `wanted`, or by default `cuda` where its
     nodes have a GPU that torch can use, else `cpu`. `cuda` on a class without one is a
     ConfigError saying what Ray and torch report."""
     if wanted is not None and wanted not in DEVICES:
         raise ConfigError(f"--device {wanted}: must be one of {', '.join(DEVICES)}")
     usable = all(n.hw.gpu != "none" and n.gpus >= 1 for n in klass.nodes)
-    device = wanted or ("cuda" if usable else "cpu")
-    if device == "cuda" and not usable:
+    device = Device(wanted) if wanted else Device.CUDA if usable else Device.CPU
+    if device is Device.CUDA and not usable:
         hw = klass.nodes[0].hw
         found = ", ".join(f"{n.name}: {n.gpus} GPU(s) in Ray, torch sees {n.hw.gpu}" for n in klass.nodes)
         raise ConfigError(

@@ -21,7 +21,7 @@ import pandas as pd
 from tuner.config.request import SearchRequest
 from tuner.core.console import say
 from tuner.core.errors import one_line
-from tuner.core.schema import CONFIRMED_COLUMNS, TAGS, selection_tags
+from tuner.core.schema import CONFIRMED_COLUMNS, TAGS, TrialStatus, selection_tags
 from tuner.decide.finalists import Confirmation, ConfirmFn, confirm_finalists
 from tuner.decide.pareto import Recommendation, feasible_mask, pareto_mask, recommend
 from tuner.inputs.reference import Reference
@@ -217,7 +217,7 @@ def _summary_metrics(
         for key, p50 in confirmation.probe_p50_ms.items():  # the machine's speed, in the same rounds
             summary[f"probe_p50_ms.{key}"] = p50
     summary.update({f"n_{k}": float(v) for k, v in df["status"].value_counts().to_dict().items()})
-    ok = df[df["status"].eq("ok")]
+    ok = df[df["status"].eq(TrialStatus.OK)]
     if len(ok):
         summary["best_latency_p50_ms"] = float(ok["latency_p50_ms"].min())
         summary["best_throughput_ips"] = float(ok["throughput_ips"].max())
@@ -247,7 +247,7 @@ def _write_recommended(
             "reason": rec.reason,
             "hardware": fingerprint,
             "hardware_class": req.hardware,
-            "device": req.device,
+            "device": str(req.device) if req.device else None,  # plain for YAML
             "mlflow": {
                 "tracking_uri": req.tracking_uri,
                 "experiment": req.experiment,

@@ -28,7 +28,7 @@ from typing import Any
 from tuner.config.request import SEARCH_STATE, SearchRequest, load_state, save_state
 from tuner.core.console import say
 from tuner.core.errors import TrackingError
-from tuner.core.variant import config_key, unavailable_runtimes
+from tuner.core.variant import Device, config_key, unavailable_runtimes
 from tuner.decide.finalists import ConfirmFn
 from tuner.inputs.models import ModelSpec, check_inputs, resolve_weights
 from tuner.inputs.reference import Reference, reference_for
@@ -170,7 +170,7 @@ def _place(req: SearchRequest, begun: _Started) -> _Prepared:
     hw = klass.hw
     say(f"  machine: {hw.cpu_model}, {hw.cores} cores per trial, gpu {hw.gpu}, torch {hw.torch_version}")
     gpu = f" ({hw.gpu}, driver {hw.gpu_driver}, CUDA {hw.cuda_version}, cuDNN {hw.cudnn_version}; one GPU per trial)"
-    say(f"  device:  {klass.device}{gpu if klass.device == 'cuda' else ''}")
+    say(f"  device:  {klass.device}{gpu if klass.device is Device.CUDA else ''}")
     n_classes = len({n.hardware_class for n in nodes})
     say(f"  hardware class {klass.name}: {len(klass.nodes)} of the cluster's {len(nodes)} node(s) with CPUs, "
         f"{n_classes} class(es) ({', '.join(n.name for n in klass.nodes)})")  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.core.errors import last_line
-from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES, TrialResult
+from tuner.core.schema import PENALTY, SAMPLER_OBJECTIVES, TrialResult, TrialStatus
 from tuner.core.variant import Variant, config_key, variant_from_config
 from tuner.inputs.reference import Reference
 from tuner.search.cluster import HardwareClass, lost_nodes, node_hardware, node_name
@@ -89,7 +89,12 @@ def as_callback(recorder: TrialRecorder, klass: HardwareClass) -> Any:
             gone = lost_nodes(klass) if ACTOR_GONE.search(err) else []
             if gone:  # not the config's fault: say so, and where
                 names = ", ".join(n.name for n in gone)
-                died = {**died, "status": "failed", "node": names, "error": f"node lost ({names}): {last_line(err)}"}
+                died = {
+                    **died,
+                    "status": TrialStatus.FAILED,
+                    "node": names,
+                    "error": f"node lost ({names}): {last_line(err)}",
+                }
             recorder.record(trial.trial_id, trial.config, TrialResult.from_report(died))
 
     return _Cb()

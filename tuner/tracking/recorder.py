@@ -21,6 +21,7 @@ from tuner.core.schema import (
     PENALTY,
     SELECTION_COLUMNS,
     TrialResult,
+    TrialStatus,
     objectives_of,
     trial_tags,
 )
@@ -88,7 +89,7 @@ class TrialRecorder:
         index = len(self.rows)
         # The baseline is the first point proposed; with several nodes it need not finish first.
         is_baseline = variant == baseline(variant.threads) and not any(r["is_baseline"] for r in self.rows)
-        if is_baseline and result.status == "ok":
+        if is_baseline and result.status is TrialStatus.OK:
             self.baseline_p50 = result.latency_p50_ms
             for r in self.rows:  # the trials that finished before it
                 if r["latency_p50_ms"] and r["speedup_vs_baseline"] is None:
@@ -147,7 +148,7 @@ class TrialRecorder:
         n = f"[{len(self.rows):>{len(str(self.total))}}/{self.total}]"
         where = f" on {row['node']} " if row.get("node") else ""
         head = f"{n}{where} {row['status']:<10} {row['label']:<38}"
-        if row["status"] != "ok":
+        if row["status"] != TrialStatus.OK:
             return f"{head} {row['error'][:90]}"
         return (
             f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s  "
@@ -172,7 +173,7 @@ class TrialRecorder:
             r["error"] = r.get("error") or ""
             r["mlflow_run_id"] = r.get("mlflow_run_id") or ""
         self.seen = {str(r["trial_id"]) for r in self.rows}
-        base = [r for r in self.rows if r.get("is_baseline") and r.get("status") == "ok"]
+        base = [r for r in self.rows if r.get("is_baseline") and r.get("status") == TrialStatus.OK]
         if base:
             self.baseline_p50 = float(base[0]["latency_p50_ms"])
 
@@ -181,4 +182,6 @@ class TrialRecorder:
 
     def known_objectives(self) -> dict[str, dict[str, float]]:
         """Config key -> the objectives the sampler saw for it (penalties for non-ok trials)."""
-        return {str(r["label"]): objectives_of(r) if r.get("status") == "ok" else dict(PENALTY) for r in self.rows}
+        return {
+            str(r["label"]): objectives_of(r) if r.get("status") == TrialStatus.OK else dict(PENALTY) for r in self.rows
+        }

@@ -48,8 +48,8 @@ def fluent_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
+        mlflow.set_tracking_uri(old[0])  # type: ignore[arg-type]  # None: unset, as it was
+        mlflow.set_registry_uri(old[1])  # type: ignore[arg-type]
         for k, v in env.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -3,9 +3,10 @@
 `evaluate()` is the whole measurement of one variant, shared by the Ray trainable
 (`search/tune.py`, one fresh forked process per trial) and by `python -m tuner measure`.
 It returns a `TrialResult` (core/schema.py) with one of its statuses: `ok`, `infeasible`
-(known not to work here; nothing built), `failed` (the build or a run raised an expected
-error: its text is kept), `inaccurate` (the first batch is far from fp32; not timed). The
-fresh process adds `failed` for any other exception or a crash, `timeout` and `oom`.
+(known not to work here; nothing built), `failed` (a runtime refused the variant while
+building or running it, `refused`: its text is kept), `inaccurate` (the first batch is far
+from fp32; not timed). Any other exception propagates: the fresh process records it as
+`error` (most likely tuner's own bug), and adds `failed` for a crash, `timeout` and `oom`.
 
 `time_variant()` is one confirmation measurement: build and time, no accuracy pass.
 """
@@ -13,6 +14,7 @@ fresh process adds `failed` for any other exception or a crash, `timeout` and `o
 from __future__ import annotations
 
 import itertools
+import linecache
 import os
 import time
 import traceback
@@ -27,8 +29,8 @@ from tuner.build.runtime import full_batches
 from tuner.config.space import TimingConfig
 from tuner.core.env import pin_threads
 from tuner.core.errors import VariantUnsupported, one_line
-from tuner.core.schema import TrialResult
-from tuner.core.variant import MachineProbe, Variant, ceiling_key
+from tuner.core.schema import TrialResult, TrialStatus
+from tuner.core.variant import Device, MachineProbe, Variant, ceiling_key
 from tuner.inputs.models import weights_digest
 from tuner.inputs.reference import Reference
 from tuner.measure.accuracy import accuracy_drop, fidelity, quality, topk_accuracy
@@ -41,9 +43,31 @@ from tuner.trial.faults import slow_call, slowed
 
 INPUT_POOL = 4  # distinct batches cycled during timing (never one cached tensor)
 
-# Errors a torch build/run raises for an unsupported combination (dynamo/inductor errors
-# subclass RuntimeError). Anything else is our bug and propagates.
-EXPECTED_ERRORS = (VariantUnsupported, RuntimeError, NotImplementedError)
+# What the runtimes raise for an operator, dtype or graph they cannot build or run: torch's
+# RuntimeError (ATen; dynamo, inductor, export and the ONNX exporter subclass it) and
+# NotImplementedError (a kernel missing for a dtype or backend), OpenVINO's RuntimeError,
+# ONNX Runtime's errors (RuntimeError subclasses). build/ raises VariantUnsupported itself.
+RUNTIME_ERRORS = (RuntimeError, NotImplementedError)
+TUNER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def refused(e: BaseException) -> bool:
+    """Did a runtime refuse the variant (`failed`), rather than tuner break (`error`)? Yes
+    for VariantUnsupported, and for RUNTIME_ERRORS unless a `raise` statement in tuner's own
+    code threw it: those are ours. A runtime's error raised in C++ below a call of ours
+    counts as the runtime's (its innermost Python frame is our call, not a `raise`)."""
+    if isinstance(e, VariantUnsupported):
+        return True
+    if not isinstance(e, RUNTIME_ERRORS):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return True
+    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    line = linecache.getline(path, tb.tb_lineno).strip()
+    return not (path.startswith(TUNER_DIR + os.sep) and line.startswith("raise"))
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class TrialSettings:
     memory_mb: float | None = None  # per-trial resident-memory cap (trial/process.py)
     faults: tuple[Any, ...] = ()  # test-only fault injection rules (space `inject_faults:`)
     cores: int = 0  # the CPUs a trial reserves: a whole node of the search's class (0: not on Ray)
-    device: str | None = None  # "cuda" or "cpu" (search --device); None: cuda where this process sees a GPU
+    device: Device | None = None  # search --device; None: cuda where this process sees a GPU
 
     def hardware(self) -> Hardware:
         """This process's hardware as the trial uses it: on `cpu`, without its GPU (Ray leaves a
@@ -84,7 +108,7 @@ def _timing_pool(x: torch.Tensor, batch_size: int, built: BuiltVariant) -> list[
 
 def _timer(device: str) -> CallTimer | None:
     """Each call on a GPU is timed with CUDA events (measure/latency.py); on the CPU, the clock."""
-    return cuda_event_timer() if device == "cuda" else None
+    return cuda_event_timer() if device == Device.CUDA else None
 
 
 def _guarded_timing(
@@ -138,7 +162,7 @@ def evaluate(
     load_start = os.getloadavg()[0]
     reason = infeasible(variant, device=hw.device, fp16_native=hw.fp16_native, bf16_native=hw.bf16_native)
     if reason:
-        return TrialResult(status="infeasible", error=reason, load_start=load_start)
+        return TrialResult(status=TrialStatus.INFEASIBLE, error=reason, load_start=load_start)
 
     model = _load_checked(variant, ref)
     x = ref.data.inputs
@@ -153,7 +177,9 @@ def evaluate(
             screen = fidelity(first, ref.logits[: len(first)])
             if screen["cosine_similarity"] < settings.screen_min_cosine:
                 msg = f"first batch cosine {screen['cosine_similarity']:.4f} < {settings.screen_min_cosine}"
-                return TrialResult.of(screen, status="inaccurate", error=msg, load_start=load_start, build_s=build_s)
+                return TrialResult.of(
+                    screen, status=TrialStatus.INACCURATE, error=msg, load_start=load_start, build_s=build_s
+                )
 
             pool = _timing_pool(x, variant.batch_size, built)
             cycle = itertools.cycle(pool)
@@ -161,9 +187,15 @@ def evaluate(
             lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built.device.type))
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
-    except EXPECTED_ERRORS as e:
+    except (VariantUnsupported, *RUNTIME_ERRORS) as e:
+        if not refused(e):
+            raise
         return TrialResult(
-            status="failed", error=one_line(e), traceback=traceback.format_exc(), load_start=load_start, build_s=build_s
+            status=TrialStatus.FAILED,
+            error=one_line(e),
+            traceback=traceback.format_exc(),
+            load_start=load_start,
+            build_s=build_s,
         )
 
     figures: dict[str, Any] = lat.summary(variant.batch_size)
@@ -174,7 +206,7 @@ def evaluate(
         figures.update(topk_accuracy(outs, ref.data.labels))
     figures["quality"] = quality(figures, ref.has_labels)
     figures["accuracy_drop"] = accuracy_drop(figures["quality"], ref.baseline_quality)
-    figures["peak_device_mb"] = peak_device_mb() if hw.device == "cuda" else None
+    figures["peak_device_mb"] = peak_device_mb() if hw.device is Device.CUDA else None
     figures.update(built.figures)
     figures.update(
         load_start=load_start,
@@ -183,7 +215,7 @@ def evaluate(
         model_size_mb=built.size_mb if built.size_mb is not None else model_size_mb(built.module),
         load_end=os.getloadavg()[0],
     )
-    return TrialResult.of({**guard, **figures}, status="ok", stable=lat.stable)
+    return TrialResult.of({**guard, **figures}, status=TrialStatus.OK, stable=lat.stable)
 
 
 def time_probe(probe: MachineProbe, settings: TrialSettings) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any
 
 from tuner.core.env import measurement_priority
 from tuner.core.errors import last_line, one_line
+from tuner.core.schema import TrialStatus
 
 MARKER = "tuner-fault.json"
 FAULT_LOG = "fault.log"
@@ -79,8 +80,8 @@ def _child(conn: Connection, folder: str, target: Callable[..., dict[str, Any]],
         faulthandler.enable(file=log, all_threads=True)
         try:
             out = target(*args)
-        except Exception as e:  # any exception of the trial's code is its result, with the traceback kept
-            out = {"status": "failed", "error": one_line(e)}
+        except Exception as e:  # what evaluate did not take for a runtime's refusal: `error`, traceback kept
+            out = {"status": TrialStatus.ERROR, "error": one_line(e)}
             out["traceback"] = traceback.format_exc()
         faulthandler.disable()
     conn.send({**out, "nice": nice})
@@ -122,11 +123,17 @@ def fresh_process(
                 continue  # exiting: is_alive() says so on the next turn
             peak = max(peak, rss)
             if timeout_s and elapsed > timeout_s:
-                _stop(proc, folder, "timeout", f"still running after {timeout_s:.0f} s (limits.trial_timeout_s)", peak)
+                _stop(
+                    proc,
+                    folder,
+                    TrialStatus.TIMEOUT,
+                    f"still running after {timeout_s:.0f} s (limits.trial_timeout_s)",
+                    peak,
+                )
                 break
             if memory_mb and rss > memory_mb:
                 detail = f"resident memory {rss:.0f} MB passed the {memory_mb:.0f} MB cap (limits.trial_memory_mb)"
-                _stop(proc, folder, "oom", detail, peak)
+                _stop(proc, folder, TrialStatus.OOM, detail, peak)
                 break
     except EOFError:
         pass  # the child died between poll() and recv()
@@ -140,7 +147,7 @@ def fresh_process(
     return classify(folder, f"trial process ended without a result ({how})")
 
 
-def _stop(proc: Any, folder: Path, status: str, detail: str, peak_mb: float) -> None:
+def _stop(proc: Any, folder: Path, status: TrialStatus, detail: str, peak_mb: float) -> None:
     (folder / MARKER).write_text(json.dumps({"status": status, "error": detail, "peak_rss_mb": peak_mb}))
     proc.kill()
     proc.join()
@@ -156,11 +163,11 @@ def classify(folder: str | Path | None, error_text: str) -> dict[str, Any]:
     fatal = re.search(r"Fatal Python error: (\w[\w ]*)", log)
     if fatal:
         return {
-            "status": "failed",
+            "status": TrialStatus.FAILED,
             "error": f"trial process crashed: {fatal.group(1).strip()} (native code; stack in traceback.txt)",
             "traceback": log + "\n\n" + error_text,
         }
     first = last_line(error_text) or "trial errored"
     if "worker process has died" in error_text or "actor died" in error_text or "without a result" in error_text:
         first = "trial process died (no fault log: killed from outside, e.g. the kernel's OOM killer?)"
-    return {"status": "failed", "error": first, "traceback": error_text}
+    return {"status": TrialStatus.FAILED, "error": first, "traceback": error_text}
