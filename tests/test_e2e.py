@@ -34,6 +34,7 @@ def search(tmp_path_factory):
         work / "space.yaml",
         search={"trials": TRIALS},
         dimensions={"batch_size": [1, 2], "compile": ["eager", "torchscript"]},
+        confirm={"finalists": 2, "rounds": 2},
     )
     r = tuner("search", "resnet18", "--space", str(space), "--weights", "random", "--output", "out", cwd=work)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -79,12 +79,15 @@ def nights(tmp_path_factory):
     second = tuner("nightly", str(job), cwd=work)
     assert second.returncode == 0, second.stdout + second.stderr
     r2, run2 = last_report(work)
-    uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}]}  # a slower machine
+    # Nights three and four are about their regression checks (two rounds, as the first nights'
+    # confirmations): their searches confirm one finalist.
+    one = {"finalists": 1, "rounds": 2}
+    uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}], "confirm": one}  # a slower machine
     time.sleep(1.1)
     third = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
     r3, run3 = last_report(work)
     champion = json.loads(parents(work)[-1].data.tags["tuner.champion_variant"])
-    alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}]}  # the champion regressed
+    alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}], "confirm": one}  # it regressed
     time.sleep(1.1)
     fourth = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
     r4, run4 = last_report(work)
@@ -168,7 +171,7 @@ def test_a_slower_champion_is_a_regression_with_its_exit_code(nights):
 
 
 def test_interrupted_job_resumes_without_repeating_a_trial(tmp_path):
-    job = write_job(tmp_path, trials=5)
+    job = write_job(tmp_path, trials=5, overrides={"confirm": {"finalists": 1, "rounds": 1}})
     cmd = [sys.executable, "-m", "tuner", "nightly", str(job)]
     log = tmp_path / "first.log"
     with open(log, "w") as f:

@@ -138,11 +138,17 @@ def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-4), (variant.label, kind, (got - want).abs().max())
 
 
+def _one_per_kind(versions: dict) -> list:
+    """One registered version of each artifact kind (the first of VARIANTS to have it)."""
+    return list({kind: (variant, kind, version, tags) for variant, kind, version, tags in reversed(
+        list(versions.values()))}.values())  # fmt: skip
+
+
 @slow
 def test_measure_model_uri_measures_the_artifact_itself(registered, tmp_path):
     folder, uri, ref, versions = registered
     space = write_space(tmp_path / "space.yaml", eval={"samples": 8, "calibration_samples": 4, "input_size": 32})
-    for variant, kind, version, _ in versions.values():
+    for variant, kind, version, _ in _one_per_kind(versions):
         m = tuner("measure", "--model-uri", f"models:/{NAME}/{version}", "--tracking-uri", uri, "--space", str(space),
                   "--weights", "random", "--json", cwd=tmp_path)  # fmt: skip
         assert m.returncode == 0, m.stdout + m.stderr
