@@ -264,6 +264,7 @@ def plots_for(df: pd.DataFrame, out: Path, title: str) -> list[str]:
 
     try:
         return write_plots(df, out, title)
-    except Exception as e:  # plotly/matplotlib raise many kinds; the tables are written already
+    except (ImportError, OSError, ValueError, RuntimeError) as e:  # a plotting library missing, a write or
+        # the data refused (plotly's validators, matplotlib's backends); anything else is our bug
         say(f"warning: the Pareto plots could not be drawn: {one_line(e)}")
         return []
