@@ -58,6 +58,7 @@ def test_a_runtimes_declaration_is_the_one_place_that_shapes_the_space(monkeypat
     assert "no bf16/fp16 kernels" in (reason or "")
     assert to_params(ort_bf16_cl | {"precision": "fp32", "layout": "contiguous"}).keys() == {
         "quantization", "compile", "batch_size", "threads"}  # fmt: skip
+    assert label not in _sampled(choices, ort_bf16_cl, n=500)
 
     monkeypatch.setitem(tuner.build.ACCEPTS, CompileMode.ONNXRUNTIME, Accepts())  # the one change
     choices = feasible_choices(SearchSpace(), **CPU)
@@ -67,6 +68,25 @@ def test_a_runtimes_declaration_is_the_one_place_that_shapes_the_space(monkeypat
                       "threads": 2, "layout": "channels_last"}  # fmt: skip
     trial = Replay(params)
     assert define_by_run(trial, choices) == {} and set(trial.asked) == set(params)
+    assert label in _sampled(choices, ort_bf16_cl)  # and Optuna draws it
+
+
+def _sampled(choices: dict[str, list[Any]], wanted: dict[str, Any], n: int = 3000) -> set[str]:
+    """Labels an Optuna RandomSampler draws through define_by_run, until `wanted` or `n` draws."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    labels: set[str] = set()
+    target = Variant.from_dict(wanted).label
+    for _ in range(n):
+        trial = study.ask()
+        const = define_by_run(trial, choices) or {}
+        labels.add(variant_from_config({**trial.params, **const}).label)
+        study.tell(trial, 0.0)
+        if target in labels:
+            break
+    return labels
 
 
 @pytest.mark.parametrize(
