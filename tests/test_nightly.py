@@ -1,7 +1,8 @@
-"""Nightly jobs (docs/nightly.md): two consecutive runs of a tiny model in a temporary
-MLflow store (the second warm-starts and finds no regression), a third with a real
-slowdown (test-only `slow` fault) that must be flagged with exit code 3, SIGINT + `--resume`,
-and the lock. Real Ray, real sqlite store, the real CLI in a subprocess."""
+"""Nightly jobs (docs/nightly.md): three consecutive runs of a tiny model in a temporary
+MLflow store (the second, on a machine made twice as slow, warm-starts and finds drift, not a
+regression), the third with a real slowdown of the champion (test-only `slow` fault) that
+must be flagged with exit code 3, SIGINT + `--resume`, and the lock. Real Ray, real sqlite
+store, the real CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -67,31 +68,26 @@ def parents(folder: Path) -> list:
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    """Four nights: a first run; a second (warm start, no regression); a third on a machine
-    twice as slow (every config and the machine probe: drift, not a regression); a fourth
-    where the champion alone runs three times as slow (a regression, exit 3)."""
+    """Three nights: a first run; a second on a machine twice as slow (every config and the
+    machine probe), which warm-starts and finds drift, not a regression; a third where the
+    champion alone runs three times as slow (a regression, exit 3). The second and third are
+    about their regression checks (two rounds, as the first night's confirmation): their
+    searches confirm one finalist. Returns (work, first, second, third) as (out, report, run)."""
     work = tmp_path_factory.mktemp("nightly")
-    job = write_job(work)
-    first = tuner("nightly", str(job), cwd=work)
+    first = tuner("nightly", str(write_job(work)), cwd=work)
     assert first.returncode == 0, first.stdout + first.stderr
     r1, run1 = last_report(work)
-    time.sleep(1.1)  # run folders are named by the second
-    second = tuner("nightly", str(job), cwd=work)
-    assert second.returncode == 0, second.stdout + second.stderr
-    r2, run2 = last_report(work)
-    # Nights three and four are about their regression checks (two rounds, as the first nights'
-    # confirmations): their searches confirm one finalist.
     one = {"finalists": 1, "rounds": 2}
     uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}], "confirm": one}  # a slower machine
-    time.sleep(1.1)
-    third = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
-    r3, run3 = last_report(work)
+    time.sleep(1.1)  # run folders are named by the second
+    second = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
+    r2, run2 = last_report(work)
     champion = json.loads(parents(work)[-1].data.tags["tuner.champion_variant"])
     alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}], "confirm": one}  # it regressed
     time.sleep(1.1)
-    fourth = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
-    r4, run4 = last_report(work)
-    return work, (first, r1, run1), (second, r2, run2), (third, r3, run3), (fourth, r4, run4)
+    third = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
+    r3, run3 = last_report(work)
+    return work, (first, r1, run1), (second, r2, run2), (third, r3, run3)
 
 
 def test_first_night_sets_a_champion(nights):
@@ -120,7 +116,7 @@ def test_first_night_sets_a_champion(nights):
 
 
 def test_second_night_warm_starts_and_finds_no_regression(nights):
-    work, (_, r1, _), (out, rep, run), *_ = nights
+    work, (_, r1, _), (out, rep, run), _ = nights
     first, second = parents(work)[:2]
     assert f"from search {first.info.run_id}" in out.stdout
     assert rep["warm_start_from"] == first.info.run_id and rep["warm_start_configs"] >= 1
@@ -138,7 +134,7 @@ def test_second_night_warm_starts_and_finds_no_regression(nights):
 
 
 def test_a_slower_machine_is_drift_not_a_regression(nights):
-    work, _, _, (out, rep, run), _ = nights
+    work, _, (out, rep, run), _ = nights
     assert out.returncode == 0, out.stdout + out.stderr  # drift alone never fails the job
     assert rep["regression"] is False
     drift = rep["regression_check"]["drift"]
@@ -150,9 +146,9 @@ def test_a_slower_machine_is_drift_not_a_regression(nights):
     assert rep["regression_check"]["absolute"]["p50_ms"]["change"] > 0.5  # the old check would have alarmed
     assert "machine drift: machine slower by" in out.stdout and "warning: the machine drifted" in out.stdout
     assert "machine slower by" in (run / "nightly-report.md").read_text()
-    third = parents(work)[2]
-    assert third.data.tags["tuner.machine_drift"].startswith("machine slower by")
-    assert third.data.tags["tuner.regression"] == "false" and third.data.metrics["machine_drift"] > 0.5
+    second = parents(work)[1]
+    assert second.data.tags["tuner.machine_drift"].startswith("machine slower by")
+    assert second.data.tags["tuner.regression"] == "false" and second.data.metrics["machine_drift"] > 0.5
 
 
 def test_a_slower_champion_is_a_regression_with_its_exit_code(nights):
@@ -163,10 +159,10 @@ def test_a_slower_champion_is_a_regression_with_its_exit_code(nights):
     assert speedup["verdict"] == "regression" and speedup["change"] < -0.5  # a third of the speedup
     assert rep["regression_check"]["remeasured"]  # a regression is measured twice before it is called
     assert "REGRESSION" in out.stdout and "REGRESSION" in (run / "nightly-report.md").read_text()
-    fourth = parents(work)[3]
+    third = parents(work)[2]
     assert (
-        fourth.data.tags["tuner.regression"] == "true"
-        and "speedup regression" in fourth.data.tags["tuner.regression_detail"]
+        third.data.tags["tuner.regression"] == "true"
+        and "speedup regression" in third.data.tags["tuner.regression_detail"]
     )
 
 
