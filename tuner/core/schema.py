@@ -15,12 +15,11 @@ Adding a figure is one line here, plus the code that measures it.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from tuner.core.variant import Variant
+from tuner.core.variant import StrEnum, Variant
 
 Direction = Literal["min", "max"]
 
@@ -41,7 +40,7 @@ def metric(unit: str, doc: str, **kw: Any) -> Any:
     return field(default=None, metadata={"metric": (unit, doc, kw)})
 
 
-class TrialStatus(enum.StrEnum):
+class TrialStatus(StrEnum):
     """How a trial ended. Every status but ok carries its `error` text. A StrEnum: it is its
     own value in trials.csv, MLflow tags and the terminal, and equal to that string."""
 

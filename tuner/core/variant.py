@@ -15,6 +15,14 @@ from typing import Any
 from tuner.core.errors import ConfigError
 
 
+class StrEnum(str, enum.Enum):
+    """A str enum whose str() and format() are its value, as enum.StrEnum (Python 3.11+)
+    gives: it is its own value in CSVs, MLflow tags, YAML-bound text and the terminal."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 class Precision(str, enum.Enum):
     FP32 = "fp32"  # on a GPU with TF32 off (torch leaves it on for cuDNN convolutions)
     TF32 = "tf32"  # fp32 tensors, matmuls and convolutions on a GPU's TF32 tensor cores
@@ -63,7 +71,7 @@ INT8_PACKAGES: dict[CompileMode, tuple[str, ...]] = {  # int8 beyond what the ru
 }
 
 
-class Device(enum.StrEnum):
+class Device(StrEnum):
     """Where a search's trials run (`--device`; search/cluster.choose_device)."""
 
     CUDA = "cuda"  # one GPU each
