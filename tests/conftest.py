@@ -50,15 +50,14 @@ FAST_TIMING = {
 }
 
 
-def use_store(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+def use_store(request: pytest.FixtureRequest, uri: str) -> None:
     """MLflow's fluent API (`models:/` URIs) reads `uri` for the rest of the test, then the
-    process-wide setting is put back. Module attributes, not `mlflow.set_tracking_uri`,
-    which would also export the URI to every later subprocess's environment."""
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
+    process-wide settings are put back (tracking.store.fluent_uri, kept open until then)."""
+    from tuner.tracking.store import fluent_uri
 
-    monkeypatch.setattr(tracking, "_tracking_uri", uri)
-    monkeypatch.setattr(registry, "_registry_uri", uri)
+    block = fluent_uri(uri)
+    block.__enter__()
+    request.addfinalizer(lambda: block.__exit__(None, None, None))
 
 
 def write_space(path: Path, **sections: object) -> Path:

@@ -47,10 +47,10 @@ for uri, x_path, out_path in json.loads(sys.argv[1]):
 
 
 @slow
-def test_each_runtime_is_saved_in_its_own_form_and_described(registered, monkeypatch):
+def test_each_runtime_is_saved_in_its_own_form_and_described(registered, request):
     folder, uri, ref, versions = registered
     client = MlflowClient(uri)
-    use_store(monkeypatch, uri)
+    use_store(request, uri)
     for variant, kind, version, tags in versions.values():
         assert artifact_kind(variant) == kind
         assert tags["tuner.model_artifact"].startswith(f"{kind} (")

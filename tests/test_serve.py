@@ -157,9 +157,9 @@ def test_concurrent_images_are_batched_and_answered_as_one_at_a_time(service):
         assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want], abs=1e-4)
 
 
-def test_tensor_and_json_requests_give_the_models_outputs(service, monkeypatch):
+def test_tensor_and_json_requests_give_the_models_outputs(service, request):
     url, _, (folder, uri, ref, versions) = service
-    use_store(monkeypatch, uri)
+    use_store(request, uri)
     x = np.load(folder / "x.npy")
     want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, 0)}").predict(x)
     status, headers, body = post(url, _npy(x), "application/x-npy", accept="application/x-npy")
@@ -214,9 +214,9 @@ def test_overload_is_refused_with_503_and_a_retry_hint_never_failed(service):
     assert all(h.get("retry-after") == "1" for status, h, _ in answers if status == 503)
 
 
-def test_each_artifact_kind_is_served(service, monkeypatch):
+def test_each_artifact_kind_is_served(service, request):
     _, kinds, (folder, uri, ref, versions) = service
-    use_store(monkeypatch, uri)
+    use_store(request, uri)
     x = np.load(folder / "x.npy")
     for (kind, url), index in zip(kinds.items(), (0, 1, 2, 4, 5), strict=True):
         want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, index)}").predict(x)

@@ -164,7 +164,7 @@ def test_pareto_plots_and_description_for_reviewers(logged_search):
 
 
 @pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
-def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search, monkeypatch):
+def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search, request):
     import mlflow.pyfunc
 
     from tuner.build import build
@@ -172,7 +172,7 @@ def test_recommended_model_is_registered_and_reproduces_the_variant(logged_searc
     from tuner.tracking.store import registered_name
 
     client, tracker, parent, outcome, out, ref = logged_search
-    use_store(monkeypatch, tracker.uri)
+    use_store(request, tracker.uri)
     name = registered_name("tiny_models:small_cnn")
     assert name == "tuner-tiny_models_small_cnn"
     version = client.get_model_version_by_alias(name, "candidate")

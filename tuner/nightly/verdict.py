@@ -2,7 +2,7 @@
 them (`Judgement`: nightly/regression.judge, nightly/drift.judge_normalised), the machine's
 drift (`Drift`), tonight's verdict on the champion (`NightlyVerdict`) and one model's night
 (`ModelNight`), which nightly-report.json and each model's nightly-model.json hold as JSON
-(`to_json` / `ModelNight.from_json`, through pydantic's TypeAdapter)."""
+(`ModelNight.to_json` / `from_json`, through pydantic's TypeAdapter)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ class ModelNight:
         return self.regression_check.drift if self.regression_check else None
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "machine_drift": to_json(self.machine_drift)}
+        drift = self.machine_drift
+        return {**dataclasses.asdict(self), "machine_drift": dataclasses.asdict(drift) if drift else None}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ModelNight:
@@ -106,7 +107,3 @@ class ModelNight:
 
         return TypeAdapter(cls).validate_python({k: v for k, v in doc.items() if k != "machine_drift"})
 
-
-def to_json(value: Any) -> Any:
-    """A verdict type (or None) as plain JSON data."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
