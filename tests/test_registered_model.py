@@ -107,8 +107,10 @@ def test_the_loader_runs_full_batches_and_trims_the_padding():
 
 
 def _child_of(client: MlflowClient, parent: str) -> str:
+    """The trial run under `parent` (a load test of the served model may add a run of its own)."""
     run = client.get_run(parent)
-    (child,) = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    flt = f"tags.`mlflow.parentRunId` = '{parent}' and tags.`tuner.kind` = 'trial'"
+    (child,) = client.search_runs([run.info.experiment_id], flt)
     return child.info.run_id
 
 
