@@ -36,6 +36,13 @@ def _search(sub: Any) -> None:
     s.add_argument("--objective", choices=["latency", "throughput"], help="what the recommendation optimises")
     s.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION", help="relative drop allowed (0.01 = 1%%)")
     s.add_argument("--max-latency-ms", type=float, metavar="MS", help="p90 latency limit")
+    s.add_argument(
+        "--scenario",
+        choices=["single-stream", "server", "offline"],
+        help="single-stream: the model search alone (default); server / offline: then search how its finalists "
+        "are served under Ray Serve, measured with LoadGen (docs/serving.md)",
+    )
+    s.add_argument("--latency-bound-ms", type=float, metavar="MS", help="server: the p99 bound (space default: 50)")
     _add_model_args(s)
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default: tuner/<model>)")

@@ -31,13 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     req = _resumed(args) if args.resume is not None else _new(args)
     outcome = run_search(req)
-    return EXIT_OK if outcome.recommended is not None else EXIT_NO_RESULT
+    return EXIT_OK if outcome.recommended is not None and outcome.serving_met else EXIT_NO_RESULT
 
 
 def _new(args: argparse.Namespace) -> SearchRequest:
     space, path = load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
-        constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms}
+        constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms},
+        serving={"scenario": args.scenario, "latency_bound_ms": args.latency_bound_ms},
     )
     output = args.output or Path("tuner-results") / f"{safe_name(args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     output = output.resolve()
@@ -96,6 +97,8 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--max-accuracy-drop", args.max_accuracy_drop, sp.constraints.max_accuracy_drop),
         ("--max-latency-ms", args.max_latency_ms, sp.constraints.max_latency_ms),
         ("--eval-samples", args.eval_samples, sp.eval.samples),
+        ("--scenario", args.scenario, sp.serving.scenario),
+        ("--latency-bound-ms", args.latency_bound_ms, sp.serving.latency_bound_ms),
         ("--data", str(Path(args.data).resolve()) if args.data else None, req.data),
         ("--weights", normalise_weights(args.weights) if args.weights else None, req.weights),
         ("--seed", args.seed, req.seed),

@@ -54,8 +54,9 @@ def normalise_weights(weights: str, base: Path | None = None) -> str:
 SEARCH_STATE = "search.json"  # in the output folder: what `--resume` and `report --sync` need
 
 
-def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float) -> None:
-    """The request, the parent run and how far the search got; rewritten at each stage."""
+def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float, stage: str = "model") -> None:
+    """The request, the parent run and how far the search got; rewritten at each stage
+    (`stage`: model, the model search and its outputs; serving, the serving search after it)."""
     (req.output / "space.yaml").write_text(yaml.safe_dump(req.space.model_dump(mode="json"), sort_keys=False))
     state = {
         "model": req.model,
@@ -70,6 +71,7 @@ def save_state(req: SearchRequest, parent_id: str, status: str, elapsed_s: float
         "device": req.device,
         "parent_run_id": parent_id,
         "status": status,  # running | interrupted | finished
+        "stage": stage,
         "elapsed_s": elapsed_s,
     }
     (req.output / SEARCH_STATE).write_text(json.dumps(state, indent=2))

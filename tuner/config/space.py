@@ -11,6 +11,7 @@ key is optional and has the default shown by `search_spaces/default.yaml`:
     timing:        the latency protocol's knobs (measure/latency.py)
     confirm:       finalist confirmation (decide/finalists.py)
     limits:        a trial's time and memory limits (trial/process.py)
+    serving:       the scenario, and the serving search after the model search (search/serving.py)
     inject_faults: test-only fault rules (trial/faults.py)
 
 Validation is done by pydantic with `extra="forbid"`, so a typo is an error that names
@@ -171,6 +172,47 @@ class ConfirmSettings(Strict):
     include_baseline: bool = Field(default=True, description="the baseline too: confirmed speedups need it")
 
 
+class ServingSettings(Strict):
+    """`--scenario server|offline`: after the model search, a second search over how its
+    finalists are served (search/serving.py, docs/serving.md)."""
+
+    scenario: Literal["single-stream", "server", "offline"] = Field(
+        default="single-stream",
+        description="single-stream: the model search alone; server: then the highest QPS at p99 <= the bound; "
+        "offline: then the most images/s (`--scenario`)",
+    )
+    latency_bound_ms: float = Field(default=50.0, gt=0, description="server: the p99 bound (`--latency-bound-ms`)")
+    trials: int = Field(default=10, ge=1, description="serving trials, the pick's default service included")
+    variants: int = Field(default=3, ge=1, description="finalists served: the pick, the best throughput, then latency")
+    max_batch_size: list[int] = Field(default=[1, 2, 4, 8, 16], min_length=1, description="requests per model call")
+    batch_wait_ms: list[float] = Field(default=[0, 2, 5, 10, 20], min_length=1, description="longest wait to fill one")
+    replicas: Literal["auto"] | list[int] = Field(
+        default="auto", description="auto: every replicas x threads layout that fits the hardware class's cores"
+    )
+    ongoing_per_batch: list[int] = Field(
+        default=[1, 2, 4], min_length=1, description="max_ongoing_requests per replica, as multiples of the batch"
+    )
+    request: Literal["npy", "jpeg"] = Field(default="npy", description="what the load generator sends")
+    duration_s: float = Field(default=4.0, gt=0, description="LoadGen's shortest run, per target QPS")
+    min_queries: int = Field(default=400, ge=1, description="LoadGen's fewest queries per run (p99: several hundred)")
+    max_steps: int = Field(default=5, ge=1, description="server: target QPS tried per trial (a bisection)")
+    trial_timeout_s: float = Field(default=600, gt=0, description="a serving trial that takes longer has failed")
+
+    @field_validator("max_batch_size", "ongoing_per_batch", "replicas")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(int(x) < 1 for x in v):
+            raise ValueError("every value must be at least 1")
+        return v
+
+    @field_validator("batch_wait_ms")
+    @classmethod
+    def _wait(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= x <= 10_000 for x in v):
+            raise ValueError("every wait must be from 0 to 10000 ms")
+        return v
+
+
 class SearchSpace(Strict):
     dimensions: Dimensions = Dimensions()
     search: SearchSettings = SearchSettings()
@@ -179,6 +221,7 @@ class SearchSpace(Strict):
     timing: TimingConfig = TimingConfig()
     confirm: ConfirmSettings = ConfirmSettings()
     limits: TrialLimits = TrialLimits()
+    serving: ServingSettings = ServingSettings()
     inject_faults: list[FaultRule] = Field(default=[], description="test-only fault rules (see Faults)")
 
     # ---- loading -----------------------------------------------------------------
@@ -224,4 +267,6 @@ FLAG_OF_KEY = {
     "constraints.max_accuracy_drop": "--max-accuracy-drop",
     "constraints.max_latency_ms": "--max-latency-ms",
     "eval.samples": "--eval-samples",
+    "serving.scenario": "--scenario",
+    "serving.latency_bound_ms": "--latency-bound-ms",
 }

@@ -63,33 +63,11 @@ def log_and_register(
 ) -> dict[str, str]:
     """Save, log under the parent run, register as `tuner-<model>` @ candidate, describe the
     version, load it back and compare. Returns tags for the parent run."""
-    import mlflow.pyfunc
-    from mlflow.models import infer_signature
-
     name = registered_name(model)
     # The build, the load-back and the profile run in the driver: its torch settings are kept.
     with fluent_uri(tracker.uri), torch_settings_kept(), tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         native = save_native(variant, ref, Path(tmp) / "artifact")
-        config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
-                  "input_shape": list(native.example.shape[1:]),
-                  "weights_label": ref.weights_label, "data": ref.data_label, "hardware": hardware,
-                  "confirmed_p50_ms": _float(row.get("confirmed_p50_ms"))}  # fmt: skip
-        signature = infer_signature(native.example.numpy(), native.outputs.numpy())
-        # No input example: MLflow would load the model to check it while logging (and warns
-        # without one); the signature says what it takes, and `_check` loads it back anyway.
-        # MLflow prints "Successfully registered model ..." / "Created version ..." on stderr;
-        # the line tuner prints after it says the same, with the alias.
-        with mlflow.start_run(run_id=parent_id), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(LOADER),
-                artifacts={"model": str(native.path)},
-                model_config=config,
-                signature=signature,
-                pip_requirements=native.requirements,
-                registered_model_name=name,
-            )
+        info = _log_model(native, row, ref, model, hardware, parent_id, register_as=name)
         size_mb = native.size_mb
         version = str(info.registered_model_version)
         tracker.set_alias(name, "candidate", version)
@@ -113,6 +91,46 @@ def log_and_register(
         "tuner.model_check": check,
         **({"tuner.profile_top": prof} if prof else {}),
     }
+
+
+def _log_model(
+    native: Native, row: pd.Series, ref: Reference, model: str, hardware: str, run_id: str, register_as: str | None
+) -> Any:
+    """`native` logged as a pyfunc model under `run_id` (and registered as `register_as`);
+    MLflow's ModelInfo. The caller holds `fluent_uri`."""
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    config = {**native.config, "model": model, "weights": ref.spec.weights, "seed": ref.spec.seed,
+              "input_shape": list(native.example.shape[1:]),
+              "weights_label": ref.weights_label, "data": ref.data_label, "hardware": hardware,
+              "confirmed_p50_ms": _float(row.get("confirmed_p50_ms"))}  # fmt: skip
+    signature = infer_signature(native.example.numpy(), native.outputs.numpy())
+    # No input example: MLflow would load the model to check it while logging (and warns
+    # without one); the signature says what it takes, and `_check` loads it back anyway.
+    # MLflow prints "Successfully registered model ..." / "Created version ..." on stderr;
+    # the line tuner prints after it says the same, with the alias.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(LOADER),
+            artifacts={"model": str(native.path)},
+            model_config=config,
+            signature=signature,
+            pip_requirements=native.requirements,
+            registered_model_name=register_as,
+        )
+
+
+def log_candidate(row: pd.Series, ref: Reference, tracker: Tracker, model: str, hardware: str) -> str:
+    """A finalist saved in its runtime's form and logged (not registered) under its own
+    trial run, for the serving search to serve; its `models:/m-<id>` URI."""
+    from tuner.decide.pareto import variant_of
+
+    with fluent_uri(tracker.uri), torch_settings_kept(), tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
+        native = save_native(variant_of(row), ref, Path(tmp) / "artifact")
+        return str(_log_model(native, row, ref, model, hardware, str(row["mlflow_run_id"]), None).model_uri)
 
 
 def _profile(native: Native, folder: Path, tracker: Tracker, run_id: str) -> str:

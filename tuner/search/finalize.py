@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -41,6 +42,12 @@ class SearchOutcome:
     recommended: pd.Series | None
     reason: str
     confirmation: Confirmation | None = None  # None: nothing was confirmed
+    serving: Any = None  # search/serving_publish.ServingOutcome of `--scenario server|offline`
+
+    @property
+    def serving_met(self) -> bool:
+        """No serving stage, or one whose best config met its bound."""
+        return self.serving is None or bool(self.serving.met)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@
       _trials       Ray Tune + OptunaSearch, one trial at a time (search/tune.py); the
                     recorder writes a child run, a progress line and trials.csv per trial
       finalize      selection, confirmation, outputs, the registered model (search/finalize.py)
+      run_serving   `--scenario server|offline`: the serving search over how the finalists
+                    are served (search/serving.py); a search interrupted there resumes there
 
 A signal in any phase closes the parent run as interrupted and keeps the state for
 `--resume` (`_close_interrupted`).
@@ -42,6 +44,7 @@ from tuner.search.cluster import HardwareClass
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize
 from tuner.search.sampling import initial_points
+from tuner.search.serving import run_serving
 from tuner.search.stopping import Interrupt, SigtermAsInterrupt, Stopped, catch_sigterm
 from tuner.tracking.recorder import TrialRecorder
 from tuner.tracking.store import Tracker, check_reachable, store_lock
@@ -81,7 +84,8 @@ def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
         return
     parent_id = str(st["parent_run_id"])
     hint = f"python -m tuner search {req.model} --resume {req.output}"
-    save_state(req, parent_id, "interrupted", float(st["elapsed_s"]) + time.time() - path.stat().st_mtime)
+    elapsed = float(st["elapsed_s"]) + time.time() - path.stat().st_mtime
+    save_state(req, parent_id, "interrupted", elapsed, stage=str(st.get("stage", "model")))
     try:  # the state is saved first: a store that is down must not cost the resume
         tracker = Tracker(req.tracking_uri, req.experiment)
         tracker.log(parent_id, tags={"tuner.status": "interrupted", "tuner.resume_hint": hint})
@@ -137,14 +141,31 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
         confirm = ray_confirm(prep.ref, settings, klass)  # one copy of the reference in Ray's store
         if before_search is not None:
             before_search(confirm, prep.ref, choices)
-        redraws = _trials(req, prep, choices, settings, recorder, parent_id)
-        tracker.log(parent_id, metrics={"sampler_redraws": float(redraws)})
-        remeasure = functools.partial(cluster.ceiling_on, klass, remeasure=True)
-        outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm, remeasure=remeasure)
-        save_state(req, parent_id, "finished", time.time() - prep.started)
+        if prep.previous is not None and prep.previous.get("stage") == "serving":
+            outcome = _model_search_done(req, parent_id)  # interrupted in the serving stage
+        else:
+            redraws = _trials(req, prep, choices, settings, recorder, parent_id)
+            tracker.log(parent_id, metrics={"sampler_redraws": float(redraws)})
+            remeasure = functools.partial(cluster.ceiling_on, klass, remeasure=True)
+            outcome = finalize(recorder, tracker, parent_id, req, prep.ref, prep.started, confirm, remeasure=remeasure)
+        stage = "model"
+        if req.space.serving.scenario != "single-stream" and outcome.recommended is not None:
+            stage = "serving"
+            outcome.serving = run_serving(req, klass, tracker, parent_id, outcome.table, prep.ref, prep.started)
+            tracker.log(parent_id, tags={"tuner.status": "finished"})
+            tracker.finish(parent_id)  # again: a resumed serving stage reopened it
+        save_state(req, parent_id, "finished", time.time() - prep.started, stage=stage)
         return outcome
     finally:
         ray.shutdown()
+
+
+def _model_search_done(req: SearchRequest, parent_id: str) -> SearchOutcome:
+    """The finished model search of a search resumed in its serving stage, from its files."""
+    df = tables.read_trials(req.output / "trials.csv")
+    picked = df[df["recommended"].astype(bool)]
+    say(f"resuming in the serving stage: the model search finished ({len(df)} trials, pick {picked['label'].iloc[0]})")
+    return SearchOutcome(df, parent_id, req.output, picked.iloc[0], "resumed")
 
 
 def _prepare(req: SearchRequest) -> _Started:

@@ -187,11 +187,13 @@ def haproxy_env(port: int) -> dict[str, str]:
     return {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
 
 
-def deployment_options(spec: ServeSpec) -> dict[str, Any]:
-    """Ray Serve's options for the spec (module docstring)."""
+def deployment_options(spec: ServeSpec, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ray Serve's options for the spec (module docstring); `env`: more environment for the
+    replicas (the serving search's short drain, serve/tuning.py)."""
     actor: dict[str, Any] = {"num_cpus": spec.threads}
-    if spec.ingress == "haproxy":
-        actor["runtime_env"] = {"env_vars": HAPROXY_ENV}
+    env_vars = {**(HAPROXY_ENV if spec.ingress == "haproxy" else {}), **(env or {})}
+    if env_vars:
+        actor["runtime_env"] = {"env_vars": env_vars}
     return {
         "num_replicas": spec.replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,

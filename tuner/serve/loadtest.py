@@ -181,8 +181,8 @@ def _server(
         out.result = r if r.meets_bound else None
         return out
     if capacity is None:  # no scenario before it said how fast the service is: a short offline run does
-        capacity = run_loadgen(t.url, bodies, "offline", log_root / "server-capacity", **{**common, "duration_s": 3,
-                               "min_queries": min(t.min_queries, 100)}).qps  # fmt: skip
+        short = {**common, "duration_s": min(3.0, t.duration_s), "min_queries": min(t.min_queries, 100)}
+        capacity = run_loadgen(t.url, bodies, "offline", log_root / "server-capacity", **short).qps
     low, high = 0.0, max(capacity, 0.1) * 1.1
     qps = 0.8 * high / 1.1
     for _ in range(t.max_steps):

@@ -7,6 +7,9 @@
   a folder written before it did, the search's parent run does);
 * a local MLflow model folder (it holds an `MLmodel` file).
 
+A registered version that a serving search tuned (search/serving.py) carries its serving
+config as `tuner.serving.<knob>` tags: they are the service's defaults, under any flag.
+
 Only the model's `MLmodel` file is read here, through the tracking URI passed in (never
 MLflow's process-wide one): the loader's config, which says what the artifact is, and the
 signature, which gives the input shape. The replicas load the artifact themselves.
@@ -35,6 +38,7 @@ class Source:
     input_shape: tuple[int, int, int]
     registered: str = ""  # "tuner-resnet50/3" when it came from the registry
     search_run: str = ""  # the parent run of the search that made the pick
+    serving: tuple[tuple[str, Any], ...] = ()  # the knobs a serving search chose (version tags)
 
     @property
     def experiment(self) -> str:
@@ -59,20 +63,34 @@ def resolve(target: str, tracking_uri: str) -> Source:
             f"MODEL_URI {target}: not a registered model (models:/tuner-<model>@champion, models:/NAME/VERSION), "
             "a run's model (runs:/RUN_ID/model), a search's output folder or an MLflow model folder"
         )
-    registered, search_run = _pin_version(target, tracking_uri)
+    registered, search_run, serving = _pin_version(target, tracking_uri)
     return _source(f"models:/{registered}" if registered else target, tracking_uri, f"MODEL_URI {target}",
-                   registered, search_run)  # fmt: skip
+                   registered, search_run, serving)  # fmt: skip
 
 
-def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str]:
+# Knobs whose default depends on another's value (ServeSpec.for_model): a flag for the one
+# drops the tuned values of the others.
+DERIVED = {
+    "max_batch_size": ("batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests"),
+    "max_ongoing_requests": ("max_queued_requests",),
+    "replicas": ("max_queued_requests",),
+}
+SERVING_TAG = "tuner.serving."  # + a ServeSpec knob: what the serving search chose (search/serving.py)
+
+
+def serving_tags(knobs: dict[str, Any]) -> dict[str, str]:
+    return {f"{SERVING_TAG}{k}": str(v) for k, v in knobs.items()}
+
+
+def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str, tuple[tuple[str, Any], ...]]:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> ("NAME/VERSION", the search's parent
-    run); ("", "") for other URIs (runs:/, models:/m-<id>)."""
+    run, its serving knobs); ("", "", ()) for other URIs (runs:/, models:/m-<id>)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     rest = uri.removeprefix("models:/")
     if not uri.startswith("models:/") or rest.startswith("m-"):
-        return "", ""
+        return "", "", ()
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if "@" in rest:
@@ -87,7 +105,9 @@ def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str]:
             mv = client.get_model_version(name, version)
     except MlflowException as e:
         raise ConfigError(f"MODEL_URI {uri}: no such model in {tracking_uri}: {one_line(e)}") from None
-    return f"{mv.name}/{mv.version}", str((mv.tags or {}).get("tuner.search_run", ""))
+    tags = dict(mv.tags or {})
+    knobs = tuple(sorted((k.removeprefix(SERVING_TAG), v) for k, v in tags.items() if k.startswith(SERVING_TAG)))
+    return f"{mv.name}/{mv.version}", str(tags.get("tuner.search_run", "")), knobs
 
 
 def _from_output_folder(folder: Path, target: str) -> Source:
@@ -113,10 +133,14 @@ def _from_output_folder(folder: Path, target: str) -> Source:
         if not registered:
             why = tags.get("tuner.model_export", "no `tuner.registered_model` tag")
             raise ConfigError(f"MODEL_URI {target}: that search registered no model ({why})")
-    return _source(f"models:/{registered}", tracking_uri, f"MODEL_URI {target}", registered, parent)
+    serving = _pin_version(f"models:/{registered}", tracking_uri)[2]
+    return _source(f"models:/{registered}", tracking_uri, f"MODEL_URI {target}", registered, parent, serving)
 
 
-def _source(uri: str, tracking_uri: str, what: str, registered: str = "", search_run: str = "") -> Source:
+def _source(
+    uri: str, tracking_uri: str, what: str, registered: str = "", search_run: str = "",
+    serving: tuple[tuple[str, Any], ...] = (),
+) -> Source:  # fmt: skip
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
@@ -129,7 +153,8 @@ def _source(uri: str, tracking_uri: str, what: str, registered: str = "", search
     config = dict((meta.flavors.get("python_function") or {}).get("config") or {})
     if "artifact" not in config or "variant" not in config:
         raise ConfigError(f"{what}: not a model tuner registered (its pyfunc config has no `artifact`)")
-    return Source(uri, location, tracking_uri, config, _input_shape(meta, config, what), registered, search_run)
+    shape = _input_shape(meta, config, what)
+    return Source(uri, location, tracking_uri, config, shape, registered, search_run, serving)
 
 
 def _location(uri: str, tracking_uri: str) -> str:
@@ -185,9 +210,17 @@ def for_serving(config: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def spec_for(source: Source, **chosen: Any) -> ServeSpec:
-    """The ServeSpec for this model: the pick's defaults (spec.py) under what was `chosen`
-    (flags; None: the default). Threads default to the pick's."""
+    """The ServeSpec for this model: the pick's defaults (spec.py), under the serving search's
+    choice (`source.serving`), under what was `chosen` (flags; None: the default). Threads
+    default to the pick's."""
     c = source.config
+    tuned = ServeSpec.from_knobs(dict(source.serving), f"{source.uri}'s {SERVING_TAG}* tags")
+    given = {k: v for k, v in chosen.items() if v is not None}
+    for flag, derived in DERIVED.items():  # a flag's own defaults follow it, not the tuned values
+        if flag in given:
+            for k in derived:
+                tuned.pop(k, None)
+    chosen = {**tuned, **given}
     fixed = {
         "model_uri": source.uri,
         "location": source.location,

@@ -104,6 +104,19 @@ class ServeSpec:
                 typed[f.name] = _typed(f.name, args[f.name], source)
         return cls(**typed)
 
+    @staticmethod
+    def from_knobs(values: dict[str, Any], source: str) -> dict[str, Any]:
+        """The serving knobs among `values` (strings from MLflow tags), typed; an unknown
+        knob is an error that names `source`."""
+        unknown = sorted(set(values) - set(KNOBS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown serving knob(s) {unknown}; allowed: {list(KNOBS)}")
+        return {k: _typed(k, v, source) for k, v in values.items()}
+
+    def knobs(self) -> dict[str, Any]:
+        """What a serving search tunes (search/serving.py), as plain values."""
+        return {k: getattr(self, k) for k in KNOBS}
+
     @property
     def summary(self) -> str:
         wait = f", waits up to {self.batch_wait_timeout_s * 1000:g} ms" if self.max_batch_size > 1 else ""
@@ -114,6 +127,7 @@ class ServeSpec:
         )
 
 
+KNOBS = ("replicas", "threads", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests")
 _REQUIRED = ("model_uri", "location", "tracking_uri", "model", "weights", "input_shape", "artifact", "artifact_batch",
              "label")  # fmt: skip
 _INTS = ("replicas", "threads", "max_batch_size", "max_ongoing_requests", "max_queued_requests", "max_rows", "top_k",

@@ -292,9 +292,11 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
 
     @_tolerant
-    def describe_version(self, name: str, version: str, description: str, tags: dict[str, str]) -> None:
-        """A registered model version's description (the registry page shows it) and tags."""
-        self.client.update_model_version(name, version, description=description)
+    def describe_version(self, name: str, version: str, description: str | None, tags: dict[str, str]) -> None:
+        """A registered model version's description (the registry page shows it; None: kept)
+        and tags."""
+        if description is not None:
+            self.client.update_model_version(name, version, description=description)
         for k, v in tags.items():
             self.client.set_model_version_tag(name, version, k, v)
 

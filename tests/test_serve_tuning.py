@@ -1,0 +1,106 @@
+"""`search --scenario server`: after the model search, the serving search over how its
+finalists are served, for real: a local Ray, Ray Serve with HAProxy on a free loopback port,
+MLPerf LoadGen over HTTP, a sqlite MLflow store, the tiny CNN. LoadGen runs are short
+(0.5 s, 50 queries): the figures are real but say nothing of the model; the tests check the
+records, the files, resume and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import MODEL, NAME, tuner, tuner_env, write_space
+
+pytestmark = pytest.mark.slow  # two searches, each with a Ray and a Ray Serve
+
+ONE_CONFIG = {"quantization": ["none"], "precision": ["fp32"], "threads": [1], "layout": ["contiguous"],
+              "batch_size": [1], "compile": ["eager", "torchscript"]}  # fmt: skip
+SERVING = {"trials": 3, "variants": 2, "max_batch_size": [1, 2], "batch_wait_ms": [0, 2], "ongoing_per_batch": [1, 2],
+           "duration_s": 0.5, "min_queries": 50, "max_steps": 2}  # fmt: skip
+
+
+def _search(tmp_path, bound: float, model_trials: int = 2, finalists: int = 2, **serving: object) -> list[str]:
+    space = write_space(tmp_path / "space.yaml", dimensions=ONE_CONFIG, search={"trials": model_trials},
+                        confirm={"finalists": finalists, "rounds": 1}, serving={**SERVING, **serving})  # fmt: skip
+    return [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
+            "--output", "out", "--scenario", "server", "--latency-bound-ms", str(bound)]  # fmt: skip
+
+
+def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_publishes(tmp_path):
+    # The first run is stopped (SIGINT) once its first serving trial is recorded.
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_search(tmp_path, 2000), cwd=tmp_path, env=tuner_env(tmp_path), stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.time() + 400
+        while time.time() < deadline and "serving trial 1/3" not in (tmp_path / "first.log").read_text():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()
+    first = (tmp_path / "first.log").read_text()
+    state = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert (state["status"], state["stage"]) == ("interrupted", "serving"), first
+    kept = pd.read_csv(tmp_path / "out" / "serving.csv")
+    assert 1 <= len(kept) < 3
+
+    r = tuner("search", MODEL, "--resume", "out", "--scenario", "server", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming in the serving stage" in r.stdout and "confirming" not in r.stdout  # no model search again
+    table = pd.read_csv(tmp_path / "out" / "serving.csv")
+    assert len(table) == 3 and table["mlflow_run_id"].iloc[0] == kept["mlflow_run_id"].iloc[0]
+    assert set(table["status"]) == {"ok"} and (table["qps_at_bound"] > 0).all()
+    first_knobs = table.iloc[0][["variant", "replicas", "threads", "max_batch_size", "max_ongoing_requests"]]
+    assert list(first_knobs) == [0, 1, 1, 1, 2]  # the pick's default service comes first
+
+    # MLflow: three serving child runs under the one parent, beside the two variant trials
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(x for x in runs if x.data.tags.get("tuner.kind") == "search")
+    served = [x for x in runs if x.data.tags.get("tuner.stage") == "serving"]
+    assert len(served) == 3 and len([x for x in runs if x.data.tags.get("tuner.kind") == "trial"]) == 2
+    for x in served:
+        assert x.data.tags["mlflow.parentRunId"] == parent.info.run_id and x.data.tags["tuner.kind"] == "serving"
+        assert {"max_batch_size", "batch_wait_timeout_s", "replicas", "threads", "max_ongoing_requests",
+                "variant"} <= set(x.data.params)  # fmt: skip
+        assert {"qps_at_bound", "p50_ms", "p90_ms", "p99_ms", "batch_requests_mean"} <= set(x.data.metrics)
+        assert any(a.path == "loadgen" for a in client.list_artifacts(x.info.run_id))
+    assert parent.info.status == "FINISHED" and "## Serving" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics["serving_qps_at_bound"] == table["qps_at_bound"].max()
+
+    # recommended.yaml's serving section names the winner and its registered version, whose
+    # tags carry the knobs; `tuner serve OUTPUT_DIR --export` serves it with them, no flags
+    doc = yaml.safe_load((tmp_path / "out" / "recommended.yaml").read_text())
+    section = doc["serving"]
+    best = table.loc[table["qps_at_bound"].idxmax()]
+    assert section["figures"]["qps_at_bound"] == pytest.approx(best["qps_at_bound"])
+    assert doc["registered_model"] == section["registered_model"]
+    name, version = section["registered_model"].split("/")
+    tags = client.get_model_version(name, version).tags
+    assert {k: tags[f"tuner.serving.{k}"] for k in section["knobs"]} == {k: str(v) for k, v in section["knobs"].items()}
+    assert (tmp_path / "out" / "serving" / "serve_config.yaml").is_file()
+    r = tuner("serve", "out", "--export", "exported", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    args = yaml.safe_load((tmp_path / "exported" / "serve_config.yaml").read_text())["applications"][0]["args"]
+    assert {k: args[k] for k in section["knobs"]} == section["knobs"]
+    assert args["model_uri"] == f"models:/{section['registered_model']}"
+
+
+def test_a_bound_no_config_meets_is_said_with_the_best_p99_and_exits_1(tmp_path):
+    # the model search at its smallest: the baseline alone, not confirmed
+    cmd = _search(tmp_path, 0.01, model_trials=1, finalists=0, trials=1, variants=1, max_steps=1)
+    r = subprocess.run(cmd, cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no config meets p99 <= 0.01 ms: the best p99 seen was" in r.stdout
+    doc = yaml.safe_load((tmp_path / "out" / "recommended.yaml").read_text())
+    assert "serving" not in doc  # the model search's pick stands; nothing is claimed for serving
+    assert NAME in doc["registered_model"]

@@ -1,0 +1,261 @@
+"""The serving stage of `search --scenario server|offline` (docs/serving.md): after the model
+search, a second search over how its finalists are served.
+
+    run_serving
+      candidates    the pick (its registered version) and up to `serving.variants` - 1 more
+                    feasible Pareto finalists (the best throughput first, then latency),
+                    each logged as an MLflow model under its trial run (serving.json keeps them)
+      Serve         started once on a free loopback port, HAProxy ingress, short drains
+      trials        Ray Tune + Optuna (TPE) over the knobs of serve/tuning.py, one trial at a
+                    time on the driver's node, which runs the load generator: each trial
+                    deploys its service, measures it with LoadGen and deletes it; the first
+                    trial is the pick's default service. Each finished trial is a row of
+                    serving.csv and a child run tagged `tuner.stage=serving`
+      publish       the best (search/serving_publish.py)
+
+A signal stops the trials, keeps the finished ones and leaves the search resumable in this
+stage: `--resume` goes on with the serving trials without repeating the model search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner.config.request import SearchRequest, save_state
+from tuner.config.space import ServingSettings
+from tuner.core.console import say
+from tuner.core.errors import one_line
+from tuner.inputs.reference import Reference
+from tuner.search.cluster import HardwareClass
+from tuner.search.stopping import Interrupt, Stopped
+from tuner.serve.tuning import Choices, default_point, describe_point, knobs, layouts
+from tuner.tracking.store import PARENT_TAG, Tracker
+
+SERVING_CSV = "serving.csv"
+SERVING_STATE = "serving.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    model_uri: str  # models:/NAME/VERSION for the pick, models:/m-<id> for another finalist
+    trial_run: str  # the model search's trial run of this variant
+    fixed: dict[str, Any]  # the ServeSpec fields that come from the model (spec_for)
+    default: dict[str, Any]  # its default service's knobs (ServeSpec.for_model)
+
+
+def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, tracker: Tracker) -> list[Candidate]:
+    """The finalists to serve (module docstring), logged once and kept in serving.json."""
+    from tuner.deploy.register import log_candidate
+    from tuner.serve.source import resolve, spec_for
+
+    path = req.output / SERVING_STATE
+    if path.exists():
+        return [Candidate(**c) for c in json.loads(path.read_text())["candidates"]]
+    doc = _recommended(req.output)
+    rows = [df.index[df["recommended"].astype(bool)][0]]
+    ok = df[df["feasible"].astype(bool) & df["pareto"].astype(bool)]
+    ranked = [ok["throughput_ips"].idxmax(), *ok.sort_values("latency_p50_ms").index] if len(ok) else []
+    for i in ranked:
+        if len(rows) < req.space.serving.variants and df.loc[i, "label"] not in set(df.loc[rows, "label"]):
+            rows.append(i)
+    out = []
+    for n, i in enumerate(rows):
+        row = df.loc[i]
+        if n == 0:
+            uri = f"models:/{doc['registered_model']}"
+        else:
+            say(f"serving: logging finalist {row['label']} as an MLflow model ...")
+            uri = log_candidate(row, ref, tracker, req.model, str(doc.get("hardware", "")))  # type: ignore[arg-type]
+        spec = spec_for(resolve(uri, req.tracking_uri))
+        fixed = {k: v for k, v in spec.to_args().items() if k not in spec.knobs() and k != "route_prefix"}
+        out.append(Candidate(str(row["label"]), uri, str(row["mlflow_run_id"]), fixed, spec.knobs()))
+    path.write_text(json.dumps({"candidates": [asdict(c) for c in out]}, indent=2))
+    return out
+
+
+def _recommended(output: Path) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((output / "recommended.yaml").read_text()) or {})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(port: int) -> None:
+    """Ray Serve on this Ray (the model search's), HAProxy ingress on `port`."""
+    import os
+
+    from ray import serve
+
+    from tuner.serve.app import haproxy_env
+    from tuner.serve.tuning import TRIAL_ENV
+
+    env = {**haproxy_env(port), **TRIAL_ENV}
+    os.environ.update(env)
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": env}})  # fmt: skip
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start set it to INFO again
+
+
+def serving_trial(config: dict[str, Any], cands: list[dict[str, Any]], settings: dict[str, Any], port: int) -> None:
+    """The Ray Tune function trainable: one service deployed, measured and deleted
+    (serve/tuning.py). Whatever goes wrong in it is this trial's failure, not the search's."""
+    from ray import tune
+
+    from tuner.serve.spec import ServeSpec
+    from tuner.serve.tuning import measure_service
+
+    s = ServingSettings(**settings)
+    trial = tune.get_context().get_trial_id()
+    cand = cands[int(config["variant"])]
+    log_root = Path(tune.get_context().get_trial_dir()) / "loadgen"
+    try:
+        spec = ServeSpec(**{**cand["fixed"], "input_shape": tuple(cand["fixed"]["input_shape"])}, **knobs(config),
+                         route_prefix=f"/serving-{trial}")  # fmt: skip
+        m = measure_service(spec, f"serving-{trial}", port, s, log_root, lambda line: None)
+    except Exception as e:  # a fault isolation boundary, as a model trial's process is  # noqa: BLE001
+        tune.report({"status": "failed", "error": one_line(e), "objective": 0.0})
+        return
+    tune.report({"status": "ok", "error": "", "objective": m.objective(), **m.figures(s.latency_bound_ms),
+                 "log_dir": str(log_root)})  # fmt: skip
+
+
+class ServingRecorder:
+    """Each finished serving trial: a row of serving.csv, a progress line, a child run."""
+
+    def __init__(self, req: SearchRequest, tracker: Tracker, parent_id: str, cands: list[Candidate]) -> None:
+        self.req, self.tracker, self.parent_id, self.cands = req, tracker, parent_id, cands
+        self.path = req.output / SERVING_CSV
+        self.rows: list[dict[str, Any]] = pd.read_csv(self.path).to_dict("records") if self.path.exists() else []
+
+    def record(self, config: dict[str, Any], result: dict[str, Any]) -> None:
+        s = self.req.space.serving
+        point: dict[str, Any] = {k: config[k] for k in ("variant", "max_batch_size", "batch_wait_ms", "layout", "ongoing_per_batch")
+                 if k in config}  # fmt: skip
+        cand = self.cands[int(point["variant"])]
+        n = len(self.rows) + 1
+        what = describe_point(point, [c.label for c in self.cands])
+        figures = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in ("time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
+                                 "time_since_restore", "iterations_since_restore")}  # fmt: skip
+        row = {"trial": n, **point, "label": cand.label, "model_uri": cand.model_uri, **knobs(point),
+               "status": result.get("status", "failed"), "error": result.get("error", ""), **figures}  # fmt: skip
+        params = {"variant": cand.label, "model_uri": cand.model_uri, "scenario": s.scenario,
+                  "latency_bound_ms": s.latency_bound_ms, **knobs(point),
+                  **{f"loadgen.{k}": getattr(s, k) for k in ("request", "duration_s", "min_queries", "max_steps")}}
+        tags = {PARENT_TAG: self.parent_id, "tuner.kind": "serving", "tuner.stage": "serving",
+                "tuner.variant": cand.label, "tuner.status": row["status"], "tuner.trial_run": cand.trial_run,
+                **({"tuner.error": row["error"]} if row["error"] else {})}  # fmt: skip
+        run_id = self.tracker.start_run(f"serving {n}: {what}", params, tags)
+        self.tracker.log(run_id, metrics=figures)
+        for summary in sorted(Path(str(result.get("log_dir", "/nonexistent"))).glob("*/mlperf_log_summary.txt")):
+            self.tracker.log_artifact(run_id, summary, f"loadgen/{summary.parent.name}")
+        self.tracker.finish(run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
+        row["mlflow_run_id"] = run_id
+        self.rows.append(row)
+        pd.DataFrame(self.rows).to_csv(self.path, index=False)
+        say(f"serving trial {n}/{s.trials}: {what} -> {headline(row, s)}")
+
+
+def headline(row: dict[str, Any], s: ServingSettings) -> str:
+    if row["status"] != "ok":
+        return f"failed: {row['error']}"
+    if s.scenario == "offline":
+        return f"{row.get('offline_ips', 0.0):.1f} images/s (p99 {row.get('p99_ms', float('nan')):.1f} ms)"
+    if row.get("qps_at_bound", 0.0) > 0:
+        return (f"{row['qps_at_bound']:.1f} QPS at p99 {row['p99_ms']:.1f} ms <= {s.latency_bound_ms:g} ms, "
+                f"batches of {row.get('batch_requests_mean', 1.0):.2f}")  # fmt: skip
+    best = row.get("best_p99_ms", float("nan"))
+    return f"no QPS tried meets p99 <= {s.latency_bound_ms:g} ms (best p99 {best:.1f} ms)"
+
+
+def run_serving(
+    req: SearchRequest, klass: HardwareClass, tracker: Tracker, parent_id: str, df: pd.DataFrame,
+    ref: Reference | None, started: float,
+) -> Any:  # fmt: skip
+    """The stage (module docstring); returns search/serving_publish.ServingOutcome."""
+    from tuner.search.serving_publish import publish_serving
+
+    s = req.space.serving
+    save_state(req, parent_id, "running", time.time() - started, stage="serving")
+    say(f"\nserving search ({s.scenario}{f', p99 <= {s.latency_bound_ms:g} ms' if s.scenario == 'server' else ''}): "
+        f"{s.trials} trial(s), each a Ray Serve service measured with MLPerf LoadGen")  # fmt: skip
+    cands = candidates(req, df, ref, tracker)
+    say(f"  variants: {', '.join(f'{i}: {c.label} ({c.model_uri})' for i, c in enumerate(cands))}")
+    recorder = ServingRecorder(req, tracker, parent_id, cands)
+    remaining = s.trials - len(recorder.rows)
+    if remaining > 0:
+        _fit(req, klass, cands, recorder, remaining, parent_id, started)
+    return publish_serving(req, tracker, parent_id, cands, pd.DataFrame(recorder.rows))
+
+
+def _fit(
+    req: SearchRequest, klass: HardwareClass, cands: list[Candidate], recorder: ServingRecorder, remaining: int,
+    parent_id: str, started: float,
+) -> None:  # fmt: skip
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune import Callback
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = req.space.serving
+    first = {**default_point_of(cands[0]), "variant": 0}
+    choices = Choices.of(s, len(cands), layouts(klass.cores, len(klass.nodes), s.replicas), first)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(
+        space=choices, metric="objective", mode="max",
+        points_to_evaluate=[first] if not recorder.rows else None,
+        sampler=optuna.samplers.TPESampler(seed=req.seed, n_startup_trials=min(5, max(2, s.trials // 2))),
+        study_name=f"tuner-serving-{req.output.name}",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'serving_optuna.db'}"),
+    )  # fmt: skip
+    port = free_port()
+    start_serve(port)
+    say(f"  Ray Serve on 127.0.0.1:{port}; the load generator runs here, on the driver's node "
+        f"({', '.join(n.name for n in klass.nodes)} serve)")  # fmt: skip
+
+    class _Record(Callback):
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            recorder.record(trial.config, dict(trial.last_result or {"status": "failed", "error": "no result"}))
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            recorder.record(trial.config, {"status": "failed", "error": "the trial's actor failed"})
+
+    here = ray.get_runtime_context().get_node_id()
+    on_driver = tune.PlacementGroupFactory([{"memory": 2**20}], bundle_label_selector=[{"ray.io/node-id": here}])
+    trainable = tune.with_parameters(serving_trial, cands=[asdict(c) for c in cands], settings=s.model_dump(),
+                                     port=port)  # fmt: skip
+    interrupt = Interrupt()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, on_driver),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name=f"serving-{int(time.time())}", storage_path=str(req.output.resolve()),
+                                  verbose=0, callbacks=[_Record()], stop=interrupt.stopper(),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )  # fmt: skip
+    with interrupt:
+        tuner.fit()
+    if interrupt.signal is not None:
+        save_state(req, parent_id, "running", time.time() - started, stage="serving")
+        raise Stopped(interrupt.signal)
+
+
+def default_point_of(cand: Candidate) -> dict[str, Any]:
+    from tuner.serve.spec import ServeSpec
+
+    fixed = {**cand.fixed, "input_shape": tuple(cand.fixed["input_shape"])}
+    return default_point(ServeSpec(**fixed, **cand.default))
