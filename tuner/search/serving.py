@@ -41,6 +41,7 @@ from tuner.tracking.store import PARENT_TAG, Tracker
 
 SERVING_CSV = "serving.csv"
 SERVING_STATE = "serving.json"
+POINT = ("variant", "max_batch_size", "batch_wait_ms", "layout", "ongoing_per_batch")  # serve/tuning.Choices
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,7 @@ class ServingRecorder:
 
     def record(self, config: dict[str, Any], result: dict[str, Any]) -> None:
         s = self.req.space.serving
-        point: dict[str, Any] = {k: config[k] for k in ("variant", "max_batch_size", "batch_wait_ms", "layout", "ongoing_per_batch")
-                 if k in config}  # fmt: skip
+        point: dict[str, Any] = {k: config[k] for k in POINT if k in config}
         cand = self.cands[int(point["variant"])]
         n = len(self.rows) + 1
         what = describe_point(point, [c.label for c in self.cands])
