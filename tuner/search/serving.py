@@ -7,7 +7,8 @@ search, a second search over how its finalists are served.
                     each logged as an MLflow model under its trial run (serving.json keeps them)
       Serve         started once on a free loopback port, HAProxy ingress, short drains
       trials        Ray Tune + Optuna (TPE) over the knobs of serve/tuning.py, one trial at a
-                    time on the driver's node, which runs the load generator: each trial
+                    time on the driver's node, which runs the load generator; the replicas go
+                    where Ray Serve places them among the hardware class's nodes: each trial
                     deploys its service, measures it with LoadGen and deletes it; the first
                     trial is the pick's default service. Each finished trial is a row of
                     serving.csv and a child run tagged `tuner.stage=serving`
@@ -111,7 +112,9 @@ def start_serve(port: int) -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start set it to INFO again
 
 
-def serving_trial(config: dict[str, Any], cands: list[dict[str, Any]], settings: dict[str, Any], port: int) -> None:
+def serving_trial(
+    config: dict[str, Any], cands: list[dict[str, Any]], settings: dict[str, Any], port: int, nodes: dict[str, str]
+) -> None:  # fmt: skip
     """The Ray Tune function trainable: one service deployed, measured and deleted
     (serve/tuning.py). Whatever goes wrong in it is this trial's failure, not the search's."""
     from ray import tune
@@ -126,12 +129,12 @@ def serving_trial(config: dict[str, Any], cands: list[dict[str, Any]], settings:
     try:
         spec = ServeSpec(**{**cand["fixed"], "input_shape": tuple(cand["fixed"]["input_shape"])}, **knobs(config),
                          route_prefix=f"/serving-{trial}")  # fmt: skip
-        m = measure_service(spec, f"serving-{trial}", port, s, log_root, lambda line: None)
+        m = measure_service(spec, f"serving-{trial}", port, s, log_root, lambda line: None, nodes)
     except Exception as e:  # a fault isolation boundary, as a model trial's process is  # noqa: BLE001
         tune.report({"status": "failed", "error": one_line(e), "objective": 0.0})
         return
     tune.report({"status": "ok", "error": "", "objective": m.objective(), **m.figures(s.latency_bound_ms),
-                 "log_dir": str(log_root)})  # fmt: skip
+                 "log_dir": str(log_root), "replica_nodes": m.replica_nodes()})  # fmt: skip
 
 
 class ServingRecorder:
@@ -152,12 +155,14 @@ class ServingRecorder:
                    and k not in ("time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
                                  "time_since_restore", "iterations_since_restore")}  # fmt: skip
         row = {"trial": n, **point, "label": cand.label, "model_uri": cand.model_uri, **knobs(point),
-               "status": result.get("status", "failed"), "error": result.get("error", ""), **figures}  # fmt: skip
+               "status": result.get("status", "failed"), "error": result.get("error", ""),
+               "replica_nodes": result.get("replica_nodes", ""), **figures}  # fmt: skip
         params = {"variant": cand.label, "model_uri": cand.model_uri, "scenario": s.scenario,
                   "latency_bound_ms": s.latency_bound_ms, **knobs(point),
                   **{f"loadgen.{k}": getattr(s, k) for k in ("request", "duration_s", "min_queries", "max_steps")}}
         tags = {PARENT_TAG: self.parent_id, "tuner.kind": "serving", "tuner.stage": "serving",
                 "tuner.variant": cand.label, "tuner.status": row["status"], "tuner.trial_run": cand.trial_run,
+                "tuner.replica_nodes": row["replica_nodes"],
                 **({"tuner.error": row["error"]} if row["error"] else {})}  # fmt: skip
         run_id = self.tracker.start_run(f"serving {n}: {what}", params, tags)
         self.tracker.log(run_id, metrics=figures)
@@ -167,7 +172,8 @@ class ServingRecorder:
         row["mlflow_run_id"] = run_id
         self.rows.append(row)
         pd.DataFrame(self.rows).to_csv(self.path, index=False)
-        say(f"serving trial {n}/{s.trials}: {what} -> {headline(row, s)}")
+        on = f"; replicas on {row['replica_nodes']}" if row["replica_nodes"] else ""
+        say(f"serving trial {n}/{s.trials}: {what} -> {headline(row, s)}{on}")
 
 
 def headline(row: dict[str, Any], s: ServingSettings) -> str:
@@ -225,8 +231,8 @@ def _fit(
     )  # fmt: skip
     port = free_port()
     start_serve(port)
-    say(f"  Ray Serve on 127.0.0.1:{port}; the load generator runs here, on the driver's node "
-        f"({', '.join(n.name for n in klass.nodes)} serve)")  # fmt: skip
+    say(f"  Ray Serve on 127.0.0.1:{port}; replicas on the nodes of {klass.name} "
+        f"({', '.join(n.name for n in klass.nodes)}); the load generator on the driver's node")  # fmt: skip
 
     class _Record(Callback):
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -238,7 +244,7 @@ def _fit(
     here = ray.get_runtime_context().get_node_id()
     on_driver = tune.PlacementGroupFactory([{"memory": 2**20}], bundle_label_selector=[{"ray.io/node-id": here}])
     trainable = tune.with_parameters(serving_trial, cands=[asdict(c) for c in cands], settings=s.model_dump(),
-                                     port=port)  # fmt: skip
+                                     port=port, nodes=klass.selector())  # fmt: skip
     interrupt = Interrupt()
     tuner = tune.Tuner(
         tune.with_resources(trainable, on_driver),

@@ -66,6 +66,7 @@ def publish_serving(
         "knobs": knobs,
         "figures": {k: _plain(w[k]) for k in _FIGURES if k in w and pd.notna(w[k])},
         "default_service": _plain(default["objective"]) if default is not None else None,
+        "replica_nodes": str(w.get("replica_nodes", "") or ""),  # where its replicas ran (X-Replica-Node)
         "why": why,
         "mlflow_run_id": str(w["mlflow_run_id"]),
     }

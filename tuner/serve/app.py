@@ -9,7 +9,8 @@
                       taking requests while the model runs; the loader pads and splits into
                       the artifact's static batch
         answer        JSON or .npy (payload.py), with the batch it ran in as headers:
-                      X-Batch-Requests, X-Batch-Rows, X-Preprocess-Ms, X-Infer-Ms
+                      X-Batch-Requests, X-Batch-Rows, X-Preprocess-Ms, X-Infer-Ms, and the
+                      node of the replica that answered, X-Replica-Node (host:<Ray node id>)
 
 `POST .../noop` reads the body and answers at once, without decoding or inference: the load
 test times it to say what the proxy, the replica and the load generator cost by themselves.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,11 +66,13 @@ class TunedService:
     def __init__(self, args: dict[str, Any]) -> None:
         import mlflow.artifacts
         import mlflow.pyfunc
+        import ray
         from mlflow.models import Model
 
         from tuner.inputs.models import image_preprocessing
 
         self.spec = spec = ServeSpec.from_args(args)
+        self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"  # as search/cluster.py
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self._tmp = tempfile.TemporaryDirectory(prefix="tuner-serve-")
         local = spec.location
@@ -124,6 +128,7 @@ class TunedService:
             "X-Batch-Rows": str(result.batch_rows),
             "X-Preprocess-Ms": f"{decoded.preprocess_ms:.3f}",
             "X-Infer-Ms": f"{result.infer_ms:.3f}",
+            "X-Replica-Node": self.node,
         }
         return Response(content, media_type=media, headers=headers)
 
@@ -187,10 +192,13 @@ def haproxy_env(port: int) -> dict[str, str]:
     return {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
 
 
-def deployment_options(spec: ServeSpec, env: dict[str, str] | None = None) -> dict[str, Any]:
+def deployment_options(
+    spec: ServeSpec, env: dict[str, str] | None = None, nodes: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Ray Serve's options for the spec (module docstring); `env`: more environment for the
-    replicas (the serving search's short drain, serve/tuning.py)."""
-    actor: dict[str, Any] = {"num_cpus": spec.threads}
+    replicas (the serving search's short drain, serve/tuning.py); `nodes`: a Ray label
+    selector the replicas' nodes must match (the serving search's hardware class)."""
+    actor: dict[str, Any] = {"num_cpus": spec.threads, **({"label_selector": nodes} if nodes else {})}
     env_vars = {**(HAPROXY_ENV if spec.ingress == "haproxy" else {}), **(env or {})}
     if env_vars:
         actor["runtime_env"] = {"env_vars": env_vars}

@@ -16,7 +16,7 @@ and a run with any is not a result (`RunResult.meets_bound`).
 
 The figures are LoadGen's own (mlperf_log_summary.txt). Beside them: what this process (the
 generator) cost in cores, and what the service said of each answer (X-Batch-Requests,
-X-Preprocess-Ms, X-Infer-Ms headers of `tuner serve`).
+X-Preprocess-Ms, X-Infer-Ms and X-Replica-Node headers of `tuner serve`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class RunResult:
     batch_requests: list[float] = field(default_factory=list)  # per answer, as the service said
     preprocess_ms: list[float] = field(default_factory=list)
     infer_ms: list[float] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # answers per replica node, as the service said
     log_dir: str = ""
 
     @property
@@ -95,6 +96,7 @@ class HttpSut:
         self.batch: list[float] = []
         self.pre: list[float] = []
         self.infer: list[float] = []
+        self.nodes: collections.Counter[str] = collections.Counter()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tuner-loadgen-http", daemon=True)
         self.thread.start()
@@ -136,6 +138,8 @@ class HttpSut:
         for name, out in (("X-Batch-Requests", self.batch), ("X-Preprocess-Ms", self.pre), ("X-Infer-Ms", self.infer)):
             if name in headers:
                 out.append(float(headers[name]))
+        if "X-Replica-Node" in headers:
+            self.nodes[headers["X-Replica-Node"]] += 1
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result()
@@ -224,5 +228,5 @@ def _result(
         constraints_ok=s.get("Performance constraints satisfied", "Yes") == "Yes",
         early_stopping_ok=s.get("Early stopping satisfied", "Yes") == "Yes",
         generator_cores=cores, wall_s=wall, batch_requests=sut.batch, preprocess_ms=sut.pre, infer_ms=sut.infer,
-        log_dir=str(log_dir),
+        nodes=dict(sut.nodes), log_dir=str(log_dir),
     )  # fmt: skip

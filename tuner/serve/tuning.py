@@ -135,16 +135,23 @@ class Measured:
                 out["batch_requests_max"] = max(ran.batch_requests)
         return out
 
+    def replica_nodes(self) -> str:
+        """The nodes whose replicas answered, as they said (X-Replica-Node), over every run."""
+        runs = [*self.outcome.steps, *([self.outcome.result] if self.outcome.result else [])]
+        return ",".join(sorted({n for r in runs for n in r.nodes}))
+
     def objective(self) -> float:
         r = self.outcome.result
         return float(r.qps) if r is not None and (self.outcome.scenario == "offline" or r.meets_bound) else 0.0
 
 
 def measure_service(
-    spec: ServeSpec, name: str, port: int, s: ServingSettings, log_root: Path, say: Callable[[str], None]
-) -> Measured:
-    """Deploy `spec` as the Serve application `name` (Serve is started already, on `port`),
-    run the scenario of `s` against it, delete it."""
+    spec: ServeSpec, name: str, port: int, s: ServingSettings, log_root: Path, say: Callable[[str], None],
+    nodes: dict[str, str] | None = None,
+) -> Measured:  # fmt: skip
+    """Deploy `spec` as the Serve application `name` (Serve is started already, on `port`;
+    `nodes`: a Ray label selector for the replicas' nodes), run the scenario of `s` against
+    it, delete it."""
     from ray import serve
 
     from tuner.serve.app import TunedService, deployment_options
@@ -152,7 +159,7 @@ def measure_service(
 
     started = time.perf_counter()
     deployment: Any = TunedService
-    app = deployment.options(**deployment_options(spec, TRIAL_ENV)).bind(spec.to_args())
+    app = deployment.options(**deployment_options(spec, TRIAL_ENV, nodes)).bind(spec.to_args())
     try:
         serve.run(app, name=name, route_prefix=spec.route_prefix)
         url = f"http://127.0.0.1:{port}{spec.route_prefix}"
