@@ -20,7 +20,7 @@ from tuner.core.variant import Variant
 from tuner.decide.pareto import feasible_mask, pareto_mask
 from tuner.outputs.tables import read_trials
 
-from conftest import tuner, write_space
+from conftest import MODEL, tuner, write_space
 from tiny_models import train_small_cnn
 
 pytestmark = pytest.mark.slow
@@ -244,10 +244,10 @@ def test_user_model_with_its_checkpoint_and_labeled_data(tmp_path):
 def test_time_budget_stops_the_search_and_keeps_what_finished(tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
-        search={"trials": 30, "time_budget_minutes": 0.4},
+        search={"trials": 30, "time_budget_minutes": 0.3},
         confirm={"finalists": 1, "rounds": 1},
     )
-    r = tuner("search", "resnet18", "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
+    r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     trials = read_trials(tmp_path / "out" / "trials.csv")
     assert 1 <= len(trials) < 30

@@ -94,7 +94,9 @@ def test_a_search_in_which_every_trial_fails(tmp_path):
     assert len(children) == 3 and {c.data.tags["tuner.status"] for c in children} == {"error"}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGINT here; SIGTERM reaches the same handler in a Ray Tune phase, and is sent in the serving
+# stage's (tests/test_serve_tuning.py) and after the trials (below).
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
 def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
     space = write_space(tmp_path / "space.yaml", search={"trials": 5}, dimensions={"batch_size": [1, 2, 4, 8]})
     cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
@@ -116,9 +118,6 @@ def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
     assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
     assert parent.data.tags["tuner.resume_hint"] == f"python -m tuner search {MODEL} --resume {tmp_path / 'out'}"
     assert len(children) == len(kept)
-    if sig == signal.SIGTERM:
-        return  # the same handler as SIGINT during the trials (search/stopping.py): resume is tested once
-
     r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming: {len(kept)} finished trial(s) kept" in r.stdout
@@ -170,7 +169,7 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
 
 
 def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
-    space = write_space(tmp_path / "space.yaml", search={"trials": 2}, confirm={"finalists": 0})
+    space = write_space(tmp_path / "space.yaml", search={"trials": 1}, confirm={"finalists": 0})
     procs = []
     for name in ("a", "b"):
         cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
@@ -187,7 +186,7 @@ def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     for p in parents:
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
-        assert len(kids) == 2
+        assert len(kids) == 1
 
 
 def test_a_signal_after_the_trials_closes_the_parent_run_and_resume_finishes(tmp_path):

@@ -208,7 +208,10 @@ def _invoke(url: str, x: np.ndarray) -> tuple[int, np.ndarray | str]:
 
 
 @slow
-@pytest.mark.parametrize("index", [0, 1, 2, 4, 5, 6], ids=[IDS[i] for i in (0, 1, 2, 4, 5, 6)])
+# each loader's way of taking concurrent calls once: torch (TorchScript; an exported program runs as
+# a torch module too), AOTInductor's runner, ONNX Runtime, OpenVINO's request pool (latency and
+# throughput artifacts)
+@pytest.mark.parametrize("index", [0, 2, 4, 5, 6], ids=[IDS[i] for i in (0, 2, 4, 5, 6)])
 def test_the_registered_model_is_served_over_http(registered, tmp_path, index):
     """`mlflow models serve` answers real requests with the variant's outputs, one at a time
     and from 8 threads at once (the server runs them on its thread pool: an artifact that is

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tuner.serve.source import resolve, spec_for
+
 from conftest import MODEL, NAME, tuner, tuner_env, write_space
 
 pytestmark = pytest.mark.slow  # two searches, each with a Ray and a Ray Serve
@@ -35,7 +37,7 @@ def _search(tmp_path, bound: float, model_trials: int = 2, finalists: int = 2, *
 
 
 def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_publishes(tmp_path):
-    # The first run is stopped (SIGINT) once its first serving trial is recorded.
+    # The first run is stopped (SIGTERM, as a job scheduler stops it) once its first serving trial is recorded.
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(_search(tmp_path, 2000), cwd=tmp_path, env=tuner_env(tmp_path), stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
@@ -43,13 +45,19 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
         while time.time() < deadline and "serving trial 1/3" not in (tmp_path / "first.log").read_text():
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()
     first = (tmp_path / "first.log").read_text()
+    assert "interrupted by SIGTERM" in first and f"--resume {tmp_path / 'out'}" in first
     state = json.loads((tmp_path / "out" / "search.json").read_text())
     assert (state["status"], state["stage"]) == ("interrupted", "serving"), first
     kept = pd.read_csv(tmp_path / "out" / "serving.csv")
     assert 1 <= len(kept) < 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name(f"tuner/{MODEL}").experiment_id],
+                                   "tags.`tuner.kind` = 'search'")  # fmt: skip
+    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
 
     r = tuner("search", MODEL, "--resume", "out", "--scenario", "server", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -61,8 +69,6 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
     assert list(first_knobs) == [0, 1, 1, 1, 2]  # the pick's default service comes first
 
     # MLflow: three serving child runs under the one parent, beside the two variant trials
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(f"tuner/{MODEL}")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = next(x for x in runs if x.data.tags.get("tuner.kind") == "search")
@@ -87,12 +93,11 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
     name, version = section["registered_model"].split("/")
     tags = client.get_model_version(name, version).tags
     assert {k: tags[f"tuner.serving.{k}"] for k in section["knobs"]} == {k: str(v) for k, v in section["knobs"].items()}
-    assert (tmp_path / "out" / "serving" / "serve_config.yaml").is_file()
-    r = tuner("serve", "out", "--export", "exported", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    args = yaml.safe_load((tmp_path / "exported" / "serve_config.yaml").read_text())["applications"][0]["args"]
-    assert {k: args[k] for k in section["knobs"]} == section["knobs"]
-    assert args["model_uri"] == f"models:/{section['registered_model']}"
+    served = spec_for(resolve(str(tmp_path / "out"), uri))  # what `tuner serve OUTPUT_DIR` runs, no flags
+    assert served.knobs() == section["knobs"] and served.model_uri == f"models:/{section['registered_model']}"
+    assert spec_for(resolve(str(tmp_path / "out"), uri), max_batch_size=3).max_ongoing_requests == 6  # a flag wins
+    exported = yaml.safe_load((tmp_path / "out" / "serving" / "serve_config.yaml").read_text())
+    assert exported["applications"][0]["args"] == served.to_args()
 
 
 def test_a_bound_no_config_meets_is_said_with_the_best_p99_and_exits_1(tmp_path):
