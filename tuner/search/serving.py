@@ -24,38 +24,38 @@ import json
 import logging
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tuner.config.request import SearchRequest, save_state
 from tuner.config.space import ServingSettings
 from tuner.core.console import say
-from tuner.core.errors import one_line
+from tuner.core.errors import VariantUnsupported, one_line
 from tuner.inputs.reference import Reference
 from tuner.search.cluster import HardwareClass
 from tuner.search.stopping import Interrupt, Stopped
-from tuner.serve.tuning import Choices, default_point, describe_point, knobs, layouts
+from tuner.serve.tuning import Candidate, Choices, default_point, describe_point, headline, knobs, layouts
 from tuner.tracking.store import PARENT_TAG, Tracker
+
+if TYPE_CHECKING:
+    from tuner.search.serving_publish import ServingOutcome
 
 SERVING_CSV = "serving.csv"
 SERVING_STATE = "serving.json"
 POINT = ("variant", "max_batch_size", "batch_wait_ms", "layout", "ongoing_per_batch")  # serve/tuning.Choices
 
 
-@dataclass(frozen=True)
-class Candidate:
-    label: str
-    model_uri: str  # models:/NAME/VERSION for the pick, models:/m-<id> for another finalist
-    trial_run: str  # the model search's trial run of this variant
-    fixed: dict[str, Any]  # the ServeSpec fields that come from the model (spec_for)
-    default: dict[str, Any]  # its default service's knobs (ServeSpec.for_model)
+class NothingToServe(Exception):
+    """The serving stage cannot start (said, and the search exits 1)."""
 
 
 def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, tracker: Tracker) -> list[Candidate]:
     """The finalists to serve (module docstring), logged once and kept in serving.json."""
+    from mlflow.exceptions import MlflowException
+
     from tuner.deploy.register import log_candidate
     from tuner.serve.source import resolve, spec_for
 
@@ -63,6 +63,9 @@ def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, trac
     if path.exists():
         return [Candidate(**c) for c in json.loads(path.read_text())["candidates"]]
     doc = _recommended(req.output)
+    if not doc.get("registered_model"):
+        raise NothingToServe("the pick was not registered as an MLflow model (the parent run's `tuner.model_export` "
+                             "tag says why), so there is nothing to serve")  # fmt: skip
     rows = [df.index[df["recommended"].astype(bool)][0]]
     ok = df[df["feasible"].astype(bool) & df["pareto"].astype(bool)]
     ranked = [ok["throughput_ips"].idxmax(), *ok.sort_values("latency_p50_ms").index] if len(ok) else []
@@ -76,7 +79,11 @@ def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, trac
             uri = f"models:/{doc['registered_model']}"
         else:
             say(f"serving: logging finalist {row['label']} as an MLflow model ...")
-            uri = log_candidate(row, ref, tracker, req.model, str(doc.get("hardware", "")))  # type: ignore[arg-type]
+            try:
+                uri = log_candidate(row, ref, tracker, req.model, str(doc.get("hardware", "")))  # type: ignore[arg-type]
+            except (VariantUnsupported, RuntimeError, MlflowException, OSError, ImportError) as e:
+                say(f"warning: finalist {row['label']} is not served: it could not be logged ({one_line(e)})")
+                continue
         spec = spec_for(resolve(uri, req.tracking_uri))
         fixed = {k: v for k, v in spec.to_args().items() if k not in spec.knobs() and k != "route_prefix"}
         out.append(Candidate(str(row["label"]), uri, str(row["mlflow_run_id"]), fixed, spec.knobs()))
@@ -176,30 +183,25 @@ class ServingRecorder:
         say(f"serving trial {n}/{s.trials}: {what} -> {headline(row, s)}{on}")
 
 
-def headline(row: dict[str, Any], s: ServingSettings) -> str:
-    if row["status"] != "ok":
-        return f"failed: {row['error']}"
-    if s.scenario == "offline":
-        return f"{row.get('offline_ips', 0.0):.1f} images/s (p99 {row.get('p99_ms', float('nan')):.1f} ms)"
-    if row.get("qps_at_bound", 0.0) > 0:
-        return (f"{row['qps_at_bound']:.1f} QPS at p99 {row['p99_ms']:.1f} ms <= {s.latency_bound_ms:g} ms, "
-                f"batches of {row.get('batch_requests_mean', 1.0):.2f}")  # fmt: skip
-    best = row.get("best_p99_ms", float("nan"))
-    return f"no QPS tried meets p99 <= {s.latency_bound_ms:g} ms (best p99 {best:.1f} ms)"
-
-
 def run_serving(
     req: SearchRequest, klass: HardwareClass, tracker: Tracker, parent_id: str, df: pd.DataFrame,
     ref: Reference | None, started: float,
-) -> Any:  # fmt: skip
-    """The stage (module docstring); returns search/serving_publish.ServingOutcome."""
-    from tuner.search.serving_publish import publish_serving
+) -> ServingOutcome:  # fmt: skip
+    """The stage (module docstring)."""
+    from tuner.search.serving_publish import ServingOutcome, publish_serving
 
     s = req.space.serving
     save_state(req, parent_id, "running", time.time() - started, stage="serving")
     say(f"\nserving search ({s.scenario}{f', p99 <= {s.latency_bound_ms:g} ms' if s.scenario == 'server' else ''}): "
         f"{s.trials} trial(s), each a Ray Serve service measured with MLPerf LoadGen")  # fmt: skip
-    cands = candidates(req, df, ref, tracker)
+    if tracker.down:
+        return ServingOutcome(pd.DataFrame(), None, False, "skipped: the MLflow store was unreachable")
+    try:
+        cands = candidates(req, df, ref, tracker)
+    except NothingToServe as e:
+        say(f"serving: skipped: {e}")
+        tracker.log(parent_id, tags={"tuner.serving": f"skipped: {e}"})
+        return ServingOutcome(pd.DataFrame(), None, False, f"skipped: {e}")
     say(f"  variants: {', '.join(f'{i}: {c.label} ({c.model_uri})' for i, c in enumerate(cands))}")
     recorder = ServingRecorder(req, tracker, parent_id, cands)
     remaining = s.trials - len(recorder.rows)

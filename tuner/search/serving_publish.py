@@ -26,8 +26,8 @@ import yaml
 from tuner.config.request import SearchRequest
 from tuner.core.console import say
 from tuner.core.errors import one_line
-from tuner.search.serving import Candidate, headline
 from tuner.serve.spec import KNOBS
+from tuner.serve.tuning import Candidate, headline
 from tuner.tracking.store import Tracker, fluent_uri, registered_name
 
 

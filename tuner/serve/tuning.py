@@ -108,6 +108,15 @@ def describe_point(point: dict[str, Any], labels: list[str]) -> str:
             f"{k['max_ongoing_requests']} held")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    model_uri: str  # models:/NAME/VERSION for the pick, models:/m-<id> for another finalist
+    trial_run: str  # the model search's trial run of this variant
+    fixed: dict[str, Any]  # the ServeSpec fields that come from the model (spec_for)
+    default: dict[str, Any]  # its default service's knobs (ServeSpec.for_model)
+
+
 @dataclass
 class Measured:
     """What one serving trial measured (`figures` are its MLflow metrics)."""
@@ -174,3 +183,15 @@ def measure_service(
         return Measured(outcome, deployed - started, time.perf_counter() - deployed)
     finally:
         serve.delete(name)
+
+
+def headline(row: dict[str, Any], s: ServingSettings) -> str:
+    if row["status"] != "ok":
+        return f"failed: {row['error']}"
+    if s.scenario == "offline":
+        return f"{row.get('offline_ips', 0.0):.1f} images/s (p99 {row.get('p99_ms', float('nan')):.1f} ms)"
+    if row.get("qps_at_bound", 0.0) > 0:
+        return (f"{row['qps_at_bound']:.1f} QPS at p99 {row['p99_ms']:.1f} ms <= {s.latency_bound_ms:g} ms, "
+                f"batches of {row.get('batch_requests_mean', 1.0):.2f}")  # fmt: skip
+    best = row.get("best_p99_ms", float("nan"))
+    return f"no QPS tried meets p99 <= {s.latency_bound_ms:g} ms (best p99 {best:.1f} ms)"
