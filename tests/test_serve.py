@@ -95,6 +95,7 @@ def service(registered, tmp_path_factory):
     from tuner.serve.app import HAPROXY_DIR_MAX, HAPROXY_FILES, app_builder
     from tuner.serve.service import start
     from tuner.serve.source import resolve, spec_for
+    from tuner.serve.tuning import TRIAL_ENV
 
     folder, uri, ref, versions = registered
     saved_env = dict(os.environ)
@@ -105,6 +106,7 @@ def service(registered, tmp_path_factory):
     for key, name in HAPROXY_FILES.items():
         os.environ[key] = str(haproxy_dir / name) if name else str(haproxy_dir)
     os.environ["RAY_worker_niceness"] = "0"
+    os.environ.update(TRIAL_ENV)  # a deleted application's replicas go in 1 s, as in a serving search
     ray.init(address="local", num_cpus=8, log_to_driver=False, include_dashboard=False)
     port = _free_port()
     try:
@@ -249,3 +251,24 @@ def test_loadtest_measures_the_service_with_loadgen_and_logs_it(service, tmp_pat
     assert run.data.params["serve.max_batch_size"] == "4"
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert "loadtest.json" in names and "loadgen" in names
+
+
+def test_a_serving_trial_in_the_offline_scenario_deploys_measures_and_deletes_its_service(service, tmp_path):
+    """serve/tuning.measure_service, as a serving search's trial runs it (`--scenario offline`):
+    its own application, LoadGen's Offline run, the replica's node from its answers, deleted."""
+    from ray import serve
+
+    from tuner.config.space import ServingSettings
+    from tuner.serve.source import resolve, spec_for
+    from tuner.serve.tuning import measure_service
+
+    url, _, (folder, uri, ref, versions) = service
+    port = int(url.split(":")[2].split("/")[0])
+    spec = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), route_prefix="/offline-trial",
+                    replicas=2, threads=1, max_batch_size=2, batch_wait_timeout_s=0.002)  # fmt: skip
+    settings = ServingSettings(scenario="offline", duration_s=0.5, min_queries=50)
+    m = measure_service(spec, "offline-trial", port, settings, tmp_path / "loadgen", print)
+    figures = m.figures(settings.latency_bound_ms)
+    assert m.objective() == figures["offline_ips"] > 0 and figures["failed"] == 0 and figures["completed"] >= 50
+    assert m.replica_nodes() and 1 <= figures["batch_requests_max"] <= 2
+    assert "offline-trial" not in serve.status().applications  # deleted
