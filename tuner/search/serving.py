@@ -37,7 +37,17 @@ from tuner.core.errors import VariantUnsupported, one_line
 from tuner.inputs.reference import Reference
 from tuner.search.cluster import HardwareClass
 from tuner.search.stopping import Interrupt, Stopped
-from tuner.serve.tuning import Candidate, Choices, default_point, describe_point, headline, knobs, layouts
+from tuner.serve.tuning import (
+    Candidate,
+    Choices,
+    any_point,
+    default_point,
+    describe_point,
+    headline,
+    knobs,
+    layouts,
+    point_key,
+)
 from tuner.tracking.store import PARENT_TAG, Tracker
 
 if TYPE_CHECKING:
@@ -218,19 +228,24 @@ def _fit(
     import ray
     from ray import tune
     from ray.tune import Callback
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.search.sampling import DedupOptunaSearch
 
     s = req.space.serving
     first = {**default_point_of(cands[0]), "variant": 0}
     choices = Choices.of(s, len(cands), layouts(klass.cores, len(klass.nodes), s.replicas), first)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(
-        space=choices, metric="objective", mode="max",
+    # A point measured once is not measured again (search/sampling.py); a failed trial counts as 0.
+    searcher = DedupOptunaSearch(
+        space=choices, metric=["objective"], mode=["max"],
         points_to_evaluate=[first] if not recorder.rows else None,
         sampler=optuna.samplers.TPESampler(seed=req.seed, n_startup_trials=min(5, max(2, s.trials // 2))),
         study_name=f"tuner-serving-{req.output.name}",
         storage=optuna.storages.RDBStorage(f"sqlite:///{req.output.resolve() / 'serving_optuna.db'}"),
+        key=point_key, penalty={"objective": 0.0}, candidates=choices.all_points(), feasible=any_point,
     )  # fmt: skip
+    for row in recorder.rows:  # a resumed stage
+        searcher.remember(point_key(row), {"objective": float(row.get("objective", 0.0) or 0.0)})
     port = free_port()
     start_serve(port)
     say(f"  Ray Serve on 127.0.0.1:{port}; replicas on the nodes of {klass.name} "

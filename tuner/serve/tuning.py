@@ -76,6 +76,32 @@ class Choices:
         trial.suggest_categorical("ongoing_per_batch", self.ongoing_per_batch)
 
 
+    def all_points(self) -> list[dict[str, Any]]:
+        """Every point of the space, in order (what the sampler falls back to when it keeps
+        proposing measured ones: search/sampling.py)."""
+        out = []
+        for v in range(self.variants):
+            for b in self.max_batch_size:
+                for w in self.batch_wait_ms if b > 1 else [None]:
+                    for layout in self.layout:
+                        for k in self.ongoing_per_batch:
+                            point = {"variant": v, "max_batch_size": b, "layout": layout, "ongoing_per_batch": k}
+                            out.append(point if w is None else {**point, "batch_wait_ms": w})
+        return out
+
+
+def any_point(point: dict[str, Any]) -> bool:
+    """Every point of the space is a service (a function, not a lambda: Tune saves the searcher)."""
+    return True
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """One text per distinct point (a CSV row's or Optuna's types alike; no wait for batch 1)."""
+    batch = int(point["max_batch_size"])
+    wait = float(point["batch_wait_ms"]) if batch > 1 else 0.0
+    return f"{int(point['variant'])}|{batch}|{wait:g}|{point['layout']}|{int(point['ongoing_per_batch'])}"
+
+
 def default_point(spec: ServeSpec) -> dict[str, Any]:
     """The pick's default service (ServeSpec.for_model) as a point of the space."""
     point: dict[str, Any] = {"variant": 0, "max_batch_size": spec.max_batch_size,
