@@ -3,7 +3,8 @@ search, a second search over how its finalists are served.
 
     run_serving
       candidates    the pick (its registered version) and up to `serving.variants` - 1 more
-                    feasible Pareto finalists (the best throughput first, then latency),
+                    feasible Pareto finalists (the best throughput first, then latency; for
+                    `server`, only those whose one call meets the bound at p90),
                     each logged as an MLflow model under its trial run (serving.json keeps them)
       Serve         started once on a free loopback port, HAProxy ingress, short drains
       trials        Ray Tune + Optuna (TPE) over the knobs of serve/tuning.py, one trial at a
@@ -78,6 +79,8 @@ def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, trac
                              "tag says why), so there is nothing to serve")  # fmt: skip
     rows = [df.index[df["recommended"].astype(bool)][0]]
     ok = df[df["feasible"].astype(bool) & df["pareto"].astype(bool)]
+    if req.space.serving.scenario == "server":  # one call slower than the bound cannot meet it
+        ok = ok[ok["latency_p90_ms"] < req.space.serving.latency_bound_ms]
     ranked = [ok["throughput_ips"].idxmax(), *ok.sort_values("latency_p50_ms").index] if len(ok) else []
     for i in ranked:
         if len(rows) < req.space.serving.variants and df.loc[i, "label"] not in set(df.loc[rows, "label"]):
