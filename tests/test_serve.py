@@ -265,7 +265,7 @@ def test_a_serving_trial_in_the_offline_scenario_deploys_measures_and_deletes_it
     url, _, (folder, uri, ref, versions) = service
     port = int(url.split(":")[2].split("/")[0])
     spec = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), route_prefix="/offline-trial",
-                    replicas=2, threads=1, max_batch_size=2, batch_wait_timeout_s=0.002)  # fmt: skip
+                    threads=1, max_batch_size=2, batch_wait_timeout_s=0.002)  # fmt: skip (the one CPU left)
     settings = ServingSettings(scenario="offline", duration_s=0.5, min_queries=50)
     m = measure_service(spec, "offline-trial", port, settings, tmp_path / "loadgen", print)
     figures = m.figures(settings.latency_bound_ms)

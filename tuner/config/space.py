@@ -182,7 +182,7 @@ class ServingSettings(Strict):
         "offline: then the most images/s (`--scenario`)",
     )
     latency_bound_ms: float = Field(default=50.0, gt=0, description="server: the p99 bound (`--latency-bound-ms`)")
-    trials: int = Field(default=10, ge=1, description="serving trials, the pick's default service included")
+    trials: int = Field(default=8, ge=1, description="serving trials, the pick's default service included")
     variants: int = Field(default=3, ge=1, description="finalists served: the pick, the best throughput, then latency")
     max_batch_size: list[int] = Field(default=[1, 2, 4, 8, 16], min_length=1, description="requests per model call")
     batch_wait_ms: list[float] = Field(default=[0, 2, 5, 10, 20], min_length=1, description="longest wait to fill one")
@@ -194,9 +194,8 @@ class ServingSettings(Strict):
     )
     request: Literal["npy", "jpeg"] = Field(default="npy", description="what the load generator sends")
     duration_s: float = Field(default=4.0, gt=0, description="LoadGen's shortest run, per target QPS")
-    min_queries: int = Field(default=400, ge=1, description="LoadGen's fewest queries per run (p99: several hundred)")
-    max_steps: int = Field(default=5, ge=1, description="server: target QPS tried per trial (a bisection)")
-    trial_timeout_s: float = Field(default=600, gt=0, description="a serving trial that takes longer has failed")
+    min_queries: int = Field(default=300, ge=1, description="LoadGen's fewest queries per run (p99: several hundred)")
+    max_steps: int = Field(default=4, ge=1, description="server: target QPS tried per trial (a bisection)")
 
     @field_validator("max_batch_size", "ongoing_per_batch", "replicas")
     @classmethod

@@ -44,7 +44,7 @@ from tuner.search.cluster import HardwareClass
 from tuner.search.confirm_ray import ray_confirm
 from tuner.search.finalize import SearchOutcome, finalize
 from tuner.search.sampling import initial_points
-from tuner.search.serving import run_serving
+from tuner.search.serving import SERVING_CSV, run_serving
 from tuner.search.stopping import Interrupt, SigtermAsInterrupt, Stopped, catch_sigterm
 from tuner.tracking.recorder import TrialRecorder
 from tuner.tracking.store import Tracker, check_reachable, store_lock
@@ -94,7 +94,13 @@ def _close_interrupted(req: SearchRequest, name: str, began: float) -> None:
         say(f"warning: the parent run could not be marked interrupted: {e}")
     table = req.output / "trials.csv"
     kept = len(tables.read_trials(table)) if table.exists() else 0
-    say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
+    serving = req.output / SERVING_CSV
+    if st.get("stage") == "serving" and serving.exists():
+        rows = len(serving.read_text().splitlines()) - 1
+        say(f"interrupted by {name} in the serving stage: the model search ({kept} trials) and {rows} finished "
+            f"serving trial(s) kept in {req.output}")  # fmt: skip
+    else:
+        say(f"interrupted by {name}: {kept} finished trial(s) kept in {req.output}")
     say(f"resume with: {hint}")
 
 

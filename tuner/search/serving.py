@@ -125,7 +125,7 @@ def start_serve(port: int) -> None:
     from tuner.serve.app import haproxy_env
     from tuner.serve.tuning import TRIAL_ENV
 
-    env = {**haproxy_env(port), **TRIAL_ENV}
+    env = {**haproxy_env(port, side_ports=True), **TRIAL_ENV}
     os.environ.update(env)
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 controller_options={"runtime_env": {"env_vars": env}})  # fmt: skip

@@ -182,14 +182,31 @@ HAPROXY_FILES = {
 HAPROXY_DIR_MAX = 29
 
 
-def haproxy_env(port: int) -> dict[str, str]:
+# HAProxy's own listeners besides the service's port: its Prometheus metrics and its stats
+# page, on every address, at 9101 and 8404 unless told otherwise; a second service on the
+# machine (a `tuner serve` beside a serving search, two services) would fail to bind them.
+HAPROXY_SIDE_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+
+
+def haproxy_env(port: int, side_ports: bool = False) -> dict[str, str]:
     """What the Serve controller needs for the HAProxy ingress on `port` (a value already in
-    the environment wins: the caller chose where HAProxy's files go)."""
+    the environment wins: the caller chose where HAProxy's files go). `side_ports`: free
+    ports of this machine for HAProxy's metrics and stats (a service started here, not a
+    config file written for another machine)."""
     folder = os.path.join(tempfile.gettempdir(), f"tuner-haproxy-{port}")
     if len(folder) > HAPROXY_DIR_MAX:  # HAProxy refuses a socket path over 97 characters; Serve adds 68
         folder = f"/tmp/tuner-haproxy-{port}"
     files = {k: os.environ.get(k) or os.path.join(folder, name) for k, name in HAPROXY_FILES.items()}
-    return {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
+    env = {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
+    if side_ports:
+        env.update({k: os.environ.get(k) or str(_free_port()) for k in HAPROXY_SIDE_PORTS})
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
 
 
 def deployment_options(

@@ -169,7 +169,12 @@ def run_loadgen(
     st = lg.TestSettings()
     st.mode = lg.TestMode.PerformanceOnly
     st.min_duration_ms = int(duration_s * 1000)
-    st.max_duration_ms = int(duration_s * 1000 * 3)  # a slow server ends the run instead of holding it
+    # A slow server ends the run instead of holding it; a server run lasts long enough to issue
+    # `min_queries` at its rate (else its p99 comes from fewer queries than asked), at most 2 min.
+    longest = 3 * duration_s
+    if scenario == "server":
+        longest = max(longest, min(120.0, 1.25 * min_queries / float(target_qps or expected_qps) + 1))
+    st.max_duration_ms = int(longest * 1000)
     st.min_query_count = min_queries
     if scenario == "server":
         st.scenario = lg.TestScenario.Server

@@ -49,7 +49,7 @@ def start(spec: ServeSpec, address: str | None, host: str, port: int, name: str 
     _check_port(host, port)
     controller: dict[str, Any] = {}
     if spec.ingress == "haproxy":
-        env = haproxy_env(port)
+        env = haproxy_env(port, side_ports=True)
         os.environ.update(env)  # a Ray that ray.init starts here inherits it
         controller = {"runtime_env": {"env_vars": env}}  # a Serve started on a joined cluster
     started_ray = not ray.is_initialized()

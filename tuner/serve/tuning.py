@@ -127,6 +127,22 @@ def knobs(point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _wait_running(name: str, timeout_s: float) -> None:
+    """Until Serve says the application runs (its replicas loaded the model); a failed
+    deployment, or none within `timeout_s`, raises with Serve's own words."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        status = str(app.status) if app else "NOT_STARTED"
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith(("DEPLOY_FAILED", "UNHEALTHY")) or time.monotonic() > deadline:
+            raise RuntimeError(f"the service {name} is {status}: {app.message if app else ''}"[:500])
+        time.sleep(0.25)
+
+
 def describe_point(point: dict[str, Any], labels: list[str]) -> str:
     k = knobs(point)
     wait = f", wait {k['batch_wait_timeout_s'] * 1000:g} ms" if k["max_batch_size"] > 1 else ""
@@ -187,16 +203,23 @@ def measure_service(
     """Deploy `spec` as the Serve application `name` (Serve is started already, on `port`;
     `nodes`: a Ray label selector for the replicas' nodes), run the scenario of `s` against
     it, delete it."""
+    import ray
     from ray import serve
+    from ray.serve.api import RunTarget
 
     from tuner.serve.app import TunedService, deployment_options
     from tuner.serve.service import ANSWER_TIMEOUT_S, wait_for
 
+    free = ray.available_resources().get("CPU", 0.0)
+    if spec.replicas * spec.threads > free:  # Serve would wait for them forever
+        raise RuntimeError(f"{spec.replicas} replica(s) x {spec.threads} thread(s) need "
+                           f"{spec.replicas * spec.threads} CPUs; {free:g} are free in the Ray cluster")  # fmt: skip
     started = time.perf_counter()
     deployment: Any = TunedService
     app = deployment.options(**deployment_options(spec, TRIAL_ENV, nodes)).bind(spec.to_args())
     try:
-        serve.run(app, name=name, route_prefix=spec.route_prefix)
+        serve.run_many([RunTarget(app, name=name, route_prefix=spec.route_prefix)], wait_for_applications_running=False)
+        _wait_running(name, ANSWER_TIMEOUT_S)
         url = f"http://127.0.0.1:{port}{spec.route_prefix}"
         wait_for(url, ANSWER_TIMEOUT_S)
         deployed = time.perf_counter()
