@@ -7,9 +7,10 @@ the same LoadGen settings (docs/benchmarks.md, "Serving search"):
     grid      a hand grid on the pick: 3 batch waits x 2 replica layouts x 3 max batches,
               `max_ongoing_requests` twice the batch
 
-Every service is deployed under one Ray Serve (HAProxy, loopback), measured with the
-search's own LoadGen settings (its space's `serving:` section) and deleted, in a shuffled
-order, `--rounds` times; the figure per service is its median over rounds.
+Every service is deployed under one Ray Serve (HAProxy, loopback), measured with the same
+LoadGen settings (the search's own, its space's `serving:` section, unless `--min-queries` /
+`--max-steps` say otherwise) and deleted, in a shuffled order, `--rounds` times; the figure
+per service is its median over rounds.
 
     .venv/bin/python benchmarks/serve_tuning.py OUTPUT_DIR [--rounds 1] [--waits-ms 2,5,10]
         [--layouts 1x2,2x1] [--batches 2,4,8]
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--layouts", default="1x2,2x1")
     p.add_argument("--batches", default="2,4,8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-queries", type=int, help="LoadGen's fewest queries per run (default: the search's)")
+    p.add_argument("--max-steps", type=int, help="target rates per service (default: the search's)")
     a = p.parse_args()
     service_env()
     measurement_env()
@@ -51,10 +54,13 @@ def main() -> None:
 
     out = a.output.resolve()
     settings = SearchSpace.load(out / "space.yaml").serving
+    settings = settings.model_copy(update={k: v for k, v in (("min_queries", a.min_queries),
+                                                             ("max_steps", a.max_steps)) if v})  # fmt: skip
     cands = [Candidate(**c) for c in json.loads((out / SERVING_STATE).read_text())["candidates"]]
     served = (yaml.safe_load((out / "recommended.yaml").read_text()) or {}).get("serving")
     if not served:
-        raise SystemExit(f"{out}: no `serving:` section in recommended.yaml (a --scenario server search that met its bound)")
+        raise SystemExit(f"{out}: recommended.yaml has no `serving:` section (a --scenario server search that met "
+                         "its bound writes one)")
 
     def spec(cand: Candidate, k: dict, name: str) -> ServeSpec:
         fixed = {**cand.fixed, "input_shape": tuple(cand.fixed["input_shape"])}
