@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("single-stream", "offline", "server")  # the order a load test runs them: each sizes the next
+SCENARIOS = ("single-stream", "offline", "server")
+SERVER_LONGEST_S = 30.0  # the order a load test runs them: each sizes the next
 
 
 @dataclass(frozen=True)
@@ -170,10 +171,11 @@ def run_loadgen(
     st.mode = lg.TestMode.PerformanceOnly
     st.min_duration_ms = int(duration_s * 1000)
     # A slow server ends the run instead of holding it; a server run lasts long enough to issue
-    # `min_queries` at its rate (else its p99 comes from fewer queries than asked), at most 2 min.
+    # `min_queries` at its rate (else its p99 comes from fewer queries than asked), at most
+    # SERVER_LONGEST_S: below min_queries / 30 s a rate is rarely the answer, and costs minutes.
     longest = 3 * duration_s
     if scenario == "server":
-        longest = max(longest, min(120.0, 1.25 * min_queries / float(target_qps or expected_qps) + 1))
+        longest = max(longest, min(SERVER_LONGEST_S, 1.25 * min_queries / float(target_qps or expected_qps) + 1))
     st.max_duration_ms = int(longest * 1000)
     st.min_query_count = min_queries
     if scenario == "server":
