@@ -127,9 +127,13 @@ def start_serve(port: int) -> None:
 
     env = {**haproxy_env(port, side_ports=True), **TRIAL_ENV}
     os.environ.update(env)
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                controller_options={"runtime_env": {"env_vars": env}})  # fmt: skip
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start set it to INFO again
+    log = logging.getLogger("ray.serve")
+    log.disabled = True  # serve.start says "Started Serve in namespace ..." at INFO, whatever its level was
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port},
+                    controller_options={"runtime_env": {"env_vars": env}})  # fmt: skip
+    finally:
+        log.disabled = False
 
 
 def serving_trial(
