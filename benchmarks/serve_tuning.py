@@ -96,7 +96,8 @@ def main() -> None:
             figures[n].append(m.objective())
             res = m.outcome.result
             p99[n].append(res.p99_ms if res else float("nan"))
-            print(f"  round {r + 1} {n:22s} {m.objective():7.1f}  p99 {p99[n][-1]:6.1f} ms  "
+            tried = ", ".join(f"{s.target_qps:.1f} QPS: p99 {s.p99_ms:.1f} ms" for s in m.outcome.steps)
+            print(f"  round {r + 1} {n:22s} {m.objective():7.1f}  p99 {p99[n][-1]:6.1f} ms  [{tried}]  "
                   f"({services[n].summary})", flush=True)  # fmt: skip
     ray.shutdown()
     med = {n: statistics.median(v) for n, v in figures.items()}
