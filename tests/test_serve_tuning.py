@@ -7,10 +7,13 @@ records, the files, resume and the exit codes."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from tuner.serve.source import resolve, spec_for
 
-from conftest import MODEL, NAME, tuner, tuner_env, write_space
+from conftest import MODEL, NAME, tuner_env, write_space
 
 pytestmark = pytest.mark.slow  # two searches, each with a Ray and a Ray Serve
 
@@ -29,6 +32,19 @@ SERVING = {"trials": 3, "variants": 2, "max_batch_size": [1, 2], "batch_wait_ms"
            "duration_s": 0.5, "min_queries": 50, "max_steps": 2}  # fmt: skip
 
 
+@pytest.fixture
+def env(tmp_path):
+    """The CLI's environment, with HAProxy's files in a short temporary folder of the test's
+    (its socket path must stay under 98 characters), as tests/test_serve_cli.py does."""
+    from tuner.serve.app import HAPROXY_FILES
+
+    folder = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp"))
+    e = tuner_env(tmp_path)
+    e.update({k: str(folder / name) if name else str(folder) for k, name in HAPROXY_FILES.items()})
+    yield e
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _search(tmp_path, bound: float, model_trials: int = 2, finalists: int = 2, **serving: object) -> list[str]:
     space = write_space(tmp_path / "space.yaml", dimensions=ONE_CONFIG, search={"trials": model_trials},
                         confirm={"finalists": finalists, "rounds": 1}, serving={**SERVING, **serving})  # fmt: skip
@@ -36,10 +52,10 @@ def _search(tmp_path, bound: float, model_trials: int = 2, finalists: int = 2, *
             "--output", "out", "--scenario", "server", "--latency-bound-ms", str(bound)]  # fmt: skip
 
 
-def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_publishes(tmp_path):
+def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_publishes(tmp_path, env):
     # The first run is stopped (SIGTERM, as a job scheduler stops it) once its first serving trial is recorded.
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(_search(tmp_path, 2000), cwd=tmp_path, env=tuner_env(tmp_path), stdout=log,
+        proc = subprocess.Popen(_search(tmp_path, 2000), cwd=tmp_path, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.time() + 400
         while time.time() < deadline and "serving trial 1/3" not in (tmp_path / "first.log").read_text():
@@ -59,7 +75,8 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
                                    "tags.`tuner.kind` = 'search'")  # fmt: skip
     assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
 
-    r = tuner("search", MODEL, "--resume", "out", "--scenario", "server", cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "tuner", "search", MODEL, "--resume", "out", "--scenario", "server"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming in the serving stage" in r.stdout and "confirming" not in r.stdout  # no model search again
     table = pd.read_csv(tmp_path / "out" / "serving.csv")
@@ -100,10 +117,10 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
     assert exported["applications"][0]["args"] == served.to_args()
 
 
-def test_a_bound_no_config_meets_is_said_with_the_best_p99_and_exits_1(tmp_path):
+def test_a_bound_no_config_meets_is_said_with_the_best_p99_and_exits_1(tmp_path, env):
     # the model search at its smallest: the baseline alone, not confirmed
     cmd = _search(tmp_path, 0.01, model_trials=1, finalists=0, trials=1, variants=1, max_steps=1)
-    r = subprocess.run(cmd, cwd=tmp_path, env=tuner_env(tmp_path), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "no config meets p99 <= 0.01 ms: the best p99 seen was" in r.stdout
     doc = yaml.safe_load((tmp_path / "out" / "recommended.yaml").read_text())
