@@ -48,8 +48,8 @@ def main() -> None:
     import ray
 
     from tuner.config.space import SearchSpace
-    from tuner.search.serving import SERVING_STATE, Candidate, free_port, start_serve
-    from tuner.serve.spec import ServeSpec
+    from tuner.search.serving import SERVING_STATE, Candidate, start_serve
+    from tuner.serve.app import free_port
     from tuner.serve.tuning import knobs, measure_service
 
     out = a.output.resolve()
@@ -62,21 +62,17 @@ def main() -> None:
         raise SystemExit(f"{out}: recommended.yaml has no `serving:` section (a --scenario server search that met "
                          "its bound writes one)")
 
-    def spec(cand: Candidate, k: dict, name: str) -> ServeSpec:
-        fixed = {**cand.fixed, "input_shape": tuple(cand.fixed["input_shape"])}
-        return ServeSpec(**fixed, **k, route_prefix=f"/{name}")
-
     pick = cands[0]
-    services = {"default": spec(pick, pick.default, "default")}
+    services = {"default": pick.spec(pick.default, "/default")}
     winner = next(c for c in cands if c.label == served["variant"])
-    services["tuned"] = spec(winner, served["knobs"], "tuned")
+    services["tuned"] = winner.spec(served["knobs"], "/tuned")
     for w in a.waits_ms.split(","):
         for layout in a.layouts.split(","):
             for b in a.batches.split(","):
                 name = f"grid-{layout}-b{b}-w{w}"
                 point = {"variant": 0, "max_batch_size": int(b), "batch_wait_ms": float(w), "layout": layout,
                          "ongoing_per_batch": 2}  # fmt: skip
-                services[name] = spec(pick, knobs(point), name)
+                services[name] = pick.spec(knobs(point), f"/{name}")
     ray.init(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     port = free_port()
     start_serve(port)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -110,12 +109,6 @@ def _recommended(output: Path) -> dict[str, Any]:
     return dict(yaml.safe_load((output / "recommended.yaml").read_text()) or {})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_serve(port: int) -> None:
     """Ray Serve on this Ray (the model search's), HAProxy ingress on `port`."""
     import os
@@ -143,16 +136,14 @@ def serving_trial(
     (serve/tuning.py). Whatever goes wrong in it is this trial's failure, not the search's."""
     from ray import tune
 
-    from tuner.serve.spec import ServeSpec
     from tuner.serve.tuning import measure_service
 
     s = ServingSettings(**settings)
     trial = tune.get_context().get_trial_id()
-    cand = cands[int(config["variant"])]
+    cand = Candidate(**cands[int(config["variant"])])
     log_root = Path(tune.get_context().get_trial_dir()) / "loadgen"
     try:
-        spec = ServeSpec(**{**cand["fixed"], "input_shape": tuple(cand["fixed"]["input_shape"])}, **knobs(config),
-                         route_prefix=f"/serving-{trial}")  # fmt: skip
+        spec = cand.spec(knobs(config), route_prefix=f"/serving-{trial}")
         m = measure_service(spec, f"serving-{trial}", port, s, log_root, lambda line: None, nodes)
     except Exception as e:  # a fault isolation boundary, as a model trial's process is  # noqa: BLE001
         tune.report({"status": "failed", "error": one_line(e), "objective": 0.0})
@@ -239,7 +230,7 @@ def _fit(
     from tuner.search.sampling import DedupOptunaSearch
 
     s = req.space.serving
-    first = {**default_point_of(cands[0]), "variant": 0}
+    first = default_point(cands[0].spec())
     choices = Choices.of(s, len(cands), layouts(klass.cores, len(klass.nodes), s.replicas), first)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A point measured once is not measured again (search/sampling.py); a failed trial counts as 0.
@@ -253,6 +244,8 @@ def _fit(
     )  # fmt: skip
     for row in recorder.rows:  # a resumed stage
         searcher.remember(point_key(row), {"objective": float(row.get("objective", 0.0) or 0.0)})
+    from tuner.serve.app import free_port
+
     port = free_port()
     start_serve(port)
     say(f"  Ray Serve on 127.0.0.1:{port}; replicas on the nodes of {klass.name} "
@@ -283,9 +276,3 @@ def _fit(
         save_state(req, parent_id, "running", time.time() - started, stage="serving")
         raise Stopped(interrupt.signal)
 
-
-def default_point_of(cand: Candidate) -> dict[str, Any]:
-    from tuner.serve.spec import ServeSpec
-
-    fixed = {**cand.fixed, "input_shape": tuple(cand.fixed["input_shape"])}
-    return default_point(ServeSpec(**fixed, **cand.default))

@@ -199,13 +199,14 @@ def haproxy_env(port: int, side_ports: bool = False) -> dict[str, str]:
     files = {k: os.environ.get(k) or os.path.join(folder, name) for k, name in HAPROXY_FILES.items()}
     env = {**HAPROXY_ENV, **{k: v.rstrip(os.sep) for k, v in files.items()}}
     if side_ports:
-        env.update({k: os.environ.get(k) or str(_free_port()) for k in HAPROXY_SIDE_PORTS})
+        env.update({k: os.environ.get(k) or str(free_port("0.0.0.0")) for k in HAPROXY_SIDE_PORTS})
     return env
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` now (the operating system's choice)."""
     with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

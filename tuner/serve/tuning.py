@@ -158,6 +158,11 @@ class Candidate:
     fixed: dict[str, Any]  # the ServeSpec fields that come from the model (spec_for)
     default: dict[str, Any]  # its default service's knobs (ServeSpec.for_model)
 
+    def spec(self, knobs: dict[str, Any] | None = None, route_prefix: str = "/") -> ServeSpec:
+        """Its service under `knobs` (None: its default service's)."""
+        fixed = {**self.fixed, "input_shape": tuple(self.fixed["input_shape"])}  # JSON (serving.json) has lists
+        return ServeSpec(**fixed, **(self.default if knobs is None else knobs), route_prefix=route_prefix)
+
 
 @dataclass
 class Measured:
