@@ -36,7 +36,8 @@ Figures, per setup and model:
                    each timed with perf_counter; the median call.
   best_throughput  images/s = batch / median call time for each of --batches (1,8,32), the best of them and
                    the batch that gave it (batches > 1: >= max(3, iters / batch) calls and >= --min-time s).
-                   The ov_*_throughput rows: images done / wall time with the queue kept full (>= --min-time).
+                   The ov_*_throughput rows: images done / wall time with the queue kept full (>= --min-time),
+                   and so a tuner pick that streams (`openvino_throughput`: tuner's `stream_ips`).
                    tuner rows run at their variant's own batch size only.
 Below each table: tuner's latency pick's p50 / the best peer's (any non-tuner row), and tuner's
 throughput pick's images/s / the best peer's, with the same ratio per round.
@@ -65,6 +66,7 @@ trials; `--search-args "--trials 8"` shortens them). `--json OUT` writes every f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -435,6 +437,13 @@ def measure_setup(spec: dict) -> dict:
         figures["throughput"][b] = b / median(times)
         if b == 1:
             figures["p50_ms"] = median(times) * 1e3
+    built = getattr(runner, "built", None)
+    if built is not None and built.stream is not None:  # OpenVINO THROUGHPUT: tuner's `stream_ips`
+        batch = itertools.repeat(built.prepare(inputs(variant.batch_size)))
+        with torch.inference_mode():
+            built.stream(batch, WARMUP_S)
+            figures["throughput"][variant.batch_size] = built.stream(batch, spec["min_time"])
+        notes += "; streamed, its queue kept full (items / wall time)"
     with torch.inference_mode():
         if setup in TUNER and variant.batch_size > eval_batch:
             out = None  # no images of that count to compare on

@@ -28,6 +28,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Removed at exit (atexit: also after --collect-only or a run whose tests were all skipped).
 TEST_CACHE = Path(tempfile.mkdtemp(prefix="tuner-tests-cache-"))
 os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE)
+# torch inductor's compile cache (by default /tmp/torchinductor_<user>): under the session's
+# folder too, so no test writes outside it, and a run here compiles as cold as CI does.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(TEST_CACHE / "inductor")
 atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 
@@ -62,7 +65,9 @@ def use_store(request: pytest.FixtureRequest, uri: str) -> None:
 
 def write_space(path: Path, **sections: object) -> Path:
     doc = {
-        "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"]},
+        # No static int8 unless a test asks for it: its FX build costs about 2 s per trial
+        # and per confirmation process, and few tests are about it.
+        "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"], "quantization": ["none", "dynamic_int8"]},
         "search": {"trials": 4, "time_budget_minutes": 10},
         "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
         "timing": FAST_TIMING,

@@ -107,6 +107,23 @@ def test_a_lead_paired_by_round_survives_a_slow_phase_that_unpaired_intervals_ca
     assert key == 0 and why == "best confirmed figure (its lead is significant by round)"
 
 
+def test_a_streamed_finalist_is_confirmed_and_compared_by_its_stream_windows():
+    rng = np.random.default_rng(2)
+    # Batch 8: 40 ms a call (200/s one call at a time), 300/s as a stream; batch 4 runs one
+    # call at a time at 250/s. By calls alone batch 4 leads; as streams, batch 8 does.
+    calls8 = tuple(tuple(rng.normal(0.040, 0.0004, 20)) for _ in range(3))
+    stream8 = tuple(tuple(rng.normal(300.0, 3.0, 3)) for _ in range(3))
+    bs8 = Confirmed(calls8, 8, (0, 1, 2), stream8)
+    bs4 = Confirmed(tuple(tuple(rng.normal(0.016, 0.00016, 20)) for _ in range(3)), 4, (0, 1, 2))
+    assert bs8.throughput_ips.value == pytest.approx(200, rel=0.02)
+    assert bs8.stream_ips.value == pytest.approx(300, rel=0.02) and bs4.stream_ips == bs4.throughput_ips
+    cols = bs8.columns()
+    assert cols["confirmed_stream_ips_low"] <= cols["confirmed_stream_ips"] <= cols["confirmed_stream_ips_high"]
+    lead = lead_over(bs8, bs4, lower_is_better=False)
+    assert lead.value == pytest.approx(300 / 250, rel=0.03) and lead.low > 1.0
+    assert lead_over(bs4, bs8, lower_is_better=False).value == pytest.approx(250 / 300, rel=0.03)
+
+
 def test_a_paired_lead_within_noise_is_still_a_tie():
     rng = np.random.default_rng(2)
     a = Confirmed(tuple(tuple(rng.normal(0.0100, 0.0008, 30)) for _ in range(3)), 1, (0, 1, 2))

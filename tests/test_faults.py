@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,38 +95,57 @@ def test_a_search_in_which_every_trial_fails(tmp_path):
     assert len(children) == 3 and {c.data.tags["tuner.status"] for c in children} == {"error"}
 
 
-# SIGINT here; SIGTERM reaches the same handler in a Ray Tune phase, and is sent in the serving
-# stage's (tests/test_serve_tuning.py) and after the trials (below).
-@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
-def test_interrupted_search_keeps_its_trials_and_resumes(tmp_path, sig):
-    space = write_space(tmp_path / "space.yaml", search={"trials": 5}, dimensions={"batch_size": [1, 2, 4, 8]})
+def stopped(tmp_path: Path, cmd: list[str], sig: signal.Signals, when: Callable[[str], bool], log: str) -> str:
+    """Run `cmd`, send `sig` once its output satisfies `when`; it must exit 130. Its output."""
+    with open(tmp_path / log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and not when((tmp_path / log).read_text()):
+            assert proc.poll() is None, (tmp_path / log).read_text()
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 130, (tmp_path / log).read_text()
+    return (tmp_path / log).read_text()
+
+
+def test_a_search_stopped_in_its_trials_then_in_its_confirmation_resumes_each_time(tmp_path):
+    # SIGINT during the trials (Ray Tune's phase): the finished trials and their runs are
+    # kept. SIGTERM, as a job scheduler stops a job, while the resumed search confirms its
+    # finalists (outside the trial phase): the parent run is closed as interrupted, not left
+    # RUNNING. Each --resume goes on without re-running a trial. (SIGTERM in the serving
+    # stage: tests/test_serve_tuning.py.)
+    space = write_space(tmp_path / "space.yaml", search={"trials": 4}, dimensions={"batch_size": [1, 2, 4, 8]},
+                        confirm={"finalists": 1, "rounds": 3})  # fmt: skip
     cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
            "--output", "out"]  # fmt: skip
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        progress = re.compile(r"^\[\s*\d+/5\] ", re.M)  # the recorder's line per finished trial
-        while time.time() < deadline and len(progress.findall((tmp_path / "first.log").read_text())) < 2:
-            time.sleep(0.5)
-        proc.send_signal(sig)
-        assert proc.wait(timeout=120) == 130
-    first = (tmp_path / "first.log").read_text()
-    assert f"interrupted by {sig.name}" in first and f"--resume {tmp_path / 'out'}" in first
+    progress = re.compile(r"^\[\s*\d+/4\] ", re.M)  # the recorder's line per finished trial
+    first = stopped(tmp_path, cmd, signal.SIGINT, lambda out: len(progress.findall(out)) >= 2, "first.log")
+    assert "interrupted by SIGINT" in first and f"--resume {tmp_path / 'out'}" in first
     kept = read_trials(tmp_path / "out" / "trials.csv")
-    assert 2 <= len(kept) < 5
+    assert 2 <= len(kept) < 4
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, children = runs(uri)
     assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
     assert parent.data.tags["tuner.resume_hint"] == f"python -m tuner search {MODEL} --resume {tmp_path / 'out'}"
     assert len(children) == len(kept)
+
+    resume = [sys.executable, "-m", "tuner", "search", MODEL, "--resume", "out"]
+    second = stopped(tmp_path, resume, signal.SIGTERM, lambda out: "confirming" in out, "second.log")
+    assert f"resuming: {len(kept)} finished trial(s) kept" in second
+    assert "interrupted by SIGTERM" in second and f"--resume {tmp_path / 'out'}" in second
+    assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "interrupted"
+    parent, children = runs(uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
+    assert len(children) == 4
+
     r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resuming: {len(kept)} finished trial(s) kept" in r.stdout
+    assert "resuming: 4 finished trial(s) kept" in r.stdout and "RECOMMENDED" in r.stdout
     trials = read_trials(tmp_path / "out" / "trials.csv")
-    assert len(trials) == 5 and trials["trial_id"].is_unique and trials["label"].is_unique  # nothing twice
+    assert len(trials) == 4 and trials["trial_id"].is_unique and trials["label"].is_unique  # nothing twice
     assert set(kept["trial_id"]) <= set(trials["trial_id"])
     parent, children = runs(uri)
-    assert parent.info.status == "FINISHED" and len(children) == 5
+    assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
     assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "finished"
 
@@ -189,29 +209,3 @@ def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
         assert len(kids) == 1
 
 
-def test_a_signal_after_the_trials_closes_the_parent_run_and_resume_finishes(tmp_path):
-    # SIGTERM while the finalists are confirmed (outside the trial phase): the parent run is
-    # closed as interrupted, not left RUNNING, and --resume finishes without re-running trials.
-    space = write_space(tmp_path / "space.yaml", search={"trials": 2}, confirm={"finalists": 1, "rounds": 3})
-    cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
-           "--output", "out"]  # fmt: skip
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while time.time() < deadline and "confirming" not in (tmp_path / "first.log").read_text():
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 130
-    first = (tmp_path / "first.log").read_text()
-    assert "interrupted by SIGTERM" in first and f"--resume {tmp_path / 'out'}" in first
-    assert json.loads((tmp_path / "out" / "search.json").read_text())["status"] == "interrupted"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent, children = runs(uri)
-    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "interrupted"
-    assert len(children) == 2
-
-    r = tuner("search", MODEL, "--resume", "out", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming: 2 finished trial(s) kept" in r.stdout and "RECOMMENDED" in r.stdout
-    parent, children = runs(uri)
-    assert parent.info.status == "FINISHED" and len(children) == 2

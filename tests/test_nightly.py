@@ -1,8 +1,8 @@
 """Nightly jobs (docs/nightly.md): three consecutive runs of a tiny model in a temporary
-MLflow store (the second, on a machine made twice as slow, warm-starts and finds drift, not a
-regression), the third with a real slowdown of the champion (test-only `slow` fault) that
-must be flagged with exit code 3, SIGINT + `--resume`, and the lock. Real Ray, real sqlite
-store, the real CLI in a subprocess."""
+MLflow store (the first stopped with SIGINT and `--resume`d; the second, on a machine made
+twice as slow, warm-starts and finds drift, not a regression), the third with a real
+slowdown of the champion (test-only `slow` fault) that must be flagged with exit code 3;
+the lock. Real Ray, real sqlite store, the real CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def write_job(folder: Path, name: str = "job.yaml", trials: int = 3, **model_ext
                 "trials": trials,
                 "time_budget_minutes": 5,
                 "overrides": {
-                    "dimensions": {"batch_size": [1, 2, 4], "compile": ["eager", "torchscript"], "threads": [1]},
+                    "dimensions": {"batch_size": [1, 2, 4], "compile": ["eager", "torchscript"], "threads": [1],
+                                   "quantization": ["none", "dynamic_int8"]},  # no FX int8 builds (2 s each)
                     "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
                     "timing": FAST_TIMING,
                     "confirm": {"finalists": 2, "rounds": 2},
@@ -66,16 +67,35 @@ def parents(folder: Path) -> list:
     )
 
 
+def interrupted_then_resumed(work: Path, job: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """The job stopped with SIGINT after its second trial, then `--resume`d: (the first
+    process's output, the resumed run)."""
+    log = work / "interrupted.log"
+    with open(log, "w") as f:
+        cmd = [sys.executable, "-m", "tuner", "nightly", str(job)]
+        proc = subprocess.Popen(cmd, cwd=work, env=tuner_env(work), stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and log.read_text().count("\n[") < 2:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()
+    return log.read_text(), tuner("nightly", str(job), "--resume", cwd=work)
+
+
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    """Three nights: a first run; a second on a machine twice as slow (every config and the
-    machine probe), which warm-starts and finds drift, not a regression; a third where the
-    champion alone runs three times as slow (a regression, exit 3). The second and third are
-    about their regression checks (two rounds, as the first night's confirmation): their
-    searches confirm one finalist. Returns (work, first, second, third) as (out, report, run)."""
+    """Three nights: a first run, interrupted (SIGINT) after two of its four trials and
+    resumed; a second on a machine twice as slow (every config and the machine probe), which
+    warm-starts and finds drift, not a regression; a third where the champion alone runs
+    three times as slow (a regression, exit 3). The second and third are about their
+    regression checks (two rounds, as the first night's confirmation): their searches confirm
+    one finalist. Returns (work, first, second, third) as (out, report, run); first's out is
+    the resumed run, with the interrupted run's output as its `interrupted` attribute."""
     work = tmp_path_factory.mktemp("nightly")
-    first = tuner("nightly", str(write_job(work)), cwd=work)
+    interrupted, first = interrupted_then_resumed(work, write_job(work, trials=4))
     assert first.returncode == 0, first.stdout + first.stderr
+    first.interrupted = interrupted  # type: ignore[attr-defined]
     r1, run1 = last_report(work)
     one = {"finalists": 1, "rounds": 2}
     uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}], "confirm": one}  # a slower machine
@@ -90,12 +110,20 @@ def nights(tmp_path_factory):
     return work, (first, r1, run1), (second, r2, run2), (third, r3, run3)
 
 
-def test_first_night_sets_a_champion(nights):
+def test_first_night_is_interrupted_resumes_without_repeating_a_trial_and_sets_a_champion(nights):
     work, (out, rep, run), *_ = nights
-    assert "warm start: none" in out.stdout and "nothing to compare with" in out.stdout
-    assert rep["champion"] == rep["recommended"] and rep["regression"] is False
-    assert (run / "nightly.log").read_text().count("[3/3]") == 1  # the run's own log file
+    assert "resume with: python -m tuner nightly" in out.interrupted
+    assert "warm start: none" in out.stdout and "resuming the interrupted search" in out.stdout
+    assert "nothing to compare with" in out.stdout
+    trials = read_trials(Path(rep["output"]) / "trials.csv")
+    assert len(trials) == 4 and trials["trial_id"].is_unique
     first = parents(work)[0]
+    kids = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").search_runs(
+        [first.info.experiment_id], f"tags.`mlflow.parentRunId` = '{first.info.run_id}'"
+    )
+    assert sorted(k.data.tags["ray.trial_id"] for k in kids) == sorted(trials["trial_id"])  # each logged once
+    assert rep["champion"] == rep["recommended"] and rep["regression"] is False
+    assert (run / "nightly.log").read_text().count("[4/4]") == 1  # the run's own log file
     assert first.data.tags["tuner.champion_config"] == rep["champion"]
     assert "champion_p50_ms" in first.data.metrics
     # Stored from the first night on: the normalised figures and the references of that moment.
@@ -164,30 +192,6 @@ def test_a_slower_champion_is_a_regression_with_its_exit_code(nights):
         third.data.tags["tuner.regression"] == "true"
         and "speedup regression" in third.data.tags["tuner.regression_detail"]
     )
-
-
-def test_interrupted_job_resumes_without_repeating_a_trial(tmp_path):
-    job = write_job(tmp_path, trials=5, overrides={"confirm": {"finalists": 1, "rounds": 1}})
-    cmd = [sys.executable, "-m", "tuner", "nightly", str(job)]
-    log = tmp_path / "first.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=f, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while time.time() < deadline and log.read_text().count("\n[") < 2:
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    assert "resume with: python -m tuner nightly" in log.read_text()
-    r = tuner("nightly", str(job), "--resume", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming the interrupted search" in r.stdout
-    rep, run = last_report(tmp_path)
-    trials = read_trials(Path(rep["output"]) / "trials.csv")
-    assert len(trials) == 5 and trials["trial_id"].is_unique
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,) = parents(tmp_path)
-    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(k.data.tags["ray.trial_id"] for k in kids) == sorted(trials["trial_id"])  # each logged once
 
 
 def test_a_second_run_exits_on_the_lock(tmp_path):

@@ -70,6 +70,36 @@ def test_runtime_keeps_top1_on_labeled_data_and_uses_the_trials_threads(labeled,
         assert out.onnx_exporter_dynamo == 1.0  # the dynamo exporter handles this model
     if params["compile"] == "openvino_throughput":
         assert out.runtime_requests is not None and out.runtime_requests >= 1
+    else:  # one call at a time: the stream is the closed loop
+        assert out.stream_ips == out.throughput_ips
+
+
+def test_openvino_throughput_is_streamed_with_its_queue_kept_full(small_reference):
+    """The THROUGHPUT variant's stream (build/runtime.py `Stream`) runs every batch it is fed,
+    in trials and in confirmation measurements alike; its figure is its own measurement."""
+    from tuner.trial.evaluate import STREAM_WINDOWS, time_variant
+
+    variant = Variant(compile="openvino_throughput", quantization="static_int8", batch_size=4, threads=2)
+    out = evaluate(variant, small_reference, SETTINGS)
+    assert out.status == "ok", out.error
+    assert out.stream_ips > 0 and out.stream_ips != out.throughput_ips
+    timed = time_variant(variant, small_reference, SETTINGS)
+    assert len(timed["stream_rates"]) == STREAM_WINDOWS and min(timed["stream_rates"]) > 0
+    assert time_variant(Variant(compile="openvino", batch_size=4), small_reference, SETTINGS)["stream_rates"] == []
+
+    from tuner.build import build
+    from tuner.inputs.models import load_model
+
+    built = build(load_model(small_reference.spec).module, variant, small_reference.data.calibration)
+    fed = []
+
+    def batches():
+        while True:
+            fed.append(small_reference.data.inputs[:4].contiguous())
+            yield fed[-1]
+
+    items_per_s = built.stream(batches(), 0.2)
+    assert items_per_s > 0 and len(fed) >= 2  # more than one call went in within the window
 
 
 @pytest.mark.parametrize("compile_", RUNTIMES)

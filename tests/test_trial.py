@@ -87,7 +87,7 @@ def test_failed_build_is_recorded_with_its_error():
     assert out.status == "failed"
     assert out.error.startswith("VariantUnsupported: FX static quantization")
     assert "Traceback" in out.traceback
-    assert out.objectives()["objective_throughput_ips"] == 0.0
+    assert out.objectives()["objective_stream_ips"] == 0.0
 
 
 def test_a_runtimes_error_is_failed_and_a_raise_of_tuners_own_propagates(small_reference):

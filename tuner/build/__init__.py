@@ -24,7 +24,7 @@ from tuner.build import onnxrt, openvino
 from tuner.build.compile import COMPILERS
 from tuner.build.precision import DTYPES, apply_precision
 from tuner.build.quantize import quantize
-from tuner.build.runtime import Runtime, example_batch
+from tuner.build.runtime import Runtime, Stream, example_batch
 from tuner.core.variant import Accepts, CompileMode, Device, Layout, Precision, Variant, infeasible_reason, refusal
 
 
@@ -92,6 +92,7 @@ class BuiltVariant:
     # core/schema.py; the trial reports them with the rest.
     figures: dict[str, float] = field(default_factory=dict)
     size_mb: float | None = None  # the artifact's size, where it is not `module`'s
+    stream: Stream | None = None  # build/runtime.py: calls issued back to back (None: one at a time)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """An fp32 NCHW batch -> this variant's device, dtype and layout (done before timing).
@@ -123,7 +124,8 @@ def build(model: nn.Module, variant: Variant, calibration: torch.Tensor, device:
         # first call: the runtime's own lazy set-up, counted as build time
         rt.run(example_batch(calibration.cpu(), variant.batch_size))
         return BuiltVariant(variant, rt.run, model, DTYPES[Precision.FP32], torch.contiguous_format,
-                            torch.device("cpu"), time.perf_counter() - start, rt.figures, rt.size_mb)  # fmt: skip
+                            torch.device("cpu"), time.perf_counter() - start, rt.figures, rt.size_mb,
+                            rt.stream)  # fmt: skip
 
     dev = torch.device(device)
     fmt = torch.channels_last if variant.layout is Layout.CHANNELS_LAST else torch.contiguous_format

@@ -102,9 +102,19 @@ class Confirmed:
     rounds: tuple[tuple[float, ...], ...]
     batch_size: int
     round_ids: tuple[int, ...] = ()  # which interleaved round each measurement ran in
+    # Items/s of each stream window, per process (trial/evaluate.py `_stream_rates`); empty
+    # for a runtime that runs one call at a time, whose stream is its closed loop.
+    stream_rounds: tuple[tuple[float, ...], ...] = ()
 
     def by_round(self) -> dict[int, tuple[float, ...]]:
         return dict(zip(self.round_ids or range(len(self.rounds)), self.rounds, strict=True))
+
+    def rates_by_round(self) -> dict[int, tuple[float, ...]]:
+        """Items/s samples by round, as a stream runs: the stream's windows, or each call's
+        batch / time for a runtime that runs one call at a time."""
+        if self.stream_rounds:
+            return dict(zip(self.round_ids or range(len(self.stream_rounds)), self.stream_rounds, strict=True))
+        return {r: tuple(self.batch_size / t for t in times) for r, times in self.by_round().items()}
 
     def speedup_over(self, baseline: Confirmed) -> Interval:
         """Baseline p50 / this p50, paired by round (paired_ratio_bootstrap)."""
@@ -123,11 +133,19 @@ class Confirmed:
     def throughput_ips(self) -> Interval:
         return hierarchical_bootstrap(self.rounds, lambda t: self.batch_size / float(np.mean(t)))
 
+    @property
+    def stream_ips(self) -> Interval:
+        """The mean of the stream windows' items/s; one call at a time: `throughput_ips`."""
+        if not self.stream_rounds:
+            return self.throughput_ips
+        return hierarchical_bootstrap(self.stream_rounds, lambda r: float(np.mean(r)))
+
     def columns(self) -> dict[str, float]:
         return {
             **interval_columns("p50_ms", self.p50_ms),
             "confirmed_p90_ms": self.p90_ms,
             **interval_columns("throughput_ips", self.throughput_ips),
+            **interval_columns("stream_ips", self.stream_ips),
             "confirmed_rounds": float(len(self.rounds)),
         }
 
@@ -149,14 +167,15 @@ def probe_fraction(measured: Confirmed, probe: Confirmed, flops_per_item: float,
 
 def lead_over(best: Confirmed, other: Confirmed, lower_is_better: bool) -> Interval:
     """How many times better `best` is than `other`, from measurements paired by round (> 1:
-    better): other's p50 / best's p50 for latency; best's items/s / other's for throughput
-    (from the per-call medians and the batch sizes). Raises ValueError without a common round.
+    better): other's p50 / best's p50 for latency; best's items/s / other's for throughput, as
+    a stream runs (`Confirmed.rates_by_round`: the medians of the stream windows, or of each
+    call's batch / time). Raises ValueError without a common round.
 
     Paired like `speedup_over`: a slow phase of the host that slows a whole round slows both,
     so the lead's interval is far narrower than the two figures' own intervals suggest."""
-    ratio = paired_ratio_bootstrap(other.by_round(), best.by_round())  # median(other) / median(best)
-    k = 1.0 if lower_is_better else best.batch_size / other.batch_size
-    return Interval(k * ratio.value, k * ratio.low, k * ratio.high)
+    if lower_is_better:
+        return paired_ratio_bootstrap(other.by_round(), best.by_round())  # median(other) / median(best)
+    return paired_ratio_bootstrap(best.rates_by_round(), other.rates_by_round())
 
 
 def choose(

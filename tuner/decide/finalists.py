@@ -140,7 +140,7 @@ def _write_confirmed(
 def _choose_confirmed(runs: list[Confirmed], complexity: Sequence[tuple[int, ...]], latency: bool) -> tuple[int, str]:
     """The best of the confirmed candidates on the objective's interval (decide.confirm.choose),
     leads paired by round where both have a round."""
-    intervals = {k: (r.p50_ms if latency else r.throughput_ips) for k, r in enumerate(runs)}
+    intervals = {k: (r.p50_ms if latency else r.stream_ips) for k, r in enumerate(runs)}
 
     def lead(best: int, k: int) -> Interval | None:
         try:
@@ -152,12 +152,14 @@ def _choose_confirmed(runs: list[Confirmed], complexity: Sequence[tuple[int, ...
 
 
 def confirmed_runs(results: dict[int, list[dict[str, Any]]], batch_sizes: list[int]) -> list[Confirmed | None]:
-    """Per measured item, its per-call times by round (None: every measurement failed)."""
+    """Per measured item, its per-call times (and stream windows) by round (None: every
+    measurement failed)."""
     out: list[Confirmed | None] = []
     for k, batch in enumerate(batch_sizes):
         runs = [r for r in results.get(k, []) if r.get("times_s")]
         rounds = tuple(int(r.get("round", n)) for n, r in enumerate(runs))
-        out.append(Confirmed(tuple(tuple(r["times_s"]) for r in runs), batch, rounds) if runs else None)
+        stream = tuple(tuple(r["stream_rates"]) for r in runs) if all(r.get("stream_rates") for r in runs) else ()
+        out.append(Confirmed(tuple(tuple(r["times_s"]) for r in runs), batch, rounds, stream) if runs else None)
     return out
 
 

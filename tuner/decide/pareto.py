@@ -18,8 +18,8 @@ from tuner.core.schema import OBJECTIVES, TrialStatus
 from tuner.core.variant import Variant
 
 # The front's axes (figure -> direction) are core.schema.OBJECTIVES: p90 latency, throughput
-# and quality (top-1 with labels, else top-1 agreement with fp32).
-RANK_BY = {"latency": ("latency_p90_ms", True), "throughput": ("throughput_ips", False)}
+# as a stream (`stream_ips`) and quality (top-1 with labels, else top-1 agreement with fp32).
+RANK_BY = {"latency": ("latency_p90_ms", True), "throughput": ("stream_ips", False)}
 
 
 def memory_mb(df: pd.DataFrame) -> pd.Series:

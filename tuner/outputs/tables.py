@@ -40,9 +40,14 @@ ID_COLUMNS = ("trial_id", "mlflow_run_id")
 
 def read_trials(source: Path | TextIO) -> pd.DataFrame:
     """trials.csv, pareto.csv or `report --format csv`, read back: ids as strings, "" as missing,
-    and the confirmed columns of an earlier tuner under today's names (core.schema)."""
+    and the confirmed columns of an earlier tuner under today's names (core.schema). A table
+    from before `stream_ips` gets it from `throughput_ips`, the figure it measured (one call
+    at a time)."""
     df = pd.read_csv(source, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(ID_COLUMNS, str))
-    return df.rename(columns=CONFIRMED_RENAMED)
+    df = df.rename(columns=CONFIRMED_RENAMED)
+    if "stream_ips" not in df.columns and "throughput_ips" in df.columns:
+        df.insert(list(df.columns).index("throughput_ips") + 1, "stream_ips", df["throughput_ips"])
+    return df
 
 
 def write_tables(df: pd.DataFrame, out: Path) -> None:

@@ -80,7 +80,7 @@ def candidates(req: SearchRequest, df: pd.DataFrame, ref: Reference | None, trac
     ok = df[df["feasible"].astype(bool) & df["pareto"].astype(bool)]
     if req.space.serving.scenario == "server":  # one call slower than the bound cannot meet it
         ok = ok[ok["latency_p90_ms"] < req.space.serving.latency_bound_ms]
-    ranked = [ok["throughput_ips"].idxmax(), *ok.sort_values("latency_p50_ms").index] if len(ok) else []
+    ranked = [ok["stream_ips"].idxmax(), *ok.sort_values("latency_p50_ms").index] if len(ok) else []
     for i in ranked:
         if len(rows) < req.space.serving.variants and df.loc[i, "label"] not in set(df.loc[rows, "label"]):
             rows.append(i)

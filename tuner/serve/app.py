@@ -74,14 +74,16 @@ class TunedService:
         self.spec = spec = ServeSpec.from_args(args)
         self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"  # as search/cluster.py
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        self._tmp = tempfile.TemporaryDirectory(prefix="tuner-serve-")
-        local = spec.location
-        if "://" in local or local.startswith("runs:/"):
-            local = mlflow.artifacts.download_artifacts(artifact_uri=spec.location, dst_path=self._tmp.name,
-                                                        tracking_uri=spec.tracking_uri)  # fmt: skip
-        config = (Model.load(local).flavors["python_function"].get("config")) or {}
-        loaded = mlflow.pyfunc.load_model(local, model_config=for_serving(config, spec.threads))
-        self.model = loaded.unwrap_python_model()
+        # The downloaded copy is deleted once the model is loaded: a replica is stopped by
+        # killing its process, which would leave the folder behind.
+        with tempfile.TemporaryDirectory(prefix="tuner-serve-") as tmp:
+            local = spec.location
+            if "://" in local or local.startswith("runs:/"):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=spec.location, dst_path=tmp,
+                                                            tracking_uri=spec.tracking_uri)  # fmt: skip
+            config = (Model.load(local).flavors["python_function"].get("config")) or {}
+            loaded = mlflow.pyfunc.load_model(local, model_config=for_serving(config, spec.threads))
+            self.model = loaded.unwrap_python_model()
         transform, self.preprocessing, self.categories = image_preprocessing(spec.model, spec.weights,
                                                                              spec.input_shape[1])  # fmt: skip
         self.preprocess = lambda im: transform(im).numpy()

@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 import linecache
 import os
+import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +135,18 @@ def _guarded_timing(
     }
 
 
+STREAM_WINDOWS = 3  # windows of `timing.min_time_s` each
+
+
+def _stream_rates(built: BuiltVariant, batches: Iterator[torch.Tensor], settings: TrialSettings) -> list[float]:
+    """Items/s of each of STREAM_WINDOWS windows in which the calls are issued back to back
+    (build/runtime.py `Stream`), right after the latency timing; [] for a runtime that runs
+    one call at a time, whose stream is its closed loop (`stream_ips` = `throughput_ips`)."""
+    if built.stream is None:
+        return []
+    return [built.stream(batches, settings.timing.min_time_s) for _ in range(STREAM_WINDOWS)]
+
+
 def _ceiling_figures(
     variant: Variant, flops_per_item: float, throughput_ips: float, ceiling: dict[str, float]
 ) -> dict[str, float]:
@@ -185,6 +198,7 @@ def evaluate(
             cycle = itertools.cycle(pool)
             measure_start = time.perf_counter()
             lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built.device.type))
+            stream = _stream_rates(built, cycle, settings)
 
             outs = torch.cat([built.run(built.prepare(b)).float().cpu() for b in batches])[: len(x)]
     except (VariantUnsupported, *RUNTIME_ERRORS) as e:
@@ -199,6 +213,7 @@ def evaluate(
         )
 
     figures: dict[str, Any] = lat.summary(variant.batch_size)
+    figures["stream_ips"] = statistics.fmean(stream) if stream else figures["throughput_ips"]
     figures["measure_s"] = time.perf_counter() - measure_start
     figures.update(_ceiling_figures(variant, ref.flops_per_item, figures["throughput_ips"], settings.ceiling))
     figures.update(fidelity(outs, ref.logits))
@@ -238,4 +253,5 @@ def time_variant(variant: Variant, ref: Reference, settings: TrialSettings) -> d
     cycle = itertools.cycle(_timing_pool(ref.data.inputs, variant.batch_size, built))
     with torch.inference_mode():
         lat, guard = _guarded_timing(lambda: built.run(next(cycle)), settings, _timer(built.device.type))
-    return {"times_s": list(lat.times_s), "stable": lat.stable, **guard}
+        stream = _stream_rates(built, cycle, settings)
+    return {"times_s": list(lat.times_s), "stream_rates": stream, "stable": lat.stable, **guard}
