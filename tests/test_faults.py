@@ -184,6 +184,9 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
         assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
         rec = [c for c in children if c.data.tags["tuner.recommended"] == "true"]
         assert len(rec) == 1
+        # The flags the search's end could not write on runs logged before the outage: added.
+        pareto = {c.data.tags["ray.trial_id"]: c.data.tags.get("tuner.pareto") for c in children}
+        assert pareto == {t: str(bool(p)).lower() for t, p in zip(trials["trial_id"], trials["pareto"], strict=True)}
         synced = read_trials(tmp_path / "out" / "trials.csv")
         assert synced["mlflow_run_id"].notna().all()
 

@@ -2,19 +2,22 @@
 the MLflow store was unreachable (tracking/store.py `_tolerant`).
 
 Idempotent: a trial already in MLflow (child run tagged with its `ray.trial_id`) is never
-logged twice; run it as often as you like. The output folder is the source of truth.
+logged twice, but what the search's end writes on it (its Pareto and recommended flags, its
+confirmed figures) is added when the run lacks it: a trial logged before the store went down
+is finished after; run it as often as you like. The output folder is the source of truth.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from tuner.config.request import load_state
 from tuner.core.console import say
 from tuner.core.errors import TrackingError
-from tuner.core.schema import FAILED, MLFLOW_METRICS, trial_tags
+from tuner.core.schema import CONFIRMED_COLUMNS, FAILED, MLFLOW_METRICS, selection_tags, trial_tags
 from tuner.decide.pareto import variant_of
 from tuner.outputs import tables
 from tuner.tracking.recorder import close_parent
@@ -33,16 +36,17 @@ def sync(output: Path) -> int:
         k: v for k, v in parent.data.tags.items() if k.startswith("hw.") or k in ("tuner.weights", "tuner.data")
     }
     df = tables.read_trials(output / "trials.csv")
-    logged = {c.data.tags.get("ray.trial_id"): c.info.run_id for c in tracker.children(parent_id)}
+    logged = {c.data.tags.get("ray.trial_id"): c for c in tracker.children(parent_id)}
     uploaded = 0
     for i, row in df.iterrows():
         trial_id = str(row["trial_id"])
         if trial_id in logged:
-            df.at[i, "mlflow_run_id"] = logged[trial_id]
+            df.at[i, "mlflow_run_id"] = logged[trial_id].info.run_id
+            _finish(tracker, logged[trial_id], row)
             continue
         variant = variant_of(row)
         tags = {**inherited, **trial_tags(row), "tuner.synced": "true"}  # logged later, from the output folder
-        metrics = {k: float(row[k]) for k in MLFLOW_METRICS if k in row and pd.notna(row[k])}
+        metrics = {k: float(row[k]) for k in (*MLFLOW_METRICS, *CONFIRMED_COLUMNS) if k in row and pd.notna(row[k])}
         run_id = tracker.log_child(
             parent_id, variant.label, variant.to_dict(), metrics, tags, failed=row["status"] in FAILED
         )
@@ -65,3 +69,15 @@ def sync(output: Path) -> int:
             f"report --sync {output}: the store {state['tracking_uri']} stopped answering; run it again"
         )
     return uploaded
+
+
+def _finish(tracker: Tracker, child: Any, row: pd.Series) -> None:
+    """What the search's end writes on a trial's run (search/finalize.py `_tag_children`) and
+    this run lacks: the Pareto and recommended flags, the confirmed figures."""
+    have_tags, have_metrics = child.data.tags, child.data.metrics
+    tags = {k: v for k, v in selection_tags(row).items() if have_tags.get(k) != v}
+    metrics = {k: float(row[k]) for k in CONFIRMED_COLUMNS if k in row and pd.notna(row[k]) and k not in have_metrics}
+    if metrics:
+        tags["tuner.confirmed"] = "true"
+    if tags or metrics:
+        tracker.log(child.info.run_id, metrics=metrics, tags=tags)
