@@ -245,7 +245,6 @@ def test_time_budget_stops_the_search_and_keeps_what_finished(tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
         search={"trials": 30, "time_budget_minutes": 0.3},
-        confirm={"finalists": 1, "rounds": 1},
     )
     r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

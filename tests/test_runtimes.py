@@ -159,6 +159,7 @@ def test_a_search_measures_every_runtime_end_to_end(tmp_path):
         search={"trials": 6, "enqueue": enqueue},
         dimensions={"quantization": ["none", "static_int8"], "batch_size": [1, 2], "threads": [1],
                     "compile": ["eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"]},
+        confirm={"finalists": 1, "rounds": 1},
     )  # fmt: skip
     r = tuner("search", "tiny_models:small_cnn", "--space", str(space), "--weights", "random", "--output", "out",
               cwd=tmp_path)  # fmt: skip
@@ -168,6 +169,10 @@ def test_a_search_measures_every_runtime_end_to_end(tmp_path):
     assert set(ok["compile"]) == {"eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"}, trials
     assert (ok["runtime_threads"] == 1).all()  # each runtime reports the trial's one thread
     assert "int8-static bs2 t1 ov-tput nchw" in set(ok["label"])
+    streamed = ok["compile"].eq("openvino_throughput")  # the one runtime that runs several calls at once
+    assert (ok.loc[~streamed, "stream_ips"] == ok.loc[~streamed, "throughput_ips"]).all()
+    tput = ok[streamed]
+    assert (tput["stream_ips"] > 0).all() and (tput["stream_ips"] != tput["throughput_ips"]).all()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tuner/tiny_models:small_cnn")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`tuner.status` = 'ok'")

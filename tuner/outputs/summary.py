@@ -143,12 +143,16 @@ def _print_confirmed(conf: pd.DataFrame) -> None:
         thr = Interval(
             *(r[c] for c in confirmed("throughput_ips"))
         )
+        stream = r.get("confirmed_stream_ips")  # only where it differs: a runtime that runs calls at once
+        streamed = pd.notna(stream) and stream != r["confirmed_throughput_ips"]
+        stream_iv = Interval(*(r[c] for c in confirmed("stream_ips"))) if streamed else None
         speed = r.get("confirmed_speedup_vs_baseline")
         ci = (r.get("confirmed_speedup_vs_baseline_low", speed), r.get("confirmed_speedup_vs_baseline_high", speed))
         say(
             f"  {r['label']:<38} p50 {_fmt_interval(p50, 'ms'):<28} {_fmt_interval(thr, 'items/s'):<32}"
             + ("" if pd.isna(speed) else f" {speed:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]")
             + f" (search p50 {r['latency_p50_ms']:.1f} ms)"
+            + (f", as a stream {_fmt_interval(stream_iv, 'items/s')}" if stream_iv else "")
         )
 
 

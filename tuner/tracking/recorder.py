@@ -150,8 +150,10 @@ class TrialRecorder:
         head = f"{n}{where} {row['status']:<10} {row['label']:<38}"
         if row["status"] != TrialStatus.OK:
             return f"{head} {row['error'][:90]}"
+        stream = row.get("stream_ips")  # a runtime that runs several calls at once: its stream too
+        streamed = f" (stream {stream:.1f})" if stream is not None and stream != row["throughput_ips"] else ""
         return (
-            f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s  "
+            f"{head} p50 {row['latency_p50_ms']:8.1f} ms  {row['throughput_ips']:8.1f} items/s{streamed}  "
             f"quality {row['quality']:.3f}  build {row['build_s']:.1f}s" + ("" if row["stable"] else "  (unstable)")
         )
 
