@@ -67,7 +67,8 @@ def write_space(path: Path, **sections: object) -> Path:
     doc = {
         # No static int8 unless a test asks for it: its FX build costs about 2 s per trial
         # and per confirmation process, and few tests are about it.
-        "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"], "quantization": ["none", "dynamic_int8"]},
+        "dimensions": {"batch_size": [1, 2], "compile": ["eager", "torchscript"],
+                       "quantization": ["none", "dynamic_int8"]},
         "search": {"trials": 4, "time_budget_minutes": 10},
         "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
         "timing": FAST_TIMING,

@@ -52,7 +52,6 @@ def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
             {"when": {"batch_size": 8}, "action": "hang"},
             {"when": {"batch_size": 16}, "action": "allocate", "allocate_mb": 4000},
         ],
-        confirm={"finalists": 1, "rounds": 1},
     )
     r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -183,7 +182,7 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
         children = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'trial'")
         assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(trials["trial_id"])
         rec = [c for c in children if c.data.tags["tuner.recommended"] == "true"]
-        assert len(rec) == 1
+        assert len(rec) == 1 and "confirmed_p50_ms" in rec[0].data.metrics  # the search's end, synced
         # The flags the search's end could not write on runs logged before the outage: added.
         pareto = {c.data.tags["ray.trial_id"]: c.data.tags.get("tuner.pareto") for c in children}
         assert pareto == {t: str(bool(p)).lower() for t, p in zip(trials["trial_id"], trials["pareto"], strict=True)}

@@ -75,31 +75,16 @@ def test_runtime_keeps_top1_on_labeled_data_and_uses_the_trials_threads(labeled,
 
 
 def test_openvino_throughput_is_streamed_with_its_queue_kept_full(small_reference):
-    """The THROUGHPUT variant's stream (build/runtime.py `Stream`) runs every batch it is fed,
-    in trials and in confirmation measurements alike; its figure is its own measurement."""
+    """The THROUGHPUT variant's stream (build/runtime.py `Stream`) is measured in trials and
+    in confirmation measurements alike: its figure is its own measurement, not the calls'."""
     from tuner.trial.evaluate import STREAM_WINDOWS, time_variant
 
-    variant = Variant(compile="openvino_throughput", quantization="static_int8", batch_size=4, threads=2)
+    variant = Variant(compile="openvino_throughput", batch_size=4, threads=2)
     out = evaluate(variant, small_reference, SETTINGS)
     assert out.status == "ok", out.error
     assert out.stream_ips > 0 and out.stream_ips != out.throughput_ips
     timed = time_variant(variant, small_reference, SETTINGS)
     assert len(timed["stream_rates"]) == STREAM_WINDOWS and min(timed["stream_rates"]) > 0
-    assert time_variant(Variant(compile="openvino", batch_size=4), small_reference, SETTINGS)["stream_rates"] == []
-
-    from tuner.build import build
-    from tuner.inputs.models import load_model
-
-    built = build(load_model(small_reference.spec).module, variant, small_reference.data.calibration)
-    fed = []
-
-    def batches():
-        while True:
-            fed.append(small_reference.data.inputs[:4].contiguous())
-            yield fed[-1]
-
-    items_per_s = built.stream(batches(), 0.2)
-    assert items_per_s > 0 and len(fed) >= 2  # more than one call went in within the window
 
 
 @pytest.mark.parametrize("compile_", RUNTIMES)
@@ -146,7 +131,7 @@ def test_pt2e_quantizes_the_shared_residual_shape_that_non_strict_export_breaks(
 @pytest.mark.slow
 def test_a_search_measures_every_runtime_end_to_end(tmp_path):
     """The real CLI: one search over every runtime (each enqueued once, so a small budget
-    sees all of them), confirmation included; then `measure --config` of a runtime variant."""
+    sees all of them); then `measure --config` of a runtime variant."""
     enqueue = [
         {"compile": "onnxruntime"},
         {"quantization": "static_int8", "compile": "openvino"},
@@ -159,7 +144,6 @@ def test_a_search_measures_every_runtime_end_to_end(tmp_path):
         search={"trials": 6, "enqueue": enqueue},
         dimensions={"quantization": ["none", "static_int8"], "batch_size": [1, 2], "threads": [1],
                     "compile": ["eager", "inductor", "onnxruntime", "openvino", "openvino_throughput"]},
-        confirm={"finalists": 1, "rounds": 1},
     )  # fmt: skip
     r = tuner("search", "tiny_models:small_cnn", "--space", str(space), "--weights", "random", "--output", "out",
               cwd=tmp_path)  # fmt: skip

@@ -47,7 +47,7 @@ def tags_of(run: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def served_search(tmp_path_factory):
     work = tmp_path_factory.mktemp("ui")
-    space = write_space(work / "space.yaml", search={"trials": 3}, confirm={"finalists": 1, "rounds": 1})
+    space = write_space(work / "space.yaml", search={"trials": 3})
     server = work / "server"
     server.mkdir()
     with mlflow_server(server) as url:
