@@ -47,7 +47,7 @@ def slowed(built: Any, rules: Any, variant: Any) -> Any:
     """Test-only: the built variant with `slow_call` applied to its calls (how the nightly
     tests cause a real regression, in trials and confirmation alike)."""
     run = slow_call(built.run, rules, variant.to_dict())
-    if run is not built.run and getattr(built, "stream", None) is not None:
+    if run is not built.run and built.stream is not None:
         built.stream = None  # streamed as its slowed calls, one at a time
     built.run = run
     return built
