@@ -48,8 +48,7 @@ def main() -> None:
     import ray
 
     from tuner.config.space import SearchSpace
-    from tuner.search.serving import SERVING_STATE, Candidate, start_serve
-    from tuner.serve.app import free_port
+    from tuner.search.serving import SERVING_STATE, Candidate, serve_port
     from tuner.serve.tuning import knobs, measure_service
 
     out = a.output.resolve()
@@ -74,8 +73,7 @@ def main() -> None:
                          "ongoing_per_batch": 2}  # fmt: skip
                 services[name] = pick.spec(knobs(point), f"/{name}")
     ray.init(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-    port = free_port()
-    start_serve(port)
+    port = serve_port()
     figures: dict[str, list[float]] = {n: [] for n in services}
     p99: dict[str, list[float]] = {n: [] for n in services}
     began = time.time()

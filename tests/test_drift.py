@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tuner.config.space import ServingSettings
 from tuner.decide.confirm import Confirmed
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+from tuner.nightly.served import comparable, judge_served, served_figures
 from tuner.nightly.verdict import Judgement
 
 RNG = np.random.default_rng(0)
@@ -101,3 +103,31 @@ def test_without_a_probe_the_speedup_is_judged():
     now = _check(13.0 * 1.3, 60.0, 2.0, [1.0, 1.0, 1.0]).figures()
     verdict = judge_normalised(accepted, now, threshold=0.10)
     assert verdict.judged == "speedup" and verdict.regression
+
+
+# The served half (nightly/served.py): the champion's service measured after the rounds.
+SERVER = ServingSettings(scenario="server", latency_bound_ms=50.0)
+
+
+def test_the_served_figure_is_normalised_by_the_probe_and_judged_with_its_own_band():
+    accepted = served_figures(40.0, 2.0, SERVER)  # 40 QPS at p99 <= 50 ms; probe p50 2 ms
+    assert accepted["served_vs_probe"] == pytest.approx(40.0 * 0.002)
+    # The machine twice as slow: half the QPS, twice the probe's p50: the same.
+    slower_machine = judge_served(accepted, served_figures(20.0, 4.0, SERVER), threshold=0.25)
+    assert slower_machine["served_vs_probe"].verdict == "same" and slower_machine["served_vs_probe"].judged
+    assert slower_machine["served_qps"].verdict == "regression" and not slower_machine["served_qps"].judged
+    # The service 40% slower on the same machine: judged a regression, and so the night is.
+    slower_service = judge_served(accepted, served_figures(24.0, 2.0, SERVER), threshold=0.25)
+    assert slower_service["served_vs_probe"].verdict == "regression"
+    assert Judgement(slower_service).regression
+    # 20% slower: inside the served band (0.25), not an alarm.
+    assert not Judgement(judge_served(accepted, served_figures(32.0, 2.0, SERVER), threshold=0.25)).regression
+
+
+def test_a_served_figure_of_another_bound_or_scenario_is_not_compared():
+    accepted = served_figures(40.0, 2.0, SERVER)
+    other_bound = served_figures(10.0, 2.0, ServingSettings(scenario="server", latency_bound_ms=15.0))
+    offline = served_figures(90.0, 2.0, ServingSettings(scenario="offline"))
+    assert judge_served(accepted, other_bound, 0.25) == {} and not comparable(accepted, other_bound)
+    assert judge_served(accepted, offline, 0.25) == {}
+    assert judge_served({}, served_figures(40.0, 2.0, SERVER), 0.25) == {}  # nothing stored yet

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from tuner.serve.source import resolve, spec_for
 
-from conftest import MODEL, NAME, tuner_env, write_space
+from conftest import FAST_TIMING, MODEL, NAME, tuner_env, write_space
 
 pytestmark = pytest.mark.slow  # two searches, each with a Ray and a Ray Serve
 
@@ -126,3 +126,44 @@ def test_a_bound_no_config_meets_is_said_with_the_best_p99_and_exits_1(tmp_path,
     doc = yaml.safe_load((tmp_path / "out" / "recommended.yaml").read_text())
     assert "serving" not in doc  # the model search's pick stands; nothing is claimed for serving
     assert NAME in doc["registered_model"]
+
+
+def test_a_nightly_job_with_the_server_scenario_measures_the_champions_service_the_next_night(tmp_path, env):
+    # Two nights of a job whose model names `scenario: server`: the first serves its pick (one
+    # serving trial) and stores the served figures; the second's regression check measures the
+    # champion's service (the alias's version, its tuned knobs) after the in-process rounds,
+    # normalised by that check's probe.
+    job = {
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "output": str(tmp_path / "runs"),
+        "regression": {"threshold": 0.5, "served_threshold": 0.9},  # tiny timings: only a gross change counts
+        "models": [{
+            "model": MODEL, "weights": "random", "trials": 2, "scenario": "server", "latency_bound_ms": 2000,
+            "overrides": {"dimensions": ONE_CONFIG, "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
+                          "timing": FAST_TIMING, "confirm": {"finalists": 1, "rounds": 1},
+                          "serving": {**SERVING, "trials": 1, "variants": 1}},
+        }],
+    }  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    client = MlflowClient(job["tracking_uri"], registry_uri=job["tracking_uri"])
+    nights, champions = [], []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "tuner", "nightly", "job.yaml"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        run = sorted((tmp_path / "runs").iterdir())[-1]
+        nights.append((r.stdout, json.loads((run / "nightly-report.json").read_text())["models"][0], run))
+        champions.append(client.get_model_version_by_alias(NAME, "champion").version)
+        time.sleep(1.1)  # run folders are named by the second
+    (out1, rep1, _), (out2, rep2, run2) = nights
+    assert "serving trial 1/1" in out1 and rep1["serving"] and rep1["regression_check"] is None
+    stored = rep1["champion_figures"]
+    assert stored["served_qps"] > 0 and stored["served_vs_probe"] > 0 and stored["served_bound_ms"] == 2000
+
+    # night 2 measured the service of the version the alias named after night 1
+    assert f"the champion's service {NAME}/{champions[0]} (its tuned knobs), LoadGen server" in out2
+    checks = rep2["regression_check"]["checks"]
+    assert checks["served_vs_probe"]["judged"] and checks["served_vs_probe"]["accepted"] == stored["served_vs_probe"]
+    assert checks["served_vs_probe"]["now"] > 0 and not checks["served_qps"]["judged"]
+    assert "the champion's served QPS against the same probe" in out2
+    assert "| served_vs_probe |" in (run2 / "nightly-report.md").read_text()
+    assert list((Path(rep2["output"]) / "regression-check" / "served-1").glob("server-*/mlperf_log_summary.txt"))

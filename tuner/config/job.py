@@ -27,6 +27,11 @@ class ModelJob(Strict):
     # The Ray hardware class to tune for (docs/cluster.md): its own history,
     # champion and regression check. Models of different classes run at the same time.
     hardware: str | None = None
+    # As `search --scenario/--latency-bound-ms` (docs/serving.md): server or offline adds the
+    # serving search after the model search, and the regression check then measures the
+    # champion's service too (docs/nightly.md). Default: the space file's `serving:` section.
+    scenario: Literal["single-stream", "server", "offline"] | None = None
+    latency_bound_ms: float | None = Field(default=None, gt=0)
 
     @property
     def folder(self) -> str:
@@ -37,6 +42,9 @@ class ModelJob(Strict):
 class RegressionSettings(Strict):
     threshold: float = Field(default=0.10, gt=0)  # relative change that counts, at least
     drift_warning: float = Field(default=0.15, gt=0)  # machine drift beyond this gets its own warning
+    # The served figure's band (a serving scenario): a QPS found by bisecting on a p99 moves
+    # more than a median does. Chosen, not calibrated (docs/nightly.md).
+    served_threshold: float = Field(default=0.25, gt=0)
     warm_start: bool = True
 
 

@@ -1,13 +1,16 @@
 """The nightly regression check itself: measure the champion, the baseline and the machine
 probe in the same interleaved rounds (fresh processes, through the search's confirmation
 function), judge the normalised figures (nightly/drift.py), and before calling a
-regression measure once more to rule out a slow phase of the host.
+regression measure once more to rule out a slow phase of the host. A job's model with a
+serving scenario also has the champion's service measured right after each attempt's rounds,
+normalised by that attempt's probe (nightly/served.py).
 
 Shared by nightly/model.py (before each search) and benchmarks/nightly_alarms.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tuner.core.console import say
@@ -15,7 +18,12 @@ from tuner.core.variant import MachineProbe, Variant, baseline, ceiling_key
 from tuner.decide.finalists import ConfirmFn, confirmed_runs
 from tuner.measure.hardware import usable_cores
 from tuner.nightly.drift import Measured, judge_normalised, machine_drift
+from tuner.nightly.served import judge_served
 from tuner.nightly.verdict import Drift, Judgement
+
+# The champion's service measured, given tonight's probe p50 (ms): its flat figures
+# (nightly/served.served_figures), empty when it could not be measured.
+ServedFn = Callable[[float | None], dict[str, float]]
 
 
 @dataclass
@@ -64,9 +72,12 @@ def run_check(
     accepted: dict[str, float],
     threshold: float,
     drift_warning: float,
+    served: ServedFn | None = None,
+    served_threshold: float = 0.25,
 ) -> CheckResult | None:
     """Measure and judge; a suspected regression is measured once more, and only a second
-    regression is called one. None when the measurement failed."""
+    regression is called one. None when the measurement failed. `served`: the champion's
+    service too, after the rounds, judged with `served_threshold`."""
     result: CheckResult | None = None
     for attempt in (1, 2):
         measured = measure(confirm_fn, champion, threads, rounds, flops_per_item, probe_threads_of(accepted))
@@ -74,6 +85,10 @@ def run_check(
             return result
         figures = measured.figures()
         verdict = judge_normalised(accepted, figures, threshold)
+        if served is not None:
+            figures.update(served(figures.get("probe_p50_ms")))
+            served_checks = judge_served(accepted, figures, served_threshold)
+            verdict = Judgement({**verdict.checks, **served_checks}, verdict.judged, verdict.stored)
         drift = machine_drift(accepted, figures, drift_warning)
         previous = result.attempts if result else []
         result = CheckResult(figures, verdict, drift, attempt > 1, [*previous, verdict])

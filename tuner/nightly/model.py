@@ -6,7 +6,8 @@ run_model
   _request          a new search request warm-started from that front, or the
                     interrupted one resumed
   before_search     the regression check: the champion re-measured with the
-                    confirmation protocol, with Ray up and the reference ready
+                    confirmation protocol, with Ray up and the reference ready; with a
+                    serving scenario, its service too (nightly/served.py)
   run_search        the search itself (search/run.py)
   _judge            regression verdict and champion decision (nightly/regression.py),
                     recorded on the parent run and as the registry alias `champion`
@@ -31,14 +32,16 @@ from tuner.core.schema import TrialStatus
 from tuner.core.variant import Variant
 from tuner.decide.pareto import variant_of
 from tuner.measure.hardware import detect
-from tuner.nightly.check import CheckResult, run_check
+from tuner.nightly.check import CheckResult, ServedFn, run_check
 from tuner.nightly.regression import accepted_figures, decide_champion, nightly_verdict, verdict_line
 from tuner.nightly.report import print_verdict
+from tuner.nightly.served import champion_uri, comparable, measure_served, served_figures
 from tuner.nightly.verdict import ModelNight
-from tuner.tracking.history import previous_front, previous_run, promote
-from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri
+from tuner.tracking.history import champion_alias, previous_front, previous_run, promote
+from tuner.tracking.store import Tracker, absolute_uri, check_reachable, default_tracking_uri, registered_name
 
 if TYPE_CHECKING:
+    from tuner.search.cluster import HardwareClass
     from tuner.search.finalize import SearchOutcome
 
 
@@ -102,7 +105,7 @@ def run_model(
     from tuner.search.run import run_search
 
     check: dict[str, Any] = {}
-    hook = _regression_hook(req, hist, job.regression, check)
+    hook = _regression_hook(req, hist, job.regression, check, mj.hardware)
     outcome = run_search(_with_history(req, hist), before_search=hook)
     champ = _judge(result, req, hist, check.get("result"), outcome, job.regression.threshold)
     _record(tracker, outcome.parent_run_id, mj.model, result, champ, mj.hardware)
@@ -136,6 +139,7 @@ def _request(
             "enqueue": [*space.search.enqueue, *hist.enqueue],
         },
         constraints=mj.constraints,
+        serving={"scenario": mj.scenario, "latency_bound_ms": mj.latency_bound_ms},
     )
     return SearchRequest(
         model=mj.model,
@@ -162,22 +166,44 @@ def _say_warm_start(hist: _History) -> None:
     )
 
 
-def _regression_hook(req: SearchRequest, hist: _History, settings: RegressionSettings, check: dict[str, Any]) -> Any:
+def _regression_hook(
+    req: SearchRequest, hist: _History, settings: RegressionSettings, check: dict[str, Any], hardware: str | None
+) -> Any:
     """The search's `before_search` hook: the regression check (nightly/check.py) before any
     trial, with Ray up and the reference ready; its result goes into `check["result"]`."""
 
-    def before_search(confirm_fn: Any, ref: Any, choices: dict[str, list[Any]]) -> None:
+    def before_search(confirm_fn: Any, ref: Any, choices: dict[str, list[Any]], klass: HardwareClass) -> None:
         champion = hist.champion
         if champion is None:
             return
         rounds = req.space.confirm.rounds
+        s = req.space.serving
+        service = " and the champion's service" if s.scenario != "single-stream" else ""
         say(f"regression check: the champion {champion.label}, the fp32 baseline and the machine probe, "
-            f"{rounds} interleaved round(s), a fresh process each ...")  # fmt: skip
+            f"{rounds} interleaved round(s), a fresh process each{service} ...")  # fmt: skip
         threads = max(choices["threads"])  # the search's baseline: all the threads a trial gets
         check["result"] = run_check(confirm_fn, champion, threads, rounds, ref.flops_per_item, hist.accepted,
-                                    settings.threshold, settings.drift_warning)  # fmt: skip
+                                    settings.threshold, settings.drift_warning,
+                                    _served_fn(req, klass, hardware), settings.served_threshold)  # fmt: skip
 
     return before_search
+
+
+def _served_fn(req: SearchRequest, klass: HardwareClass, hardware: str | None) -> ServedFn | None:
+    """With a serving scenario: the champion's service measured (nightly/served.py)."""
+    s = req.space.serving
+    if s.scenario == "single-stream":
+        return None
+    uri = champion_uri(registered_name(req.model), champion_alias(hardware))
+    attempts = 0
+
+    def served(probe_p50_ms: float | None) -> dict[str, float]:
+        nonlocal attempts
+        attempts += 1
+        qps = measure_served(uri, req.tracking_uri, s, klass, req.output / "regression-check" / f"served-{attempts}")
+        return {} if qps is None else served_figures(qps, probe_p50_ms, s)
+
+    return served
 
 
 def _with_history(req: SearchRequest, hist: _History) -> SearchRequest:
@@ -222,6 +248,7 @@ def _judge(
     result.regression = bool(verdict and verdict.regression)
     result.improvement = bool(verdict and verdict.improvement)
     result.recommended = str(new_row["label"]) if new_row is not None else None
+    result.serving = outcome.serving.reason if outcome.serving is not None else ""
 
     new_champ, why = decide_champion(
         champion.label if champion else None, champ_row, new_row, req.space.search.objective
@@ -229,10 +256,16 @@ def _judge(
     if new_champ and new_row is not None:
         label, variant = str(new_row["label"]), variant_of(new_row).to_dict()
         figures = accepted_figures(new_row, df, outcome.confirmation)
+        served = outcome.serving.winner if outcome.serving is not None else None
+        if served is not None:  # tonight's served winner: where promote() moves the alias
+            figures.update(served_figures(float(served["objective"]), figures.get("probe_p50_ms"), req.space.serving))
     elif champion is not None:
         label, variant, figures = champion.label, champion.to_dict(), dict(hist.accepted)
         if verdict is not None and not verdict.normalised_stored:  # accepted before they were stored:
             figures.update({k: v for k, v in verdict.now.items() if k.startswith(_NORMALISED_KEYS)})
+        now = check.figures if check is not None else {}
+        if "served_qps" in now and not comparable(hist.accepted, now):  # none stored for this scenario and bound
+            figures.update({k: v for k, v in now.items() if k.startswith("served_")})
     else:
         label, variant, figures = "", {}, {}
     result.champion, result.champion_changed, result.champion_reason = (

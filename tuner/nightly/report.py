@@ -18,6 +18,12 @@ from tuner.nightly.verdict import ModelNight, NightlyVerdict
 
 SHOWN_FIGURES = (("p50_ms", "p50 ms"), ("throughput_ips", "items/s"), ("speedup", "speedup x"),
                  ("ceiling_fraction", "ceiling fraction"))  # fmt: skip
+# With a serving scenario (nightly/served.py): the champion's service, when it has figures.
+SERVED_FIGURES = (("served_qps", "served QPS"), ("served_vs_probe", "served vs probe"))
+
+
+def shown_figures(figures: dict[str, float]) -> tuple[tuple[str, str], ...]:
+    return SHOWN_FIGURES + (SERVED_FIGURES if "served_qps" in figures else ())
 
 
 def _figure(figures: dict[str, float], name: str) -> str:
@@ -44,9 +50,11 @@ def print_verdict(result: ModelNight) -> None:
     if verdict is None:
         say("  regression check: nothing to compare with (no earlier champion on this hardware)")
     else:
-        judged = _JUDGED.get(str(verdict.judged))
+        judged = [j for j in (_JUDGED.get(str(verdict.judged)),) if j]
+        if "served_vs_probe" in verdict.checks:
+            judged.append("the champion's served QPS against the same probe")
         say(f"  regression check of {result.champion_before}: {_verdict_word(verdict)} "
-            f"(judged on {judged + ', and quality' if judged else 'quality only'})")  # fmt: skip
+            f"(judged on {', '.join(judged) + ', and quality' if judged else 'quality only'})")  # fmt: skip
         if not verdict.normalised_stored:
             say("    no normalised figure was stored for this champion (accepted before tuner stored them): "
                 "tonight's are stored from now on")  # fmt: skip
@@ -65,9 +73,11 @@ def print_verdict(result: ModelNight) -> None:
     say(f"  recommended: {result.recommended}")
     how = "changed" if result.champion_changed else "new" if result.champion_before is None else "kept"
     say(f"  champion: {result.champion} ({how}: {result.champion_reason})")
+    if result.serving:
+        say(f"  serving search: {result.serving}")
     if result.champion_figures:
         say("  champion stands on: " + ", ".join(f"{label} {_figure(result.champion_figures, n)}"
-                                                for n, label in SHOWN_FIGURES))  # fmt: skip
+                                                for n, label in shown_figures(result.champion_figures)))  # fmt: skip
 
 
 def write_report(results: list[ModelNight], run_dir: Path, wall_s: float, budget_min: float | None) -> None:
@@ -103,15 +113,17 @@ def _model_section(r: ModelNight) -> list[str]:
     lines = [heading(r), ""]
     for key, label in (("warm_start_from", "warm start from search"), ("recommended", "recommended"),
                        ("champion_before", "champion before"), ("champion", "champion now"),
-                       ("champion_reason", "why"), ("status", "status"), ("output", "output")):  # fmt: skip
+                       ("champion_reason", "why"), ("serving", "serving search"), ("status", "status"),
+                       ("output", "output")):  # fmt: skip
         value = getattr(r, key)
         if value:
             lines.append(f"- {label}: `{value}`")
     figures = r.champion_figures
     if figures:
+        shown = shown_figures(figures)
         lines += ["", "The champion's accepted figures (confirmed, 95% intervals):", "",
-                  "| " + " | ".join(label for _, label in SHOWN_FIGURES) + " |", "|---" * len(SHOWN_FIGURES) + "|",
-                  "| " + " | ".join(_figure(figures, n) for n, _ in SHOWN_FIGURES) + " |"]  # fmt: skip
+                  "| " + " | ".join(label for _, label in shown) + " |", "|---" * len(shown) + "|",
+                  "| " + " | ".join(_figure(figures, n) for n, _ in shown) + " |"]  # fmt: skip
     verdict = r.regression_check
     if verdict:
         lines += ["", "| figure | accepted | now | change | threshold | verdict |", "|---|---|---|---|---|---|"]

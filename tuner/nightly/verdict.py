@@ -92,6 +92,7 @@ class ModelNight:
     champion_changed: bool = False
     champion_reason: str = ""
     champion_figures: dict[str, float] = field(default_factory=dict)  # what the champion stands on from now on
+    serving: str = ""  # a serving scenario: tonight's serving search, which config won (or that none met the bound)
 
     @property
     def machine_drift(self) -> Drift | None:

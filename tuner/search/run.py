@@ -53,7 +53,9 @@ from tuner.trial.process import default_memory_mb, default_timeout_s
 
 # Runs with Ray up and the reference ready, before any trial (nightly's regression check):
 # given the confirmation function, the reference and the feasible choices.
-BeforeSearch = Callable[[ConfirmFn, Reference, dict[str, Any]], None]
+# Called with Ray up, before the first trial: the confirmation function, the reference, the
+# space's feasible choices and the hardware class (nightly/model.py's regression check).
+BeforeSearch = Callable[[ConfirmFn, Reference, dict[str, Any], HardwareClass], None]
 
 
 def run_search(req: SearchRequest, before_search: BeforeSearch | None = None) -> SearchOutcome:
@@ -146,7 +148,7 @@ def _run_search(req: SearchRequest, before_search: BeforeSearch | None) -> Searc
         settings = _trial_settings(req, prep.ceiling, klass)
         confirm = ray_confirm(prep.ref, settings, klass)  # one copy of the reference in Ray's store
         if before_search is not None:
-            before_search(confirm, prep.ref, choices)
+            before_search(confirm, prep.ref, choices, klass)
         if prep.previous is not None and prep.previous.get("stage") == "serving":
             outcome = _model_search_done(req, parent_id)  # interrupted in the serving stage
         else:

@@ -109,15 +109,25 @@ def _recommended(output: Path) -> dict[str, Any]:
     return dict(yaml.safe_load((output / "recommended.yaml").read_text()) or {})
 
 
-def start_serve(port: int) -> None:
-    """Ray Serve on this Ray (the model search's), HAProxy ingress on `port`."""
+_SERVE: dict[str, int] = {}  # the Ray cluster's GCS address -> the port its Serve listens on
+
+
+def serve_port() -> int:
+    """Ray Serve on this Ray (the model search's), HAProxy ingress on a free loopback port:
+    started by the first caller (the nightly check of the champion's service, or the serving
+    stage), then reused; its port."""
     import os
 
+    import ray
     from ray import serve
 
-    from tuner.serve.app import haproxy_env
+    from tuner.serve.app import free_port, haproxy_env
     from tuner.serve.tuning import TRIAL_ENV
 
+    cluster = ray.get_runtime_context().gcs_address
+    if cluster in _SERVE:
+        return _SERVE[cluster]
+    port = free_port()
     env = {**haproxy_env(port, side_ports=True), **TRIAL_ENV}
     os.environ.update(env)
     log = logging.getLogger("ray.serve")
@@ -127,6 +137,8 @@ def start_serve(port: int) -> None:
                     controller_options={"runtime_env": {"env_vars": env}})  # fmt: skip
     finally:
         log.disabled = False
+    _SERVE[cluster] = port
+    return port
 
 
 def serving_trial(
@@ -244,10 +256,7 @@ def _fit(
     )  # fmt: skip
     for row in recorder.rows:  # a resumed stage
         searcher.remember(point_key(row), {"objective": float(row.get("objective", 0.0) or 0.0)})
-    from tuner.serve.app import free_port
-
-    port = free_port()
-    start_serve(port)
+    port = serve_port()
     say(f"  Ray Serve on 127.0.0.1:{port}; replicas on the nodes of {klass.name} "
         f"({', '.join(n.name for n in klass.nodes)}); the load generator on the driver's node")  # fmt: skip
 
