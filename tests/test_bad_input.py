@@ -185,6 +185,11 @@ def test_job_file_errors_name_the_file_and_key(tmp_path, capsys):
     assert "`models`" in capsys.readouterr().err
     assert main(["nightly", str(tmp_path / "absent.yaml")]) == EXIT_USAGE
     assert "job file not found" in capsys.readouterr().err
+    job.write_text("models:\n  - model: resnet18\n    scenario: sever\n    latency_bound_ms: 0\n")
+    assert main(["nightly", str(job)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "`models[0].scenario`: Input should be 'single-stream', 'server' or 'offline' (got 'sever')" in err
+    assert "`models[0].latency_bound_ms`: Input should be greater than 0" in err
 
 
 def _saved_search(tmp_path: Path) -> Path:
