@@ -51,8 +51,6 @@ from tuner.tracking.store import Tracker, check_reachable, store_lock
 from tuner.trial.evaluate import TrialSettings
 from tuner.trial.process import default_memory_mb, default_timeout_s
 
-# Runs with Ray up and the reference ready, before any trial (nightly's regression check):
-# given the confirmation function, the reference and the feasible choices.
 # Called with Ray up, before the first trial: the confirmation function, the reference, the
 # space's feasible choices and the hardware class (nightly/model.py's regression check).
 BeforeSearch = Callable[[ConfirmFn, Reference, dict[str, Any], HardwareClass], None]
