@@ -200,28 +200,6 @@ def test_report_formats_and_comparison(search):
     assert bad.returncode == 2 and "--baseline-run-id 00000000000000000000000000000000: not found" in bad.stderr
 
 
-def test_failed_combination_is_recorded_and_the_search_goes_on(tmp_path):
-    """A user model FX cannot trace: every static-int8 trial fails, the others run."""
-    space = write_space(
-        tmp_path / "space.yaml",
-        search={"trials": 4},
-        dimensions={
-            "quantization": ["none", "static_int8"],
-            "batch_size": [1],
-            "compile": ["eager"],
-            "threads": [1],
-        },
-    )
-    r = tuner("search", "tiny_models:untraceable", "--space", str(space), "--weights", "random", "--output", "out",
-              cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    trials = read_trials(tmp_path / "out" / "trials.csv")
-    failed = trials[trials["status"] == "failed"]
-    assert len(trials) == 4 and len(failed) >= 1
-    assert failed["error"].str.contains("FX static quantization").all()
-    assert trials["recommended"].sum() == 1
-
-
 def test_user_model_with_its_checkpoint_and_labeled_data(tmp_path):
     """`module:factory` + `--weights PATH` + a labeled `--data` folder, through the CLI."""
     train_small_cnn(tmp_path)

@@ -1,7 +1,8 @@
-"""Faults, caused for real (docs/errors-faults.md): a trial that raises, aborts its process, hangs
-or eats memory; SIGINT/SIGTERM to the driver and `--resume`; an MLflow server that stops
-mid-search and `report --sync`; a search in which every trial fails; two searches on one
-sqlite store. Each test checks the statuses, the MLflow records, the files and the exit code.
+"""Faults, caused for real (docs/errors-faults.md): a variant that fails to build (a model FX
+cannot trace), a trial that raises, aborts its process, hangs or eats memory; SIGINT/SIGTERM
+to the driver and `--resume`; an MLflow server that stops mid-search and `report --sync`; a
+search in which every trial fails; two searches on one sqlite store. Each test checks the
+statuses, the MLflow records, the files and the exit code.
 
 Faults come from the test-only `inject_faults:` knob of the space file, in the trial's own
 process; `search.enqueue` makes the faulty configs run right after the baseline."""
@@ -30,10 +31,10 @@ ONE_CONFIG = {"quantization": ["none"], "precision": ["fp32"], "compile": ["eage
               "layout": ["contiguous"]}  # fmt: skip
 
 
-def runs(uri: str) -> tuple[object, list]:
+def runs(uri: str, model: str = MODEL) -> tuple[object, list]:
     """(parent run, child runs) of the only search in the store."""
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(f"tuner/{MODEL}")
+    exp = client.get_experiment_by_name(f"tuner/{model}")
     all_runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in all_runs if r.data.tags.get("tuner.kind") == "search"]
     assert len(parents) == 1
@@ -41,10 +42,13 @@ def runs(uri: str) -> tuple[object, list]:
 
 
 def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
+    # A user model FX cannot trace (a real failure of the variant: static int8 at batch 1),
+    # then the injected faults, at batches 2-16.
     space = write_space(
         tmp_path / "space.yaml",
-        dimensions={**ONE_CONFIG, "batch_size": [1, 2, 4, 8, 16]},
-        search={"trials": 5, "enqueue": [{"batch_size": b} for b in (2, 4, 8, 16)]},
+        dimensions={**ONE_CONFIG, "quantization": ["none", "static_int8"], "batch_size": [1, 2, 4, 8, 16]},
+        search={"trials": 6, "enqueue": [{"batch_size": 1, "quantization": "static_int8"},
+                                         *({"batch_size": b, "quantization": "none"} for b in (2, 4, 8, 16))]},
         limits={"trial_timeout_s": 8, "trial_memory_mb": 1500},
         inject_faults=[
             {"when": {"batch_size": 2}, "action": "raise"},
@@ -52,20 +56,25 @@ def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
             {"when": {"batch_size": 8}, "action": "hang"},
             {"when": {"batch_size": 16}, "action": "allocate", "allocate_mb": 4000},
         ],
-    )
-    r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
+    )  # fmt: skip
+    r = tuner("search", "tiny_models:untraceable", "--space", str(space), "--weights", "random", "--output", "out",
+              cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    trials = read_trials(tmp_path / "out" / "trials.csv").set_index("batch_size")
+    table = read_trials(tmp_path / "out" / "trials.csv")
+    assert len(table) == 6 and table["recommended"].sum() == 1
+    fx = table[table["quantization"].eq("static_int8")].iloc[0]
+    assert fx["status"] == "failed" and "FX static quantization" in fx["error"]  # the variant's own failure
+    trials = table[table["quantization"].eq("none")].set_index("batch_size")
     assert trials.loc[1, "status"] == "ok" and bool(trials.loc[1, "recommended"])
     # raised by tuner's own code (the injection): `error`, not the variant's failure
     assert trials.loc[2, "status"] == "error" and "RuntimeError: injected fault: raise" in trials.loc[2, "error"]
     assert trials.loc[4, "status"] == "failed" and "trial process crashed: Aborted" in trials.loc[4, "error"]
     assert trials.loc[8, "status"] == "timeout" and "still running after 8 s" in trials.loc[8, "error"]
     assert trials.loc[16, "status"] == "oom" and "passed the 1500 MB cap" in trials.loc[16, "error"]
-    assert "4 trial(s) not ok:" in r.stdout and "1 x oom: resident memory" in r.stdout
+    assert "5 trial(s) not ok:" in r.stdout and "1 x oom: resident memory" in r.stdout
 
-    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    by_bs = {int(c.data.params["batch_size"]): c for c in children}
+    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny_models:untraceable")
+    by_bs = {int(c.data.params["batch_size"]): c for c in children if c.data.params["quantization"] == "none"}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for bs, status in [(2, "error"), (4, "failed"), (8, "timeout"), (16, "oom")]:
         run = by_bs[bs]
