@@ -13,7 +13,13 @@ LoadGen settings (the search's own, its space's `serving:` section, unless `--mi
 per service is its median over rounds.
 
     .venv/bin/python benchmarks/serve_tuning.py OUTPUT_DIR [--rounds 1] [--waits-ms 2,5,10]
-        [--layouts 1x2,2x1] [--batches 2,4,8]
+        [--layouts 1x2,2x1] [--batches 2,4,8] [--at-qps 12.2,15.9]
+
+`--at-qps`: instead of each service's own bisection, run each at these fixed target rates,
+lowest first, until one misses the bound; a service's figure is the highest rate it met
+(0: none). With the default service's QPS at the bound and 1.3x it, this says whether any
+service of the grid beats the default service at all, and by the issue's margin, at a cost
+of about one LoadGen run per service.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-queries", type=int, help="LoadGen's fewest queries per run (default: the search's)")
     p.add_argument("--max-steps", type=int, help="target rates per service (default: the search's)")
+    p.add_argument("--at-qps", help="fixed target rates, comma-separated (server scenario; see above)")
     a = p.parse_args()
     service_env()
     measurement_env()
@@ -82,16 +89,23 @@ def main() -> None:
     print(f"{len(services)} services x {a.rounds} round(s), scenario {settings.scenario}, "
           f"p99 <= {settings.latency_bound_ms:g} ms, LoadGen >= {settings.duration_s:g} s and >= "
           f"{settings.min_queries} queries per run, <= {settings.max_steps} rates per service", flush=True)  # fmt: skip
+    rates = sorted(float(q) for q in a.at_qps.split(",")) if a.at_qps else [None]
     for r in range(a.rounds):
         order = list(services)
         rng.shuffle(order)
         for n in order:
-            m = measure_service(services[n], f"{n}-{r}", port, settings, logs / f"{n}-{r}", lambda s: None)
-            figures[n].append(m.objective())
-            res = m.outcome.result
-            p99[n].append(res.p99_ms if res else float("nan"))
-            tried = ", ".join(f"{s.target_qps:.1f} QPS: p99 {s.p99_ms:.1f} ms" for s in m.outcome.steps)
-            print(f"  round {r + 1} {n:22s} {m.objective():7.1f}  p99 {p99[n][-1]:6.1f} ms  [{tried}]  "
+            best, best_p99, tried = 0.0, float("nan"), []
+            for i, q in enumerate(rates):
+                m = measure_service(services[n], f"{n}-{r}-{i}", port, settings, logs / f"{n}-{r}-{i}", lambda s: None,
+                                    target_qps=q)  # fmt: skip
+                tried += [f"{s.target_qps:.1f} QPS: p99 {s.p99_ms:.1f} ms"
+                          f"{'' if s.n_failed == 0 else f', {s.n_failed} failed'}" for s in m.outcome.steps]
+                if m.objective() <= 0:
+                    break
+                best, best_p99 = (q or m.objective()), m.outcome.result.p99_ms if m.outcome.result else float("nan")
+            figures[n].append(best)
+            p99[n].append(best_p99)
+            print(f"  round {r + 1} {n:22s} {best:7.1f}  p99 {best_p99:6.1f} ms  [{'; '.join(tried)}]  "
                   f"({services[n].summary})", flush=True)  # fmt: skip
     ray.shutdown()
     med = {n: statistics.median(v) for n, v in figures.items()}

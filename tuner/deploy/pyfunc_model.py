@@ -135,9 +135,25 @@ def _torch(load: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[st
 
 
 def _aoti(path: str, cfg: dict[str, Any]) -> Any:
+    """The package's runner. torch's loader unpacks the package into a new
+    `$TMPDIR/aotinductor_XXXXXX` folder and leaves it there (about a model's weights on disk
+    for every load). It unpacks into a folder of ours instead, removed once the runner is
+    built: its shared object stays mapped, and its weights are in memory."""
+    import os
+    import tempfile
+
     import torch._inductor
 
-    return torch._inductor.aoti_load_package(path)
+    with tempfile.TemporaryDirectory(prefix="tuner-aoti-") as tmp:
+        before = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = tmp  # read by the C++ loader (std::filesystem::temp_directory_path)
+        try:
+            return torch._inductor.aoti_load_package(path)
+        finally:
+            if before is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = before
 
 
 def _exported(path: str, cfg: dict[str, Any]) -> Any:

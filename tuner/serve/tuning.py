@@ -203,11 +203,11 @@ class Measured:
 
 def measure_service(
     spec: ServeSpec, name: str, port: int, s: ServingSettings, log_root: Path, say: Callable[[str], None],
-    nodes: dict[str, str] | None = None,
+    nodes: dict[str, str] | None = None, target_qps: float | None = None,
 ) -> Measured:  # fmt: skip
     """Deploy `spec` as the Serve application `name` (Serve is started already, on `port`;
     `nodes`: a Ray label selector for the replicas' nodes), run the scenario of `s` against
-    it, delete it."""
+    it (server: at `target_qps` alone when given, else the bisection), delete it."""
     import ray
     from ray import serve
     from ray.serve.api import RunTarget
@@ -231,7 +231,7 @@ def measure_service(
         t = LoadTest(url=url, scenarios=(s.scenario,), request=s.request, latency_bound_ms=s.latency_bound_ms,
                      duration_s=s.duration_s, min_queries=s.min_queries,
                      concurrency=spec.replicas * spec.max_ongoing_requests, max_steps=s.max_steps,
-                     empty=False)  # fmt: skip
+                     target_qps=target_qps, empty=False)  # fmt: skip
         bodies, _ = make_bodies(t.request, t.samples, spec.input_shape)
         outcome = run_load_test(t, bodies, log_root, say, None)[0]
         return Measured(outcome, deployed - started, time.perf_counter() - deployed)
