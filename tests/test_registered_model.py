@@ -120,7 +120,8 @@ def test_each_artifact_loads_without_tuner_and_reproduces_the_variant(registered
     x = torch.from_numpy(np.load(folder / "x.npy"))
     jobs = [(f"models:/{NAME}/{version}", str(folder / "x.npy"), str(folder / f"out-{version}.npy"))
             for _, _, version, _ in versions.values()]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": ""}
+    (folder / "tmp").mkdir(exist_ok=True)  # MLflow's downloads go there, not to /tmp
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": "", "TMPDIR": str(folder / "tmp")}
     r = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_TUNER, json.dumps(jobs)], env=env, capture_output=True,
                        text=True, timeout=600, cwd=folder)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -159,11 +159,11 @@ def test_concurrent_images_are_batched_and_answered_as_one_at_a_time(service):
         assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want], abs=1e-4)
 
 
-def test_tensor_and_json_requests_give_the_models_outputs(service, request):
+def test_tensor_and_json_requests_give_the_models_outputs(service, request, tmp_path):
     url, _, (folder, uri, ref, versions) = service
     use_store(request, uri)
     x = np.load(folder / "x.npy")
-    want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, 0)}").predict(x)
+    want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, 0)}", dst_path=str(tmp_path)).predict(x)
     status, headers, body = post(url, _npy(x), "application/x-npy", accept="application/x-npy")
     assert status == 200 and headers["content-type"] == "application/x-npy"
     assert np.allclose(np.load(io.BytesIO(body)), want, rtol=1e-4, atol=1e-5)
@@ -216,12 +216,14 @@ def test_overload_is_refused_with_503_and_a_retry_hint_never_failed(service):
     assert all(h.get("retry-after") == "1" for status, h, _ in answers if status == 503)
 
 
-def test_each_artifact_kind_is_served(service, request):
+def test_each_artifact_kind_is_served(service, request, tmp_path):
     _, kinds, (folder, uri, ref, versions) = service
     use_store(request, uri)
     x = np.load(folder / "x.npy")
     for (kind, url), index in zip(kinds.items(), (0, 1, 2, 4, 5), strict=True):
-        want = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, index)}").predict(x)
+        (tmp_path / kind).mkdir()
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}/{_version(versions, index)}", dst_path=str(tmp_path / kind))
+        want = model.predict(x)
         status, _, body = post(url, _npy(x), "application/x-npy", accept="application/x-npy")
         assert status == 200, (kind, body[:300])
         assert np.allclose(np.load(io.BytesIO(body)), want, rtol=1e-4, atol=1e-5), kind

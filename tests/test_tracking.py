@@ -164,7 +164,7 @@ def test_pareto_plots_and_description_for_reviewers(logged_search):
 
 
 @pytest.mark.slow  # logged_search: a whole search's records (about ten measurements)
-def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search, request):
+def test_recommended_model_is_registered_and_reproduces_the_variant(logged_search, request, tmp_path):
     import mlflow.pyfunc
 
     from tuner.build import build
@@ -179,7 +179,7 @@ def test_recommended_model_is_registered_and_reproduces_the_variant(logged_searc
     assert version.run_id == parent
     tags = client.get_run(parent).data.tags
     assert tags["tuner.registered_model"] == f"{name}/{version.version}"
-    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate", dst_path=str(tmp_path))
     variant = variant_of(outcome.recommended)
     x = ref.data.inputs[: variant.batch_size]
     got = torch.as_tensor(model.predict(x.numpy()))

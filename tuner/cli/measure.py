@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from typing import Any
 
 import yaml
@@ -103,28 +104,29 @@ def _run_registered(args: argparse.Namespace) -> int:
     from tuner.trial.evaluate import TrialSettings, evaluate
 
     uri = args.model_uri
-    local, config = download(uri, absolute_uri(args.tracking_uri or default_tracking_uri()))
-    try:
-        variant = Variant.from_dict(config["variant"])
-    except TunerError as e:
-        raise ConfigError(f"--model-uri {uri}: its variant is not one this tuner knows: {e}") from None
-    if args.model and args.model != config["model"]:
-        raise ConfigError(f"--model-uri {uri}: the model is `{config['model']}`, not `{args.model}`")
-    _check_threads(variant, f"--model-uri {uri}")
-    pin_threads(variant.threads)  # before the artifact loads: inter-op threads are set before any parallel work
-    loaded = load(uri, local)
-    args.model = config["model"]
-    space, _ = load_space(args)
-    spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
-    ref = reference_for(spec, space.eval, args.data)
-    settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()))
-    result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
-    extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
-    confirmed = config.get("confirmed_p50_ms")
-    if confirmed and result.status is TrialStatus.OK:
-        extra.update(registered_confirmed_p50_ms=confirmed,
-                     p50_vs_confirmed=result.to_dict()["latency_p50_ms"] / confirmed)  # fmt: skip
-    return _print(args, variant, result, ref, extra)
+    with tempfile.TemporaryDirectory(prefix="tuner-model-") as tmp:  # the downloaded model, removed after
+        local, config = download(uri, absolute_uri(args.tracking_uri or default_tracking_uri()), tmp)
+        try:
+            variant = Variant.from_dict(config["variant"])
+        except TunerError as e:
+            raise ConfigError(f"--model-uri {uri}: its variant is not one this tuner knows: {e}") from None
+        if args.model and args.model != config["model"]:
+            raise ConfigError(f"--model-uri {uri}: the model is `{config['model']}`, not `{args.model}`")
+        _check_threads(variant, f"--model-uri {uri}")
+        pin_threads(variant.threads)  # before the artifact loads: inter-op threads are set before any parallel work
+        loaded = load(uri, local)
+        args.model = config["model"]
+        space, _ = load_space(args)
+        spec = resolve_weights(ModelSpec(config["model"], args.weights or config["weights"], config.get("seed") or 0))
+        ref = reference_for(spec, space.eval, args.data)
+        settings = TrialSettings(space.timing, space.eval.screen_min_cosine, ceiling_for(detect()))
+        result = evaluate(variant, ref, settings, builder=lambda _module: registered_variant(variant, loaded, local))
+        extra: dict[str, Any] = {"model_uri": uri, "artifact": config["artifact"]}
+        confirmed = config.get("confirmed_p50_ms")
+        if confirmed and result.status is TrialStatus.OK:
+            extra.update(registered_confirmed_p50_ms=confirmed,
+                         p50_vs_confirmed=result.to_dict()["latency_p50_ms"] / confirmed)  # fmt: skip
+        return _print(args, variant, result, ref, extra)
 
 
 def _read_variant(args: argparse.Namespace) -> tuple[Variant, dict]:

@@ -151,10 +151,13 @@ def _float(v: Any) -> float | None:
 
 
 def _check(uri: str, native: Native) -> str:
-    """The registered model, loaded through MLflow, against the built variant's outputs."""
+    """The registered model, loaded through MLflow, against the built variant's outputs. It is
+    downloaded into a folder of ours, removed after (MLflow's own would be left in /tmp)."""
     import mlflow.pyfunc
 
-    got = torch.from_numpy(np.asarray(mlflow.pyfunc.load_model(uri).predict(native.example.numpy())))
+    with tempfile.TemporaryDirectory(prefix="tuner-check-") as tmp:
+        loaded = mlflow.pyfunc.load_model(uri, dst_path=tmp)
+        got = torch.from_numpy(np.asarray(loaded.predict(native.example.numpy())))
     diff = float((got - native.outputs).abs().max())
     scale = float(native.outputs.abs().max()) or 1.0
     verdict = "same outputs" if diff <= 1e-3 * scale + 1e-4 else "OUTPUTS DIFFER"

@@ -12,15 +12,16 @@ from tuner.core.variant import Variant
 from tuner.tracking.store import fluent_uri
 
 
-def download(uri: str, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
-    """The model's files (local) and the loader's config; errors name the URI."""
+def download(uri: str, tracking_uri: str, dst: str) -> tuple[Path, dict[str, Any]]:
+    """The model's files, in the folder `dst` (the caller's, which it removes: MLflow's own
+    temporary folder would be left behind), and the loader's config; errors name the URI."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     try:
         with fluent_uri(tracking_uri):  # a models:/ URI resolves through the process-wide registry URI
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
         flavor = Model.load(str(local)).flavors.get("python_function", {})
     except (MlflowException, OSError) as e:
         raise ConfigError(f"--model-uri {uri}: no such model: {one_line(e)}") from None
