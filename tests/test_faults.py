@@ -1,7 +1,7 @@
 """Faults, caused for real (docs/errors-faults.md): a variant that fails to build (a model FX
 cannot trace), a trial that raises, aborts its process, hangs or eats memory; SIGINT/SIGTERM
 to the driver and `--resume`; an MLflow server that stops mid-search and `report --sync`; a
-search in which every trial fails; two searches on one sqlite store. Each test checks the
+search in which every trial fails, after another on the same sqlite store. Each test checks the
 statuses, the MLflow records, the files and the exit code.
 
 Faults come from the test-only `inject_faults:` knob of the space file, in the trial's own
@@ -84,23 +84,6 @@ def test_every_kind_of_trial_fault_is_recorded_and_the_search_goes_on(tmp_path):
     abort_tb = client.download_artifacts(by_bs[4].info.run_id, "traceback.txt", str(tmp_path))
     assert "Fatal Python error: Aborted" in Path(abort_tb).read_text()  # the native crash's own report
     assert "1 x timeout" in parent.data.tags["tuner.failures"]
-
-
-def test_a_search_in_which_every_trial_fails(tmp_path):
-    space = write_space(
-        tmp_path / "space.yaml",
-        dimensions={**ONE_CONFIG, "batch_size": [1, 2, 4]},
-        search={"trials": 3},
-        inject_faults=[{"when": {}, "action": "raise"}],
-    )
-    r = tuner("search", MODEL, "--space", str(space), "--weights", "random", "--output", "out", cwd=tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr  # ran, but nothing to recommend
-    assert "3 trial(s) not ok:" in r.stdout and "3 x error: RuntimeError: injected fault: raise" in r.stdout
-    assert "no recommendation: no trial finished ok" in r.stdout
-    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert parent.info.status == "FAILED" and parent.data.tags["tuner.status"] == "no_result"
-    assert parent.data.tags["tuner.failures"].startswith("3 x error: RuntimeError: injected fault")
-    assert len(children) == 3 and {c.data.tags["tuner.status"] for c in children} == {"error"}
 
 
 def stopped(tmp_path: Path, cmd: list[str], sig: signal.Signals, when: Callable[[str], bool], log: str) -> str:
@@ -199,24 +182,40 @@ def test_tracking_server_that_stops_mid_search_then_sync(tmp_path):
         assert synced["mlflow_run_id"].notna().all()
 
 
-def test_two_searches_on_one_sqlite_store_take_turns(tmp_path):
-    space = write_space(tmp_path / "space.yaml", search={"trials": 1}, confirm={"finalists": 0})
+def test_two_searches_on_one_sqlite_store_take_turns_and_one_in_which_every_trial_fails(tmp_path):
+    # `a` is an ordinary search; `b`, started a second later on the same store, takes its turn
+    # (one of the two waits for the other), and every one of its trials fails: it ends
+    # without a recommendation.
+    space_a = write_space(tmp_path / "a.yaml", search={"trials": 1}, confirm={"finalists": 0})
+    space_b = write_space(
+        tmp_path / "b.yaml",
+        dimensions={**ONE_CONFIG, "batch_size": [1, 2, 4]},
+        search={"trials": 3},
+        inject_faults=[{"when": {}, "action": "raise"}],
+    )
     procs = []
-    for name in ("a", "b"):
+    for name, space in (("a", space_a), ("b", space_b)):
         cmd = [sys.executable, "-m", "tuner", "search", MODEL, "--space", str(space), "--weights", "random",
                "--output", name]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=tuner_env(tmp_path), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))  # fmt: skip
         time.sleep(1)
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum("another search is using" in o for o in outs) == 1, outs  # the second one waited
+    a, b = (p.communicate(timeout=600)[0] for p in procs)
+    assert [p.returncode for p in procs] == [0, 1], (a, b)  # b ran, but has nothing to recommend
+    assert ("another search is using" in a) + ("another search is using" in b) == 1, (a, b)  # one waited
+    assert "3 trial(s) not ok:" in b and "3 x error: RuntimeError: injected fault: raise" in b
+    assert "no recommendation: no trial finished ok" in b
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(f"tuner/{MODEL}")
-    parents = client.search_runs([exp.experiment_id], "tags.`tuner.kind` = 'search'")
-    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    for p in parents:
-        kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
-        assert len(kids) == 1
-
-
+    parents = {p.data.tags["tuner.output"]: p for p in client.search_runs([exp.experiment_id],
+                                                                          "tags.`tuner.kind` = 'search'")}
+    assert len(parents) == 2
+    pa, pb = parents[str(tmp_path / "a")], parents[str(tmp_path / "b")]
+    assert pa.info.status == "FINISHED"
+    assert pb.info.status == "FAILED" and pb.data.tags["tuner.status"] == "no_result"
+    assert pb.data.tags["tuner.failures"].startswith("3 x error: RuntimeError: injected fault")
+    kids = {n: client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+            for n, p in (("a", pa), ("b", pb))}  # fmt: skip
+    assert len(kids["a"]) == 1 and len(kids["b"]) == 3
+    assert {c.data.tags["tuner.status"] for c in kids["b"]} == {"error"}

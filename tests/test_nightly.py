@@ -89,7 +89,7 @@ def nights(tmp_path_factory):
     warm-starts and finds drift, not a regression; a third where the champion alone runs
     three times as slow (a regression, exit 3). The second and third are about their
     regression checks (two rounds, as the first night's confirmation): their searches confirm
-    one finalist. Returns (work, first, second, third)
+    nothing (the champion stays). Returns (work, first, second, third)
     as (out, report, run); first's out is the resumed run, with the interrupted run's output
     as its `interrupted` attribute."""
     work = tmp_path_factory.mktemp("nightly")
@@ -97,13 +97,15 @@ def nights(tmp_path_factory):
     assert first.returncode == 0, first.stdout + first.stderr
     first.interrupted = interrupted  # type: ignore[attr-defined]
     r1, run1 = last_report(work)
-    one = {"finalists": 1, "rounds": 2}
-    uniform = {"inject_faults": [{"when": {}, "action": "slow", "factor": 2.0}], "confirm": one}  # a slower machine
+    check_only = {"finalists": 0, "rounds": 2}  # the check's rounds; no confirmation in the search
+    slower = [{"when": {}, "action": "slow", "factor": 2.0}]  # a slower machine
+    uniform = {"inject_faults": slower, "confirm": check_only}
     time.sleep(1.1)  # run folders are named by the second
     second = tuner("nightly", str(write_job(work, "slower-machine.yaml", overrides=uniform)), cwd=work)
     r2, run2 = last_report(work)
     champion = json.loads(parents(work)[-1].data.tags["tuner.champion_variant"])
-    alone = {"inject_faults": [{"when": champion, "action": "slow", "factor": 3.0}], "confirm": one}  # it regressed
+    regressed = [{"when": champion, "action": "slow", "factor": 3.0}]  # the champion alone
+    alone = {"inject_faults": regressed, "confirm": check_only}
     time.sleep(1.1)
     third = tuner("nightly", str(write_job(work, "slower-champion.yaml", overrides=alone)), cwd=work)
     r3, run3 = last_report(work)

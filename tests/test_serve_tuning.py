@@ -132,12 +132,13 @@ def test_a_nightly_job_with_the_server_scenario_measures_the_champions_service_t
     # Two nights of a job whose model names `scenario: server`: the first serves its pick (one
     # serving trial) and stores the served figures; the second's regression check measures the
     # champion's service (the alias's version, its tuned knobs) after the in-process rounds,
-    # normalised by that check's probe.
+    # normalised by that check's probe. One trial a night (the baseline): the champion is kept,
+    # and stands on the served figures of the night it was accepted.
     job = {
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "output": str(tmp_path / "runs"),
         "regression": {"threshold": 0.5, "served_threshold": 0.9},  # tiny timings: only a gross change counts
         "models": [{
-            "model": MODEL, "weights": "random", "trials": 2, "scenario": "server", "latency_bound_ms": 2000,
+            "model": MODEL, "weights": "random", "trials": 1, "scenario": "server", "latency_bound_ms": 2000,
             "overrides": {"dimensions": ONE_CONFIG, "eval": {"samples": 8, "calibration_samples": 4, "input_size": 32},
                           "timing": FAST_TIMING, "confirm": {"finalists": 1, "rounds": 1},
                           "serving": {**SERVING, "trials": 1, "variants": 1}},
@@ -167,3 +168,4 @@ def test_a_nightly_job_with_the_server_scenario_measures_the_champions_service_t
     assert "the champion's served QPS against the same probe" in out2
     assert "| served_vs_probe |" in (run2 / "nightly-report.md").read_text()
     assert list((Path(rep2["output"]) / "regression-check" / "served-1").glob("server-*/mlperf_log_summary.txt"))
+    assert champions[1] == champions[0] and rep2["champion_figures"]["served_vs_probe"] == stored["served_vs_probe"]
