@@ -202,12 +202,13 @@ def test_report_formats_and_comparison(search):
 
 def test_user_model_with_its_checkpoint_and_labeled_data_under_a_time_budget(tmp_path):
     """`module:factory` + `--weights PATH` + a labeled `--data` folder, through the CLI; the
-    time budget (0.3 min from the search's start) stops its 30 trials and keeps what finished."""
+    time budget (0.6 min from the search's start, about half of it before the first trial)
+    stops its 40 trials and keeps what finished."""
     train_small_cnn(tmp_path)
     space = write_space(
         tmp_path / "space.yaml",
-        search={"trials": 30, "time_budget_minutes": 0.3},
-        dimensions={"quantization": ["none", "static_int8"], "batch_size": [1, 2], "threads": [1]},
+        search={"trials": 40, "time_budget_minutes": 0.6},
+        dimensions={"quantization": ["none", "static_int8"], "batch_size": [1, 2, 4, 8, 16], "threads": [1]},
     )
     r = tuner("search", "tiny_models:small_cnn", "--space", str(space), "--weights", "small_cnn.pt",
               "--data", "val", "--output", "out", cwd=tmp_path)  # fmt: skip
@@ -215,8 +216,8 @@ def test_user_model_with_its_checkpoint_and_labeled_data_under_a_time_budget(tmp
     assert f"weights: file:{tmp_path / 'small_cnn.pt'}" in r.stdout
     assert f"data:    labeled folder {tmp_path / 'val'} (3 classes, mapped by integer folder names)" in r.stdout
     trials = read_trials(tmp_path / "out" / "trials.csv")
-    assert 1 <= len(trials) < 30
-    assert f"the time budget stopped the search after {len(trials)} of 30 trials" in r.stdout
+    assert 1 <= len(trials) < 40
+    assert f"the time budget stopped the search after {len(trials)} of 40 trials" in r.stdout
     assert trials["recommended"].sum() == 1
     ok = trials[trials["status"] == "ok"]
     assert (ok["quality"] == ok["top1"]).all() and ok["top5"].notna().all()
