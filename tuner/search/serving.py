@@ -109,7 +109,9 @@ def _recommended(output: Path) -> dict[str, Any]:
     return dict(yaml.safe_load((output / "recommended.yaml").read_text()) or {})
 
 
-_SERVE: dict[str, int] = {}  # the Ray cluster's GCS address -> the port its Serve listens on
+# A Ray cluster (its GCS address and the driver's node: a new `ray.init` is a new cluster,
+# as each model of a nightly job has) -> the port its Serve listens on.
+_SERVE: dict[tuple[str, str], int] = {}
 
 
 def serve_port() -> int:
@@ -124,7 +126,8 @@ def serve_port() -> int:
     from tuner.serve.app import free_port, haproxy_env
     from tuner.serve.tuning import TRIAL_ENV
 
-    cluster = ray.get_runtime_context().gcs_address
+    context = ray.get_runtime_context()
+    cluster = (context.gcs_address, context.get_node_id())
     if cluster in _SERVE:
         return _SERVE[cluster]
     port = free_port()
