@@ -177,14 +177,14 @@ def _regression_hook(
         if champion is None:
             return
         rounds = req.space.confirm.rounds
-        s = req.space.serving
-        service = " and the champion's service" if s.scenario != "single-stream" else ""
+        served = _served_fn(req, klass, hardware)
+        service = " and the champion's service" if served else ""
         say(f"regression check: the champion {champion.label}, the fp32 baseline and the machine probe, "
             f"{rounds} interleaved round(s), a fresh process each{service} ...")  # fmt: skip
         threads = max(choices["threads"])  # the search's baseline: all the threads a trial gets
         check["result"] = run_check(confirm_fn, champion, threads, rounds, ref.flops_per_item, hist.accepted,
-                                    settings.threshold, settings.drift_warning,
-                                    _served_fn(req, klass, hardware), settings.served_threshold)  # fmt: skip
+                                    settings.threshold, settings.drift_warning, served,
+                                    settings.served_threshold)  # fmt: skip
 
     return before_search
 
