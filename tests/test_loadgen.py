@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tuner.core.errors import ConfigError
 from tuner.serve import loadtest
 from tuner.serve.loadgen import RunResult, parse_summary, run_loadgen
 from tuner.serve.loadtest import LoadTest, make_bodies, run_load_test
@@ -88,7 +89,22 @@ def test_jpeg_bodies_are_real_images():
 
     bodies, label = make_bodies("jpeg", 3, (3, 224, 224))
     assert len({b.data for b in bodies}) == 3 and all(b.content_type == "image/jpeg" for b in bodies)
-    assert Image.open(io.BytesIO(bodies[0].data)).size == loadtest.JPEG_SIZE and "synthetic JPEG" in label
+    assert Image.open(io.BytesIO(bodies[0].data)).size == loadtest.JPEG_SIZE and "synthetic photo-like JPEG" in label
+    # --image-size: over a megapixel, a few distinct images sent in turn (the label says how many)
+    bodies, label = make_bodies("jpeg", 12, (3, 224, 224), size=(1920, 1080))
+    assert Image.open(io.BytesIO(bodies[0].data)).size == (1920, 1080) and len({b.data for b in bodies}) == 8
+    assert "12, 8 distinct, 1920x1080" in label
+
+
+@pytest.mark.parametrize("text, size", [("500x375", (500, 375)), ("4032X3024", (4032, 3024))])
+def test_image_size_is_read_as_width_x_height(text, size):
+    assert loadtest.image_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["500", "x375", "0x10", "500x375x3", "99999x10"])
+def test_a_bad_image_size_is_an_error_that_says_the_form(text):
+    with pytest.raises(ConfigError, match=f"--image-size {text}: expected WIDTHxHEIGHT"):
+        loadtest.image_size(text)
 
 
 def test_the_summary_is_read_as_loadgen_writes_it():

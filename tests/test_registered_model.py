@@ -60,6 +60,13 @@ def test_each_runtime_is_saved_in_its_own_form_and_described(registered, request
         assert variant.label in mv.description and "p50 ms 1 [0.9, 1.1]" in mv.description
         assert mv.tags["tuner.artifact"] == kind and mv.tags["tuner.hardware"] == "test host (fingerprint x)"
         assert mv.tags["tuner.weights"] == ref.weights_label and mv.tags["tuner.data"] == ref.data_label
+        # the fast JPEG decode's agreement, measured through the registered model on photo-like JPEGs
+        decode = {k.removeprefix("tuner.decode."): v for k, v in mv.tags.items() if k.startswith("tuner.decode.")}
+        assert decode["fast"] in ("true", "false") and decode["limit"] == "0.01", decode
+        assert decode["judged_by"] in ("top-1", "distribution") and 0 <= float(decode["agreement"]) <= 1
+        assert decode["images"].startswith("12 (12 decoded scaled): photo-like JPEGs (synthetic)"), decode
+        assert (decode["fast"] == "true") == (1 - float(decode["agreement"]) <= 0.01)
+        assert tags["tuner.decode"].startswith("fast JPEG decode against exact on 12 image(s)")
         reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{version}")).read_text().split()
         package = {"onnx": "onnxruntime", "openvino": "openvino"}.get(kind, "torch")
         assert any(r.startswith(f"{package}==") for r in reqs) and "numpy" in reqs, reqs

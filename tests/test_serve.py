@@ -85,9 +85,10 @@ async def _post_many(url: str, bodies: list[tuple[bytes, str]]) -> list[tuple[in
 
 @pytest.fixture(scope="module")
 def service(registered, tmp_path_factory):
-    """`tuner` at / (the FX int8 TorchScript pick, batches of up to 4 waiting 50 ms), one
-    application per artifact kind at /kind/<kind>, and `tight` at /tight (one request held,
-    one queued). Yields (base URL, {kind: URL}, registered)."""
+    """`tuner` at / (the FX int8 TorchScript pick, batches of up to 4 waiting 50 ms, the fast
+    JPEG decode forced), one application per artifact kind at /kind/<kind> (the decode their
+    registered agreement chose), and `tight` at /tight (one request held, one queued, the
+    exact decode forced). Yields (base URL, {kind: URL}, registered)."""
     import ray
     from ray import serve
     from ray.serve.api import RunTarget
@@ -111,7 +112,8 @@ def service(registered, tmp_path_factory):
     port = _free_port()
     try:
         main = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), threads=1, max_batch_size=4,
-                        batch_wait_timeout_s=0.05, max_ongoing_requests=16, max_queued_requests=64)  # fmt: skip
+                        batch_wait_timeout_s=0.05, max_ongoing_requests=16, max_queued_requests=64,
+                        decode="fast")  # fmt: skip
         running = start(main, None, "127.0.0.1", port)
         # The other applications are deployed together (serve.run_many): their replicas start at once.
         targets, kinds = [], {}
@@ -120,7 +122,7 @@ def service(registered, tmp_path_factory):
             targets.append(RunTarget(app_builder(spec.to_args()), name=f"kind-{kind}", route_prefix=spec.route_prefix))
             kinds[kind] = f"http://127.0.0.1:{port}/kind/{kind}"
         tight = spec_for(resolve(f"models:/{NAME}/{_version(versions, 0)}", uri), route_prefix="/tight",
-                         max_ongoing_requests=1, max_queued_requests=1)  # fmt: skip
+                         max_ongoing_requests=1, max_queued_requests=1, decode="exact")  # fmt: skip
         targets.append(RunTarget(app_builder(tight.to_args()), name="tight", route_prefix="/tight"))
         serve.run_many(targets)
         yield running.url, kinds, registered
@@ -138,6 +140,10 @@ def test_the_service_describes_itself_and_serve_answers_its_health_check(service
     doc = json.loads(urllib.request.urlopen(url, timeout=10).read())
     assert doc["input_shape"] == [3, 32, 32] and doc["classes"] == 10 and doc["artifact"] == "torchscript"
     assert doc["serving"]["max_batch_size"] == 4 and doc["preprocessing"].startswith("ImageNet convention")
+    assert doc["serving"]["decode"] == "fast" and "fast JPEG decode" in doc["preprocessing"]
+    # the artifact's first calls after the warm-up, and the registered figure they are compared with
+    assert len(doc["first_calls_ms"]) >= 10 and all(t > 0 for t in doc["first_calls_ms"])
+    assert doc["confirmed_p50_ms"] == 1.0
     health = url.split("/", 3)[:3]
     assert urllib.request.urlopen("/".join(health) + "/-/healthz", timeout=10).status == 200
 
@@ -157,6 +163,29 @@ def test_concurrent_images_are_batched_and_answered_as_one_at_a_time(service):
         want = alone[i % 6][0]
         assert [c["class"] for c in got] == [c["class"] for c in want]
         assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want], abs=1e-4)
+
+
+def test_the_decode_flag_forces_each_path_and_auto_follows_the_registered_agreement(service, request):
+    """/ forces the fast decode, /tight the exact one; a kind's application took what its
+    version's `tuner.decode.fast` tag said. The same photo's top classes agree."""
+    from tuner.inputs.images import photo_jpeg
+
+    url, kinds, (folder, uri, ref, versions) = service
+    use_store(request, uri)
+    photo = photo_jpeg(1280, 960, 0)  # shorter side 960: 1/8 still covers the resize target 37
+    answers = {}
+    for name, at in (("fast", url), ("exact", url.rstrip("/") + "/tight")):
+        status, headers, body = post(at, photo, "image/jpeg")
+        assert status == 200, body[:300]
+        answers[name] = (int(headers["x-decode-scale"]), json.loads(body)["top_k"][0])
+    assert answers["fast"][0] == 8 and answers["exact"][0] == 1
+    assert answers["fast"][1][0]["class"] == answers["exact"][1][0]["class"]
+    mv = MlflowClient(uri).get_model_version(NAME, _version(versions, 1))
+    want = "fast" if mv.tags["tuner.decode.fast"] == "true" else "exact"
+    doc = json.loads(urllib.request.urlopen(kinds["exported"], timeout=10).read())
+    assert doc["serving"]["decode"] == want
+    status, headers, _ = post(kinds["exported"], photo, "image/jpeg")
+    assert status == 200 and int(headers["x-decode-scale"]) == (8 if want == "fast" else 1)
 
 
 def test_tensor_and_json_requests_give_the_models_outputs(service, request, tmp_path):
@@ -232,7 +261,8 @@ def test_each_artifact_kind_is_served(service, request, tmp_path):
 def test_loadtest_measures_the_service_with_loadgen_and_logs_it(service, tmp_path):
     url, _, (folder, uri, ref, versions) = service
     r = tuner("loadtest", url, "--scenario", "all", "--request", "jpeg", "--qps", "20", "--duration-s", "1",
-              "--min-queries", "24", "--samples", "8", "--output", str(tmp_path / "lt"), cwd=tmp_path)  # fmt: skip
+              "--min-queries", "24", "--samples", "8", "--image-size", "640x480", "--output", str(tmp_path / "lt"),
+              cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((tmp_path / "lt" / "loadtest.json").read_text())
     runs = {s["scenario"]: s for s in doc["scenarios"]}
@@ -241,8 +271,15 @@ def test_loadtest_measures_the_service_with_loadgen_and_logs_it(service, tmp_pat
         ran = s["result"] or s["steps"][-1]
         assert ran["completed"] >= 24 and ran["failed"] == {}, ran
         assert s["empty"]["completed"] >= 24  # the empty endpoint at the same rate
+        # where each answer's time went, from the service's headers and the client's own clock
+        stages = ran["stages"]
+        assert list(stages) == ["ingress", "read", "decode", "queue", "handoff", "model", "answer"], stages
+        assert stages["model"] > 0 and stages["decode"] > 0 and stages["ingress"] > 0
     assert runs["server"]["steps"][0]["target_qps"] == 20
-    assert "synthetic JPEG" in doc["bodies"] and doc["service"]["label"]
+    assert "synthetic photo-like JPEG images (8, 8 distinct, 640x480" in doc["bodies"] and doc["service"]["label"]
+    assert "ms per answer: ingress" in r.stdout
+    picture = tmp_path / "lt" / "loadtest.png"
+    assert picture.stat().st_size > 10_000 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the MLflow run: in the model's experiment, under the search that registered the pick
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tuner/tiny_models:small_cnn")
@@ -252,7 +289,8 @@ def test_loadtest_measures_the_service_with_loadgen_and_logs_it(service, tmp_pat
     assert run.data.metrics["single_stream.completed"] >= 24 and "offline_ips" in run.data.metrics
     assert run.data.params["serve.max_batch_size"] == "4"
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
-    assert "loadtest.json" in names and "loadgen" in names
+    assert {"loadtest.json", "loadtest.png", "loadgen"} <= names
+    assert run.data.metrics["offline.stage_model_ms"] > 0
 
 
 def test_a_serving_trial_in_the_offline_scenario_deploys_measures_and_deletes_its_service(service, tmp_path):

@@ -7,6 +7,7 @@ folder of the test's."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -80,6 +81,10 @@ def test_serve_a_search_output_folder_until_ctrl_c(registered, tmp_path, env):
         text = _wait_for_line(proc, log, "Ctrl-C to stop", 240)
         assert f"POST http://127.0.0.1:{port}/" in text and f"serving {NAME}/{version}" in text
         assert "batches of up to 1 request(s)" in text and "/-/healthz" in text
+        # the first calls in a replica against the registered confirmed p50 (1.0 ms here)
+        assert re.search(r"a replica's first \d+ calls \(batch 1\): median [\d.]+ ms, [\d.]+x the registered "
+                         r"confirmed p50 1.00 ms", text), text  # fmt: skip
+        assert re.search(r"images: (fast|exact) decode \(", text), text
         doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read())
         assert doc["artifact"] == "openvino" and doc["model_uri"] == f"models:/{NAME}/{version}"
         x = json.dumps({"inputs": [[[[0.5] * 32] * 32] * 3]}).encode()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tuner.core.errors import ConfigError
+from tuner.inputs.images import ImagePrep
 from tuner.serve.payload import BadRequest, answer, check_rows, decode, kind_of, top_k_param
 from tuner.serve.source import for_serving
 from tuner.serve.spec import ServeSpec
@@ -17,9 +18,11 @@ from tuner.serve.spec import ServeSpec
 SHAPE = (3, 8, 8)
 
 
-def _preprocess(im) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """A stand-in for the weights' transforms: resize to 8x8, scale to [0, 1]."""
-    return (np.asarray(im.resize((8, 8)), dtype=np.float32) / 255).transpose(2, 0, 1)
+PREP = ImagePrep(resize=9, crop=8, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _preprocess(body: bytes) -> tuple[np.ndarray, int]:
+    return PREP(body, fast=True, max_pixels=10**6)
 
 
 def _npy(x: np.ndarray) -> bytes:
@@ -183,3 +186,38 @@ def test_a_replica_runs_its_own_threads_and_openvino_does_not_pin_cores():
     assert got["threads"] == 1 and got["session"] == {"intra_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"}
     assert got["compile"] == {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
     assert for_serving({"threads": 2}, 3) == {"threads": 3}  # a torch artifact
+
+
+def test_the_first_calls_line_compares_with_the_confirmed_p50_and_warns_over_1_2x():
+    from tuner.serve.service import first_calls
+
+    line, slow = first_calls({"first_calls_ms": [1.0, 1.1, 1.2], "artifact_batch": 4, "confirmed_p50_ms": 1.0})
+    assert not slow
+    assert line == "a replica's first 3 calls (batch 4): median 1.10 ms, 1.10x the registered confirmed p50 1.00 ms"
+    line, slow = first_calls({"first_calls_ms": [2.5] * 10, "artifact_batch": 1, "confirmed_p50_ms": 2.0})
+    assert slow and "1.25x the registered confirmed p50 2.00 ms (over 1.2x:" in line
+    line, slow = first_calls({"first_calls_ms": [3.0], "confirmed_p50_ms": None})
+    assert not slow and line.endswith("(the model carries no confirmed p50 to compare with)")
+    assert first_calls({}) == ("", False)  # a service that does not say
+
+
+@pytest.mark.parametrize(
+    "tags, flag, path, why",
+    [
+        ((), None, "exact", "carries no measured agreement"),
+        ((("fast", "true"), ("agreement", "1.0000"), ("judged_by", "top-1"), ("images", "12"), ("limit", "0.01")),
+         None, "fast", "top-1 agreement 1.0000 on 12, within the search's limit 0.01"),
+        ((("fast", "false"), ("agreement", "0.9000"), ("judged_by", "top-1"), ("images", "12"), ("limit", "0.01")),
+         "auto", "exact", "outside the search's limit 0.01"),
+        ((("fast", "false"),), "fast", "fast", "--decode fast"),
+        ((("fast", "true"),), "exact", "exact", "--decode exact"),
+    ],
+)  # fmt: skip
+def test_the_decode_path_follows_the_registered_agreement_unless_a_flag_forces_it(tags, flag, path, why):
+    from tuner.serve.source import Source, decode_for
+
+    source = Source("models:/m/1", "/x", "sqlite:///x", {}, (3, 8, 8), decode=tags)
+    got, reason = decode_for(source, flag)
+    assert got == path and why in reason
+    with pytest.raises(ConfigError, match="--decode quick: allowed: auto, fast, exact"):
+        decode_for(source, "quick")

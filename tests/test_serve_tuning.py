@@ -99,6 +99,10 @@ def test_server_search_is_interrupted_in_its_serving_stage_resumes_there_and_pub
         assert any(a.path == "loadgen" for a in client.list_artifacts(x.info.run_id))
     assert parent.info.status == "FINISHED" and "## Serving" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["serving_qps_at_bound"] == table["qps_at_bound"].max()
+    # the picture of every trial's p50/p99 against the offered QPS and of where its time went
+    assert (tmp_path / "out" / "serving.png").stat().st_size > 10_000
+    assert "serving.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert table["steps"].map(lambda t: len(json.loads(t)) >= 1).all() and (table["stage_model_ms"] > 0).all()
 
     # recommended.yaml's serving section names the winner and its registered version, whose
     # tags carry the knobs; `tuner serve OUTPUT_DIR --export` serves it with them, no flags

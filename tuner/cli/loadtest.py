@@ -11,7 +11,7 @@ from tuner.core.console import say
 from tuner.core.env import quiet_logs, service_env
 from tuner.core.errors import EXIT_OK, ConfigError
 from tuner.serve.loadgen import SCENARIOS
-from tuner.serve.loadtest import LoadTest, Outcome, describe_service, make_bodies, run_load_test
+from tuner.serve.loadtest import LoadTest, Outcome, describe_service, image_size, make_bodies, run_load_test
 from tuner.serve.results import to_json, write_json
 
 
@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     t = LoadTest(url=args.url, scenarios=scenarios, request=args.request, latency_bound_ms=args.latency_bound_ms,
                  target_qps=args.qps, duration_s=args.duration_s, min_queries=args.min_queries, samples=args.samples,
                  concurrency=args.concurrency or _admitted(service), timeout_s=args.timeout_s, max_steps=args.max_steps,
-                 empty=not args.no_empty)  # fmt: skip
+                 empty=not args.no_empty, image_size=image_size(args.image_size))  # fmt: skip
     shape = _shape(args.input_shape, service, args.url)
-    bodies, label = make_bodies(t.request, t.samples, shape)
+    bodies, label = make_bodies(t.request, t.samples, shape, size=t.image_size)
     out = (args.output or Path("tuner-loadtests") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     what = f"{service['label']} ({service['model_uri']})" if service else "a server that does not describe itself"
@@ -38,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     outcomes = run_load_test(t, bodies, out, say, empty_url)
     doc = to_json(t, outcomes, label, service)
     write_json(out / "loadtest.json", doc)
+    from tuner.serve.plot import curve, draw
+
+    picture = draw([curve(service["label"] if service else args.url, outcomes)], t.latency_bound_ms,
+                   out / "loadtest.png", f"load test of {what}; {label}")  # fmt: skip
     say("")
     for o in outcomes:
         say(f"{o.scenario:13s} {o.headline(t.latency_bound_ms)}")
-    say(f"results: {out / 'loadtest.json'}")
+    say(f"results: {out / 'loadtest.json'}, the picture: {picture}")
     if not args.no_mlflow:
         _log(args, t, outcomes, doc, out, service)
     return EXIT_OK

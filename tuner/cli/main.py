@@ -43,6 +43,9 @@ def _search(sub: Any) -> None:
         "are served under Ray Serve, measured with LoadGen (docs/serving.md)",
     )
     s.add_argument("--latency-bound-ms", type=float, metavar="MS", help="server: the p99 bound (space default: 50)")
+    s.add_argument(
+        "--image-size", metavar="WxH", help="serving search with JPEG requests: the images' size (default 500x375)"
+    )
     _add_model_args(s)
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default: tuner/<model>)")
@@ -150,6 +153,12 @@ def _serve(sub: Any) -> None:
         choices=["haproxy", "proxy"],
         help="haproxy (default): Ray Serve's HAProxy in front of replicas that take HTTP; proxy: its Python proxy",
     )
+    v.add_argument(
+        "--decode",
+        choices=["auto", "fast", "exact"],
+        help="JPEG decode: fast (at a reduced DCT scale), exact (full size, as the search), or auto (default): fast "
+        "only where the registered model's measured agreement met the search's accuracy limit",
+    )
     v.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on (default: a local Ray)")
     v.add_argument(
         "--export",
@@ -176,6 +185,12 @@ def _loadtest(sub: Any) -> None:
     t.add_argument("--duration-s", type=float, default=10.0, metavar="S", help="each LoadGen run, at least (10)")
     t.add_argument("--min-queries", type=int, default=500, help="each LoadGen run, at least (500)")
     t.add_argument("--samples", type=int, default=64, help="distinct request bodies (64)")
+    t.add_argument(
+        "--image-size",
+        default="500x375",
+        metavar="WxH",
+        help="--request jpeg: the images' size in pixels (default 500x375; e.g. 1920x1080, 4032x3024)",
+    )
     t.add_argument(
         "--concurrency",
         type=int,

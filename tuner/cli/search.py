@@ -38,7 +38,7 @@ def _new(args: argparse.Namespace) -> SearchRequest:
     space, path = load_space(args, trials=args.trials, time_budget_minutes=args.time_budget, objective=args.objective)
     space = space.with_overrides(
         constraints={"max_accuracy_drop": args.max_accuracy_drop, "max_latency_ms": args.max_latency_ms},
-        serving={"scenario": args.scenario, "latency_bound_ms": args.latency_bound_ms},
+        serving={"scenario": args.scenario, "latency_bound_ms": args.latency_bound_ms, "image_size": args.image_size},
     )
     output = args.output or Path("tuner-results") / f"{safe_name(args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     output = output.resolve()
@@ -99,6 +99,7 @@ def _given_and_saved(args: argparse.Namespace, req: SearchRequest) -> list[tuple
         ("--eval-samples", args.eval_samples, sp.eval.samples),
         ("--scenario", args.scenario, sp.serving.scenario),
         ("--latency-bound-ms", args.latency_bound_ms, sp.serving.latency_bound_ms),
+        ("--image-size", args.image_size, sp.serving.image_size),
         ("--data", str(Path(args.data).resolve()) if args.data else None, req.data),
         ("--weights", normalise_weights(args.weights) if args.weights else None, req.weights),
         ("--seed", args.seed, req.seed),

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     service_env()  # before Ray and MLflow are imported: both read these when imported
     measurement_env()  # replicas at nice 0, not Ray's 15 (DESIGN.md §7)
     quiet_logs()
-    from tuner.serve.source import resolve, spec_for
+    from tuner.serve.source import decode_for, resolve, spec_for
 
     source = resolve(args.model_uri, args.tracking_uri or default_tracking_uri())
     spec = spec_for(
@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         route_prefix=args.route_prefix,
         ingress=args.ingress,
+        decode=args.decode,
     )
     title = source.registered or source.uri
+    say(f"images: {spec.decode} decode ({decode_for(source, args.decode)[1]})")
     if spec.artifact == "aoti" and spec.threads != int(source.config.get("threads", spec.threads)):
         say(f"note: the AOTInductor package was compiled for {source.config['threads']} thread(s); "
             f"--threads {spec.threads} sets only the CPUs Ray reserves for each replica")  # fmt: skip

@@ -193,6 +193,10 @@ class ServingSettings(Strict):
         default=[1, 2, 4], min_length=1, description="max_ongoing_requests per replica, as multiples of the batch"
     )
     request: Literal["npy", "jpeg"] = Field(default="npy", description="what the load generator sends")
+    image_size: str = Field(
+        default="500x375", pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$",
+        description="request: jpeg: the images' WIDTHxHEIGHT in pixels (`--image-size`)",
+    )  # fmt: skip
     duration_s: float = Field(default=4.0, gt=0, description="LoadGen's shortest run, per target QPS")
     min_queries: int = Field(default=300, ge=1, description="LoadGen's fewest queries per run (p99: several hundred)")
     max_steps: int = Field(default=4, ge=1, description="server: target QPS tried per trial (a bisection)")
@@ -268,4 +272,5 @@ FLAG_OF_KEY = {
     "eval.samples": "--eval-samples",
     "serving.scenario": "--scenario",
     "serving.latency_bound_ms": "--latency-bound-ms",
+    "serving.image_size": "--image-size",
 }

@@ -11,7 +11,10 @@ data labels.
 
 After logging, the model is loaded back through MLflow and its outputs compared with the
 built variant's (`tuner.model_check` on the parent run): a model that does not reproduce
-what was measured is reported, not hidden.
+what was measured is reported, not hidden. The same loaded model measures how far the
+service's fast JPEG decode moves its outputs (inputs/images.py), on the search's own images
+(`--data`) or, without them, on photo-like JPEGs of several sizes: the version's
+`tuner.decode.*` tags, which `tuner serve` reads to choose its decode path.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tuner.core.errors import VariantUnsupported, one_line
 from tuner.core.schema import confirmed
 from tuner.core.variant import Variant
 from tuner.deploy.native import Native, save_native
+from tuner.inputs.images import PHOTO_SIZES, Agreement, ImagePrep, measure_agreement, photo_set
 from tuner.inputs.reference import Reference
 from tuner.tracking.store import Tracker, fluent_uri, registered_name
 
@@ -60,9 +64,11 @@ def log_and_register(
     model: str,
     hardware: str,
     hardware_class: str = "",
+    max_drop: float = 0.01,
 ) -> dict[str, str]:
     """Save, log under the parent run, register as `tuner-<model>` @ candidate, describe the
-    version, load it back and compare. Returns tags for the parent run."""
+    version, load it back and compare, measure the fast decode's agreement against
+    `max_drop` (the search's accuracy limit). Returns tags for the parent run."""
     name = registered_name(model)
     # The build, the load-back and the profile run in the driver: its torch settings are kept.
     with fluent_uri(tracker.uri), torch_settings_kept(), tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
@@ -71,7 +77,7 @@ def log_and_register(
         size_mb = native.size_mb
         version = str(info.registered_model_version)
         tracker.set_alias(name, "candidate", version)
-        check = _check(info.model_uri, native)
+        check, agreement = _check(info.model_uri, native, ref, model)
         prof = _profile(native, Path(tmp) / "profile", tracker, str(row.get("mlflow_run_id") or ""))
     description = (
         f"{variant.label}: {native.how}.\n\nConfirmed on {hardware}: {confirmed_text(row)}.\n\n"
@@ -82,8 +88,10 @@ def log_and_register(
         "tuner.variant": variant.label, "tuner.artifact": native.config["artifact"], "tuner.hardware": hardware,
         "tuner.confirmed": confirmed_text(row), "tuner.weights": ref.weights_label, "tuner.data": ref.data_label,
         "tuner.search_run": parent_id, **({"tuner.hardware_class": hardware_class} if hardware_class else {}),
+        **(agreement.tags(max_drop) if agreement else {}),
     })  # fmt: skip
     return {
+        **({"tuner.decode": agreement.text(max_drop)} if agreement else {}),
         "tuner.model_uri": info.model_uri,
         "tuner.registered_model": f"{name}/{version}",
         "tuner.model_export": native.how,
@@ -150,18 +158,39 @@ def _float(v: Any) -> float | None:
     return float(v) if v is not None and pd.notna(v) else None
 
 
-def _check(uri: str, native: Native) -> str:
-    """The registered model, loaded through MLflow, against the built variant's outputs. It is
-    downloaded into a folder of ours, removed after (MLflow's own would be left in /tmp)."""
+def _check(uri: str, native: Native, ref: Reference, model: str) -> tuple[str, Agreement | None]:
+    """The registered model, loaded through MLflow, against the built variant's outputs; and
+    the fast decode's agreement measured with it (None for a model that takes no 3-channel
+    images). It is downloaded into a folder of ours, removed after (MLflow's own would be
+    left in /tmp)."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory(prefix="tuner-check-") as tmp:
         loaded = mlflow.pyfunc.load_model(uri, dst_path=tmp)
         got = torch.from_numpy(np.asarray(loaded.predict(native.example.numpy())))
+        agreement = decode_agreement(loaded.predict, ref, model)
     diff = float((got - native.outputs).abs().max())
     scale = float(native.outputs.abs().max()) or 1.0
     verdict = "same outputs" if diff <= 1e-3 * scale + 1e-4 else "OUTPUTS DIFFER"
-    return f"{verdict} as the built variant (max |diff| {diff:.3g} on {len(native.example)} inputs)"
+    return f"{verdict} as the built variant (max |diff| {diff:.3g} on {len(native.example)} inputs)", agreement
+
+
+def decode_agreement(predict: Any, ref: Reference, model: str) -> Agreement | None:
+    """The fast decode against the exact one (inputs/images.py), through `predict`: on the
+    search's image files where it had them (`--data`), else on photo-like JPEGs."""
+    from tuner.inputs.models import image_preprocessing
+
+    if ref.shape[0] != 3:
+        return None
+    prep = ImagePrep.of(image_preprocessing(model, ref.spec.weights, ref.shape[1])[0])
+    files = ref.data.eval_files or []
+    if files:
+        images = [Path(f).read_bytes() for f in files]
+        where = f"the search's {len(images)} --data image(s)"
+    else:
+        images = photo_set()
+        where = "photo-like JPEGs (synthetic), " + ", ".join(f"{w}x{h}" for w, h in PHOTO_SIZES)
+    return measure_agreement(prep, images, predict, where)
 
 
 def register_recommended(
@@ -172,6 +201,7 @@ def register_recommended(
     tracker: Tracker,
     hardware: str,
     hardware_class: str = "",
+    max_drop: float = 0.01,
 ) -> dict[str, str]:
     """Log the recommended row's variant as an MLflow model and register it; the parent
     run's tags say how it went. A variant that cannot be exported costs the search nothing
@@ -184,12 +214,15 @@ def register_recommended(
         return {"tuner.model_export": "skipped: the MLflow store was unreachable"}
     say("saving the recommended variant in its runtime's own form and registering it ...")
     try:
-        tags = log_and_register(rec, variant_of(rec), ref, tracker, parent_id, model, hardware, hardware_class)
+        tags = log_and_register(rec, variant_of(rec), ref, tracker, parent_id, model, hardware, hardware_class,
+                                max_drop)  # fmt: skip
     except (VariantUnsupported, RuntimeError, MlflowException, OSError, ImportError) as e:
         say(f"warning: the recommended model was not logged: {one_line(e)}")
         return {"tuner.model_export": f"failed: {one_line(e)}"}
     say(f"model:   {tags['tuner.model_uri']} registered as {tags['tuner.registered_model']} (alias candidate)")
     say(f"         {tags['tuner.model_artifact']}: {tags['tuner.model_export']}; {tags['tuner.model_check']}")
+    if "tuner.decode" in tags:
+        say(f"         {tags['tuner.decode']}")
     if "tuner.profile_top" in tags:
         say(f"         where its time goes (profile on the recommended trial's run): {tags['tuner.profile_top']}")
     return tags

@@ -157,7 +157,7 @@ def register_pick(recommended: pd.Series, end: Finished) -> dict[str, str]:
             f" class {req.hardware}; a compiled artifact (AOTInductor's .pt2) may need rebuilding there"
         )
     tags.update(register_recommended(recommended, end.ref, end.parent_id, req.model, end.tracker, hardware,
-                                     req.hardware or ""))  # fmt: skip
+                                     req.hardware or "", req.space.constraints.max_accuracy_drop))  # fmt: skip
     if "tuner.registered_model" in tags:  # what `tuner serve OUTPUT_DIR` serves
         tables.note_registered(req.output, tags["tuner.registered_model"])
     return tags

@@ -151,6 +151,7 @@ def serving_trial(
     (serve/tuning.py). Whatever goes wrong in it is this trial's failure, not the search's."""
     from ray import tune
 
+    from tuner.serve.plot import steps_of
     from tuner.serve.tuning import measure_service
 
     s = ServingSettings(**settings)
@@ -164,7 +165,8 @@ def serving_trial(
         tune.report({"status": "failed", "error": one_line(e), "objective": 0.0})
         return
     tune.report({"status": "ok", "error": "", "objective": m.objective(), **m.figures(s.latency_bound_ms),
-                 "log_dir": str(log_root), "replica_nodes": m.replica_nodes()})  # fmt: skip
+                 "log_dir": str(log_root), "replica_nodes": m.replica_nodes(),
+                 "steps": json.dumps(steps_of(m.outcome))})  # fmt: skip
 
 
 class ServingRecorder:
@@ -186,7 +188,8 @@ class ServingRecorder:
                                  "time_since_restore", "iterations_since_restore")}  # fmt: skip
         row = {"trial": n, **point, "label": cand.label, "model_uri": cand.model_uri, **knobs(point),
                "status": result.get("status", "failed"), "error": result.get("error", ""),
-               "replica_nodes": result.get("replica_nodes", ""), **figures}  # fmt: skip
+               "replica_nodes": result.get("replica_nodes", ""), "steps": result.get("steps", "[]"),
+               **figures}  # fmt: skip
         params = {"variant": cand.label, "model_uri": cand.model_uri, "scenario": s.scenario,
                   "latency_bound_ms": s.latency_bound_ms, **knobs(point),
                   **{f"loadgen.{k}": getattr(s, k) for k in ("request", "duration_s", "min_queries", "max_steps")}}

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,6 +47,8 @@ def publish_serving(
     s = req.space.serving
     if table.empty:
         return ServingOutcome(table, None, False, "no serving trial finished")
+    if draw_serving(table, req) is not None:
+        tracker.log_artifacts(parent_id, req.output, ["serving.png"])
     ok = table[table["status"].eq("ok") & (table["objective"] > 0)]
     default = _default_row(table, cands[0])
     if ok.empty:
@@ -84,6 +88,26 @@ def publish_serving(
         f"`python -m tuner serve models:/{version}` (or the output folder)")  # fmt: skip
     say(f"  Ray Serve config and KubeRay RayService: {req.output / 'serving'}")
     return ServingOutcome(table, w, True, why)
+
+
+def draw_serving(table: pd.DataFrame, req: SearchRequest) -> Path | None:
+    """serving.png beside serving.csv (serve/plot.py): each ok trial's latency against the
+    offered QPS, and where its answers' time went. None when no trial is ok."""
+    from tuner.serve.plot import Curve, draw
+
+    s = req.space.serving
+    curves = []
+    for _, r in table[table["status"].eq("ok")].iterrows():
+        steps = [tuple(x) for x in json.loads(str(r.get("steps") or "[]"))] if pd.notna(r.get("steps")) else []
+        stages = {k.removeprefix("stage_").removesuffix("_ms"): float(r[k]) for k in r.index
+                  if str(k).startswith("stage_") and pd.notna(r[k])}  # fmt: skip
+        offline = float(r["offline_ips"]) if "offline_ips" in r and pd.notna(r["offline_ips"]) else None
+        label = f"{int(r['trial'])}: {_knobs_text(r)}"
+        curves.append(Curve(label, steps, offline, {s.scenario: stages} if stages else {}))
+    if not curves:
+        return None
+    title = f"serving search of {req.model} ({s.scenario}, {s.request} requests): {len(curves)} ok trial(s)"
+    return draw(curves, s.latency_bound_ms, req.output / "serving.png", title)
 
 
 _FIGURES = ("objective", "qps_at_bound", "offline_ips", "p50_ms", "p90_ms", "p99_ms", "batch_requests_mean",

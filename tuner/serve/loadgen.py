@@ -16,7 +16,9 @@ and a run with any is not a result (`RunResult.meets_bound`).
 
 The figures are LoadGen's own (mlperf_log_summary.txt). Beside them: what this process (the
 generator) cost in cores, and what the service said of each answer (X-Batch-Requests,
-X-Preprocess-Ms, X-Infer-Ms and X-Replica-Node headers of `tuner serve`).
+X-Replica-Node and the timing headers of `tuner serve`), from which each answer's time is
+split into STAGES: `ingress` is the client's own latency less the replica's (`X-Replica-Ms`):
+the generator, HAProxy and the connection; the others are the replica's own figures.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("single-stream", "offline", "server")
+# Where an answer's time goes, in the order it is spent (app.py's headers), and what each is.
+STAGES = {
+    "ingress": "the client's latency less the replica's: the generator, HAProxy (and its queue), the connection",
+    "read": "the replica reads the body and parses the request",
+    "decode": "decoding and preprocessing (X-Preprocess-Ms)",
+    "queue": "waiting for a batch to fill and start (X-Queue-Ms)",
+    "handoff": "the batch to the inference thread and back (X-Handoff-Ms)",
+    "model": "the model call (X-Infer-Ms)",
+    "answer": "building the answer (X-Answer-Ms)",
+}
+_HEADERS = {"read": "X-Read-Ms", "decode": "X-Preprocess-Ms", "queue": "X-Queue-Ms", "handoff": "X-Handoff-Ms",
+            "model": "X-Infer-Ms", "answer": "X-Answer-Ms"}  # fmt: skip
 SERVER_LONGEST_S = 30.0  # the order a load test runs them: each sizes the next
 
 
@@ -61,6 +75,7 @@ class RunResult:
     infer_ms: list[float] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)  # answers per replica node, as the service said
     log_dir: str = ""
+    stages: dict[str, float] = field(default_factory=dict)  # STAGES -> mean ms per answer (a tuner service)
 
     @property
     def n_failed(self) -> int:
@@ -81,6 +96,7 @@ class RunResult:
                              ("infer_ms", self.infer_ms)):  # fmt: skip
             if values:
                 out[f"{name}_mean"] = sum(values) / len(values)
+        out.update({f"stage_{k}_ms": v for k, v in self.stages.items()})
         return out
 
 
@@ -98,6 +114,7 @@ class HttpSut:
         self.pre: list[float] = []
         self.infer: list[float] = []
         self.nodes: collections.Counter[str] = collections.Counter()
+        self.stages: dict[str, list[float]] = {k: [] for k in STAGES}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tuner-loadgen-http", daemon=True)
         self.thread.start()
@@ -119,6 +136,7 @@ class HttpSut:
         import aiohttp
 
         body = self.bodies[index]
+        start = time.perf_counter()
         try:
             async with self.session.post(
                 self.url, data=body.data, headers={"Content-Type": body.content_type, "Accept": body.accept}
@@ -127,7 +145,7 @@ class HttpSut:
                 if r.status != 200:
                     self.failed[str(r.status)] += 1
                 else:
-                    self._note(r.headers)
+                    self._note(r.headers, (time.perf_counter() - start) * 1000)
         except asyncio.TimeoutError:
             self.failed["timeout"] += 1
         except aiohttp.ClientError as e:
@@ -135,12 +153,19 @@ class HttpSut:
         self.done += 1
         self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(query_id, 0, 0)])
 
-    def _note(self, headers: Any) -> None:
+    def _note(self, headers: Any, client_ms: float) -> None:
         for name, out in (("X-Batch-Requests", self.batch), ("X-Preprocess-Ms", self.pre), ("X-Infer-Ms", self.infer)):
             if name in headers:
                 out.append(float(headers[name]))
         if "X-Replica-Node" in headers:
             self.nodes[headers["X-Replica-Node"]] += 1
+        if "X-Replica-Ms" in headers and all(h in headers for h in _HEADERS.values()):
+            self.stages["ingress"].append(client_ms - float(headers["X-Replica-Ms"]))
+            for stage, h in _HEADERS.items():
+                self.stages[stage].append(float(headers[h]))
+
+    def stage_means(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.stages.items() if v}
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result()
@@ -235,5 +260,5 @@ def _result(
         constraints_ok=s.get("Performance constraints satisfied", "Yes") == "Yes",
         early_stopping_ok=s.get("Early stopping satisfied", "Yes") == "Yes",
         generator_cores=cores, wall_s=wall, batch_requests=sut.batch, preprocess_ms=sut.pre, infer_ms=sut.infer,
-        nodes=dict(sut.nodes), log_dir=str(log_dir),
+        nodes=dict(sut.nodes), log_dir=str(log_dir), stages=sut.stage_means(),
     )  # fmt: skip

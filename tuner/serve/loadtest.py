@@ -33,7 +33,16 @@ from tuner.core.errors import ConfigError
 from tuner.serve.loadgen import SCENARIOS, Body, RunResult, run_loadgen
 
 REQUESTS = ("npy", "jpeg", "json")
-JPEG_SIZE = (500, 375)  # a typical ImageNet validation image
+JPEG_SIZE = (500, 375)  # a typical ImageNet validation image: `--image-size`'s default
+DISTINCT_LARGE = 8  # JPEG bodies over a megapixel: this many distinct images, sent in turn
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """`--image-size WxH` -> (W, H)."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+        raise ConfigError(f"--image-size {text}: expected WIDTHxHEIGHT in pixels, each 16 to 8192 (e.g. 1920x1080)")
+    return int(w), int(h)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class LoadTest:
     timeout_s: float = 30.0
     max_steps: int = 7
     empty: bool = True
+    image_size: tuple[int, int] = JPEG_SIZE  # JPEG bodies (--request jpeg): width, height
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
@@ -96,22 +106,22 @@ def describe_service(url: str) -> dict[str, Any] | None:
         return None
 
 
-def make_bodies(kind: str, n: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[list[Body], str]:
-    """`n` distinct request bodies and an honest label of them: synthetic smooth images, as
-    JPEG bytes (500x375, quality 90, the service preprocesses them) or as preprocessed rows
-    (.npy, or MLflow JSON)."""
+def make_bodies(
+    kind: str, n: int, shape: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = JPEG_SIZE
+) -> tuple[list[Body], str]:
+    """`n` request bodies and an honest label of them: synthetic photo-like images as JPEG
+    bytes (`size`, quality 90, the service preprocesses them; over a megapixel, DISTINCT_LARGE
+    distinct ones in turn), or preprocessed rows (.npy, or MLflow JSON)."""
     rng = np.random.default_rng(seed)
     if kind == "jpeg":
-        from PIL import Image
+        from tuner.inputs.images import photo_jpeg
 
-        bodies = []
-        for _ in range(n):
-            coarse = rng.random((JPEG_SIZE[1] // 25, JPEG_SIZE[0] // 25, 3))
-            img = Image.fromarray((coarse * 255).astype(np.uint8)).resize(JPEG_SIZE, Image.Resampling.BILINEAR)
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
-            bodies.append(Body(buf.getvalue(), "image/jpeg"))
-        return bodies, f"synthetic JPEG images ({n}, {JPEG_SIZE[0]}x{JPEG_SIZE[1]}, quality 90, seed {seed})"
+        distinct = n if size[0] * size[1] <= 10**6 else min(n, DISTINCT_LARGE)
+        images = [photo_jpeg(size[0], size[1], seed + i) for i in range(distinct)]
+        bodies = [Body(images[i % distinct], "image/jpeg") for i in range(n)]
+        kb = sum(len(b) for b in images) / distinct / 1000
+        return bodies, (f"synthetic photo-like JPEG images ({n}, {distinct} distinct, {size[0]}x{size[1]}, about "
+                        f"{kb:.0f} KB, quality 90, seed {seed})")  # fmt: skip
     c, h, w = shape
     rows = []
     for _ in range(n):
@@ -202,6 +212,8 @@ def _line(r: RunResult) -> str:
     extra = ""
     if r.batch_requests:
         extra = f"; batches of {np.mean(r.batch_requests):.2f} request(s) on average (max {max(r.batch_requests)})"
+    if r.stages:
+        extra += "; ms per answer: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
     return (
         f"{r.qps:.1f}/s, p50 {r.p50_ms:.1f} p90 {r.p90_ms:.1f} p99 {r.p99_ms:.1f} ms, {r.completed} queries, "
         f"failed: {failed}; generator {r.generator_cores:.2f} cores{extra}"

@@ -3,7 +3,8 @@
 A request body is one of (the Content-Type says which; without one, the first bytes do):
 
     image    JPEG or PNG bytes (image/jpeg, image/png): one image, decoded and preprocessed
-             with the model's own transforms, as the search's image data was
+             with the model's own transforms, as the search's image data was (inputs/images.py:
+             the exact path, or a JPEG decoded at a reduced DCT scale, the fast one)
     tensor   .npy bytes (application/x-npy): float rows already preprocessed,
              [C, H, W] or [N, C, H, W]
     json     MLflow's scoring JSON (application/json): {"inputs": rows} or {"instances": rows}
@@ -20,13 +21,13 @@ problem and what is allowed. No Ray here: the decoding is tested in milliseconds
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 NPY = "application/x-npy"
 JPEG_MAGIC, PNG_MAGIC, NPY_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
@@ -34,7 +35,7 @@ IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png")
 MAX_PIXELS = 40_000_000  # a larger image is refused before it is decoded into memory
 ALLOWED = "a JPEG or PNG image (image/jpeg, image/png), an .npy array (application/x-npy) or MLflow JSON"
 
-Preprocess = Callable[[Any], np.ndarray]  # PIL image -> [C, H, W] float32
+ImageDecoder = Callable[[bytes], tuple[np.ndarray, int]]  # bytes -> [C, H, W] float32, the JPEG scale decoded at
 
 
 class BadRequest(Exception):
@@ -51,6 +52,7 @@ class Decoded:
     rows: np.ndarray  # float32 [N, C, H, W], contiguous
     kind: str  # image | tensor | json
     preprocess_ms: float  # decoding and preprocessing, in this process
+    scale: int = 1  # an image: the JPEG DCT scale it was decoded at (1: full size, 2, 4 or 8)
 
 
 def kind_of(body: bytes, content_type: str) -> str:
@@ -77,29 +79,30 @@ def kind_of(body: bytes, content_type: str) -> str:
     )
 
 
-def decode(body: bytes, kind: str, shape: tuple[int, int, int], max_rows: int, preprocess: Preprocess) -> Decoded:
+def decode(body: bytes, kind: str, shape: tuple[int, int, int], max_rows: int, image: ImageDecoder) -> Decoded:
     """`body` as `kind` -> rows the model takes; BadRequest for anything it cannot take."""
     start = time.perf_counter()
+    scale = 1
     if kind == "image":
-        x = preprocess(_image(body))[None]
+        row, scale = _image(body, image)
+        x = row[None]
     elif kind == "tensor":
         x = _npy(body)
     else:
         x = _json_rows(body)
     rows = check_rows(x, shape, max_rows)
-    return Decoded(rows, kind, (time.perf_counter() - start) * 1000)
+    return Decoded(rows, kind, (time.perf_counter() - start) * 1000, scale)
 
 
-def _image(body: bytes) -> Any:
+def _image(body: bytes, image: ImageDecoder) -> tuple[np.ndarray, int]:
     from PIL import Image
 
+    from tuner.inputs.images import TooManyPixels
+
     try:
-        im = Image.open(io.BytesIO(body))
-        if im.width * im.height > MAX_PIXELS:
-            raise BadRequest(
-                413, f"an image of {im.width}x{im.height} pixels; at most {MAX_PIXELS // 10**6} megapixels"
-            )
-        return im.convert("RGB")
+        return image(body)
+    except TooManyPixels as e:
+        raise BadRequest(413, str(e)) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's errors for bad bytes
         raise BadRequest(400, f"not a readable image ({type(e).__name__}: {str(e)[:200]}); send {ALLOWED}") from None
 
@@ -116,7 +119,7 @@ def _npy(body: bytes) -> np.ndarray:
 
 def _json_rows(body: bytes) -> np.ndarray:
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(400, f"not valid JSON ({str(e)[:200]})") from None
     key = next((k for k in ("inputs", "instances") if isinstance(doc, dict) and k in doc), None)
@@ -168,8 +171,11 @@ def answer(
         return buf.getvalue(), NPY
     if kind == "image" or top_k is not None:
         k = min(top_k or default_k, outputs.shape[1])
-        return json.dumps({"top_k": [_top(row, k, categories) for row in outputs]}).encode(), "application/json"
-    return json.dumps({"predictions": outputs.tolist()}).encode(), "application/json"
+        return orjson.dumps({"top_k": [_top(row, k, categories) for row in outputs]}), "application/json"
+    # orjson writes a float32 array in its shortest exact form (0.12573022), in a 30th of
+    # the time json.dumps of its floats takes (0.38 ms for 1000 outputs here).
+    rows = np.ascontiguousarray(outputs, dtype=np.float32)
+    return orjson.dumps({"predictions": rows}, option=orjson.OPT_SERIALIZE_NUMPY), "application/json"
 
 
 def _top(row: np.ndarray, k: int, categories: list[str] | None) -> list[dict[str, Any]]:

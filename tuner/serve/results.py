@@ -10,7 +10,8 @@ the MLflow UI shows the served figures beside the trials. Tagged `tuner.kind=loa
                failed, generator_cores, batch_requests_mean, preprocess_ms_mean, infer_ms_mean),
                the same for the empty endpoint as `<scenario>.empty.<figure>`, and the
                headline: `single_stream_p90_ms`, `offline_ips`, `server_qps_at_bound`
-    artifacts  loadtest.json (every run, server steps included) and LoadGen's summaries
+    artifacts  loadtest.json (every run, server steps included), loadtest.png (plot.py) and
+               LoadGen's summaries
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def log_run(
             metrics.update({f"{key}.empty.{k}": v for k, v in o.empty.figures().items()})
     tracker.log(run_id, metrics=metrics)
     tracker.log_text(run_id, json.dumps(doc, indent=2, default=float), "loadtest.json")
+    if (log_root / "loadtest.png").is_file():
+        tracker.log_artifact(run_id, log_root / "loadtest.png")
     for summary in sorted(log_root.glob("*/mlperf_log_summary.txt")):
         tracker.log_artifact(run_id, summary, f"loadgen/{summary.parent.name}")
     tracker.finish(run_id)

@@ -9,10 +9,12 @@ agent exports Serve's Prometheus series (`serve_*`, batch sizes among them) on e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +37,7 @@ class Running:
     port: int
     name: str  # the Serve application
     started_ray: bool  # start() started Ray here, and stop() shuts it down
+    described: dict[str, Any]  # its GET answer (app.py `describe`), from the replica that answered it
 
 
 def start(spec: ServeSpec, address: str | None, host: str, port: int, name: str = "") -> Running:
@@ -66,10 +69,10 @@ def start(spec: ServeSpec, address: str | None, host: str, port: int, name: str 
     serve.run(app_builder(spec.to_args()), name=name, route_prefix=spec.route_prefix)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}{spec.route_prefix}"
-    wait_for(url, ANSWER_TIMEOUT_S)
+    described = wait_for(url, ANSWER_TIMEOUT_S)
     metrics = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes()
                if n.get("Alive") and n.get("MetricsExportPort")]  # fmt: skip
-    return Running(url, f"http://{shown}:{port}/-/healthz", metrics, host, port, name, started_ray)
+    return Running(url, f"http://{shown}:{port}/-/healthz", metrics, host, port, name, started_ray, described)
 
 
 def stop(running: Running | None) -> None:
@@ -108,6 +111,9 @@ def serve_until_stopped(spec: ServeSpec, title: str, address: str | None, host: 
         say(f"  POST {running.url}   a JPEG/PNG image, an .npy array, or MLflow JSON")
         say(f"    curl -s --data-binary @image.jpg -H 'Content-Type: image/jpeg' {running.url}")
         say(f"  health {running.health}   metrics {' '.join(running.metrics) or '(no metrics agent)'}")
+        line, slow = first_calls(running.described)
+        if line:
+            say(f"{'warning: ' if slow else '  '}{line}")
         say("  Ctrl-C to stop")
         while True:
             time.sleep(3600)
@@ -121,15 +127,44 @@ def serve_until_stopped(spec: ServeSpec, title: str, address: str | None, host: 
     return EXIT_OK
 
 
-def wait_for(url: str, timeout_s: float) -> None:
-    """Until `url` answers a GET with 200 (the replicas have loaded the model)."""
+SLOW_FIRST_CALLS = 1.2  # a replica's first calls over this x the confirmed p50: a warning
+
+
+def first_calls(described: dict[str, Any]) -> tuple[str, bool]:
+    """What a replica's first calls of the artifact took (app.py `_first_calls`) against the
+    registered confirmed p50, and whether that is over SLOW_FIRST_CALLS x; ("", False) when
+    the replica or the model does not say."""
+    times = described.get("first_calls_ms") or []
+    if not times:
+        return "", False
+    median = statistics.median(times)
+    batch = described.get("artifact_batch", 1)
+    head = f"a replica's first {len(times)} calls (batch {batch}): median {median:.2f} ms"
+    confirmed = described.get("confirmed_p50_ms")
+    if not confirmed:
+        return f"{head} (the model carries no confirmed p50 to compare with)", False
+    ratio = median / float(confirmed)
+    line = f"{head}, {ratio:.2f}x the registered confirmed p50 {float(confirmed):.2f} ms"
+    if ratio > SLOW_FIRST_CALLS:
+        line += (f" (over {SLOW_FIRST_CALLS}x: another load on this machine, a slower host than the search's, or "
+                 "threads the replica does not get)")  # fmt: skip
+    return line, ratio > SLOW_FIRST_CALLS
+
+
+def wait_for(url: str, timeout_s: float) -> dict[str, Any]:
+    """Until `url` answers a GET with 200 (the replicas have loaded the model); its answer."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
-                    return
+                    body = r.read()
+                    try:
+                        doc = json.loads(body)
+                    except ValueError:
+                        doc = None
+                    return doc if isinstance(doc, dict) else {}
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
         time.sleep(0.5)

@@ -8,7 +8,10 @@
 * a local MLflow model folder (it holds an `MLmodel` file).
 
 A registered version that a serving search tuned (search/serving.py) carries its serving
-config as `tuner.serving.<knob>` tags: they are the service's defaults, under any flag.
+config as `tuner.serving.<knob>` tags: they are the service's defaults, under any flag. Its
+`tuner.decode.*` tags say how far the fast JPEG decode moved the model's outputs on the
+search's images (deploy/register.py): `--decode auto` takes the fast path only where
+`tuner.decode.fast` is true.
 
 Only the model's `MLmodel` file is read here, through the tracking URI passed in (never
 MLflow's process-wide one): the loader's config, which says what the artifact is, and the
@@ -39,6 +42,7 @@ class Source:
     registered: str = ""  # "tuner-resnet50/3" when it came from the registry
     search_run: str = ""  # the parent run of the search that made the pick
     serving: tuple[tuple[str, Any], ...] = ()  # the knobs a serving search chose (version tags)
+    decode: tuple[tuple[str, str], ...] = ()  # the fast decode's measured agreement (tuner.decode.* tags)
 
     @property
     def experiment(self) -> str:
@@ -63,9 +67,9 @@ def resolve(target: str, tracking_uri: str) -> Source:
             f"MODEL_URI {target}: not a registered model (models:/tuner-<model>@champion, models:/NAME/VERSION), "
             "a run's model (runs:/RUN_ID/model), a search's output folder or an MLflow model folder"
         )
-    registered, search_run, serving = _pin_version(target, tracking_uri)
+    registered, search_run, serving, decode = _pin_version(target, tracking_uri)
     return _source(f"models:/{registered}" if registered else target, tracking_uri, f"MODEL_URI {target}",
-                   registered, search_run, serving)  # fmt: skip
+                   registered, search_run, serving, decode)  # fmt: skip
 
 
 # Knobs whose default depends on another's value (ServeSpec.for_model): a flag for the one
@@ -76,21 +80,24 @@ DERIVED = {
     "replicas": ("max_queued_requests",),
 }
 SERVING_TAG = "tuner.serving."  # + a ServeSpec knob: what the serving search chose (search/serving.py)
+DECODE_TAG = "tuner.decode."  # + a figure of the fast decode's agreement (inputs/images.py Agreement.tags)
+Tags = tuple[tuple[str, str], ...]
 
 
 def serving_tags(knobs: dict[str, Any]) -> dict[str, str]:
     return {f"{SERVING_TAG}{k}": str(v) for k, v in knobs.items()}
 
 
-def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str, tuple[tuple[str, Any], ...]]:
+def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str, Tags, Tags]:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> ("NAME/VERSION", the search's parent
-    run, its serving knobs); ("", "", ()) for other URIs (runs:/, models:/m-<id>)."""
+    run, its serving knobs, its decode figures); ("", "", (), ()) for other URIs (runs:/,
+    models:/m-<id>)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     rest = uri.removeprefix("models:/")
     if not uri.startswith("models:/") or rest.startswith("m-"):
-        return "", "", ()
+        return "", "", (), ()
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if "@" in rest:
@@ -107,7 +114,8 @@ def _pin_version(uri: str, tracking_uri: str) -> tuple[str, str, tuple[tuple[str
         raise ConfigError(f"MODEL_URI {uri}: no such model in {tracking_uri}: {one_line(e)}") from None
     tags = dict(mv.tags or {})
     knobs = tuple(sorted((k.removeprefix(SERVING_TAG), v) for k, v in tags.items() if k.startswith(SERVING_TAG)))
-    return f"{mv.name}/{mv.version}", str(tags.get("tuner.search_run", "")), knobs
+    decode = tuple(sorted((k.removeprefix(DECODE_TAG), v) for k, v in tags.items() if k.startswith(DECODE_TAG)))
+    return f"{mv.name}/{mv.version}", str(tags.get("tuner.search_run", "")), knobs, decode
 
 
 def _from_output_folder(folder: Path, target: str) -> Source:
@@ -133,13 +141,13 @@ def _from_output_folder(folder: Path, target: str) -> Source:
         if not registered:
             why = tags.get("tuner.model_export", "no `tuner.registered_model` tag")
             raise ConfigError(f"MODEL_URI {target}: that search registered no model ({why})")
-    serving = _pin_version(f"models:/{registered}", tracking_uri)[2]
-    return _source(f"models:/{registered}", tracking_uri, f"MODEL_URI {target}", registered, parent, serving)
+    _, _, serving, decode = _pin_version(f"models:/{registered}", tracking_uri)
+    return _source(f"models:/{registered}", tracking_uri, f"MODEL_URI {target}", registered, parent, serving, decode)
 
 
 def _source(
-    uri: str, tracking_uri: str, what: str, registered: str = "", search_run: str = "",
-    serving: tuple[tuple[str, Any], ...] = (),
+    uri: str, tracking_uri: str, what: str, registered: str = "", search_run: str = "", serving: Tags = (),
+    decode: Tags = (),
 ) -> Source:  # fmt: skip
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
@@ -154,7 +162,7 @@ def _source(
     if "artifact" not in config or "variant" not in config:
         raise ConfigError(f"{what}: not a model tuner registered (its pyfunc config has no `artifact`)")
     shape = _input_shape(meta, config, what)
-    return Source(uri, location, tracking_uri, config, shape, registered, search_run, serving)
+    return Source(uri, location, tracking_uri, config, shape, registered, search_run, serving, decode)
 
 
 def _location(uri: str, tracking_uri: str) -> str:
@@ -209,11 +217,30 @@ def for_serving(config: dict[str, Any], threads: int) -> dict[str, Any]:
     return out
 
 
+def decode_for(source: Source, decode: str | None) -> tuple[str, str]:
+    """`--decode` auto | fast | exact (None: auto) -> the path the service takes, and why."""
+    from tuner.inputs.images import DECODES
+
+    decode = decode or "auto"
+    if decode not in DECODES:
+        raise ConfigError(f"--decode {decode}: allowed: {', '.join(DECODES)}")
+    if decode != "auto":
+        return decode, f"--decode {decode}"
+    d = dict(source.decode)
+    if not d:
+        return "exact", "the model carries no measured agreement of the fast decode (tuner.decode.* tags)"
+    figures = f"{d.get('judged_by', '?')} agreement {d.get('agreement', '?')} on {d.get('images', '?')}"
+    if d.get("fast") == "true":
+        return "fast", f"{figures}, within the search's limit {d.get('limit', '?')}"
+    return "exact", f"{figures}, outside the search's limit {d.get('limit', '?')}"
+
+
 def spec_for(source: Source, **chosen: Any) -> ServeSpec:
     """The ServeSpec for this model: the pick's defaults (spec.py), under the serving search's
     choice (`source.serving`), under what was `chosen` (flags; None: the default). Threads
-    default to the pick's."""
+    default to the pick's; the decode path follows the registered agreement (`decode_for`)."""
     c = source.config
+    chosen["decode"] = decode_for(source, chosen.get("decode"))[0]
     tuned = ServeSpec.from_knobs(dict(source.serving), f"{source.uri}'s {SERVING_TAG}* tags")
     given = {k: v for k, v in chosen.items() if v is not None}
     for flag, derived in DERIVED.items():  # a flag's own defaults follow it, not the tuned values

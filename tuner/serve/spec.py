@@ -44,10 +44,15 @@ class ServeSpec:
     route_prefix: str = "/"
     # haproxy: Ray Serve's HAProxy in front of replicas that take HTTP themselves; proxy: its Python proxy
     ingress: str = "haproxy"
+    # images: exact (full-size decode, the search's path) or fast (JPEG at a reduced DCT scale,
+    # inputs/images.py); serve/source.py chooses it from the registered agreement
+    decode: str = "exact"
 
     def __post_init__(self) -> None:
         if self.ingress not in INGRESSES:
             raise ConfigError(f"`ingress` is {self.ingress!r}; allowed: {', '.join(INGRESSES)}")
+        if self.decode not in ("exact", "fast"):
+            raise ConfigError(f"`decode` is {self.decode!r}; allowed: exact, fast")
         _at_least(self, "replicas", 1)
         _at_least(self, "threads", 1)
         _at_least(self, "max_batch_size", 1)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config.space import ServingSettings
-from tuner.serve.loadtest import LoadTest, Outcome, make_bodies, run_load_test
+from tuner.serve.loadtest import LoadTest, Outcome, image_size, make_bodies, run_load_test
 from tuner.serve.spec import ServeSpec
 
 # Ray Serve keeps a deleted replica behind HAProxy for 30 s by default, so that a load
@@ -231,8 +231,8 @@ def measure_service(
         t = LoadTest(url=url, scenarios=(s.scenario,), request=s.request, latency_bound_ms=s.latency_bound_ms,
                      duration_s=s.duration_s, min_queries=s.min_queries,
                      concurrency=spec.replicas * spec.max_ongoing_requests, max_steps=s.max_steps,
-                     target_qps=target_qps, empty=False)  # fmt: skip
-        bodies, _ = make_bodies(t.request, t.samples, spec.input_shape)
+                     target_qps=target_qps, empty=False, image_size=image_size(s.image_size))  # fmt: skip
+        bodies, _ = make_bodies(t.request, t.samples, spec.input_shape, size=t.image_size)
         outcome = run_load_test(t, bodies, log_root, say, None)[0]
         return Measured(outcome, deployed - started, time.perf_counter() - deployed)
     finally:
