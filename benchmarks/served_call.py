@@ -3,9 +3,12 @@
 For each registered model given: `tuner measure --model-uri` (the artifact in one quiet
 process, the search's protocol: its p50), then `tuner serve` of the same model with its
 defaults, one `.npy` request at a time, the replica's own `X-Infer-Ms` read from each answer:
-its median fresh, then again after a load of `--load-s` seconds of 8 closed-loop clients, then
-`measure` once more. The box's speed drifts for 5-60 s at a time, so each served median is
-divided by the mean of the two `measure` p50s around it.
+its median fresh, then again after a load of `--load-s` seconds of 8 closed-loop clients (half
+of them sending `.npy` rows, half 1920x1080 JPEGs), then `measure` once more; `--rounds`
+times, the models in turn. The box's speed drifts for 5-60 s at a time, so each served median
+is divided by the mean of the two `measure` p50s around it, and the table gives every round.
+`--serve-from DIR` serves from another checkout of tuner (its folder put first on the
+service's PYTHONPATH): the before-and-after figures of a change, on one box.
 
     python benchmarks/served_call.py --tracking-uri sqlite:///$PWD/mlflow.db \\
         models:/tuner-resnet18@candidate models:/tuner-resnet50@candidate
@@ -73,9 +76,14 @@ def one_at_a_time(url: str, data: bytes, n: int) -> list[float]:
 def load(url: str, data: bytes, seconds: float, clients: int = 8) -> int:
     import aiohttp
 
-    async def client(s: aiohttp.ClientSession, stop: float, done: list[int]) -> None:
+    from tuner.inputs.images import photo_jpeg
+
+    bodies = [(data, "application/x-npy"), (photo_jpeg(1920, 1080, 0), "image/jpeg")]
+
+    async def client(s: aiohttp.ClientSession, stop: float, done: list[int], i: int) -> None:
+        body, kind = bodies[i % 2]
         while time.monotonic() < stop:
-            async with s.post(url, data=data, headers={"Content-Type": "application/x-npy"}) as r:
+            async with s.post(url, data=body, headers={"Content-Type": kind}) as r:
                 await r.read()
                 if r.status == 503:
                     await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
@@ -86,17 +94,20 @@ def load(url: str, data: bytes, seconds: float, clients: int = 8) -> int:
         done = [0]
         stop = time.monotonic() + seconds
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-            await asyncio.gather(*(client(s, stop, done) for _ in range(clients)))
+            await asyncio.gather(*(client(s, stop, done, i) for i in range(clients)))
         return done[0]
 
     return asyncio.run(main())
 
 
-def serve(uri: str, tracking_uri: str, folder: Path) -> tuple[subprocess.Popen, str]:
+def serve(uri: str, tracking_uri: str, folder: Path, serve_from: str = "") -> tuple[subprocess.Popen, str]:
     port = _port()
     log = folder / f"serve-{port}.log"
+    env = _env(tracking_uri)
+    if serve_from:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (serve_from, env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen([PY, "-m", "tuner", "serve", uri, "--port", str(port)], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=_env(tracking_uri))  # fmt: skip
+                            stderr=subprocess.STDOUT, env=env, cwd=serve_from or None)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -123,12 +134,14 @@ def main() -> None:
     ap.add_argument("--tracking-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--load-s", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--serve-from", default="", metavar="DIR", help="serve from this checkout of tuner")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-served-call-") as tmp:
-        for uri in args.model_uri:
+        for uri in [u for _ in range(args.rounds) for u in args.model_uri]:
             before = measure(uri, args.tracking_uri)
-            proc, url = serve(uri, args.tracking_uri, Path(tmp))
+            proc, url = serve(uri, args.tracking_uri, Path(tmp), args.serve_from)
             try:
                 desc = json.loads(urllib.request.urlopen(url, timeout=30).read())
                 data = body(desc["input_shape"])

@@ -12,10 +12,11 @@ own round):
               one batch at a time (its throughput at its own batch size is the reference)
   tuner       `tuner serve URI` with the pick's defaults (its batch size, one replica of its
               threads, HAProxy ingress), or with --serve-flags; `tuner loadtest` with .npy requests and with JPEG
-              requests (preprocessing on the server), each scenario also against the empty
+              requests of each --image-sizes (preprocessing on the server), each scenario also against the empty
               endpoint at the same rate; then 64 clients at once for --burst-s seconds, each
               sending again as soon as it is answered (200) or refused (503, after its
-              Retry-After hint)
+              Retry-After hint); --serve-from DIR serves from another checkout of tuner
+              (before and after a change, with the same load generator)
   unbatched   Ray Serve as a first deployment has it: the Python proxy, no batching
               (`tuner serve --ingress proxy --max-batch-size 1`), .npy requests
   mlflow      `mlflow models serve` (one uvicorn worker) on the same registered model, MLflow
@@ -24,7 +25,9 @@ own round):
 
 Every service runs on this box beside the load generator; `tuner loadtest` prints what the
 generator itself used (cores) and the empty endpoint's figures at the same rate.
-Output: a table per round, then the medians and the ratios to in-process, in markdown.
+Output: a table per round, then the medians and the ratios to in-process, and where each
+scenario's answers spent their time (the service's headers: `tuner loadtest`'s stages), in
+markdown.
 """
 
 from __future__ import annotations
@@ -132,14 +135,19 @@ def inprocess(args: argparse.Namespace) -> dict[str, float]:
     if r.returncode:
         raise RuntimeError(f"measure failed: {r.stderr[-2000:]}")
     fig = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"throughput_ips": fig["throughput_ips"], "p50_ms": fig["latency_p50_ms"], "batch": fig["batch_size"]}
+    return {"throughput_ips": fig["throughput_ips"], "p50_ms": fig["latency_p50_ms"], "p90_ms": fig["latency_p90_ms"],
+            "batch": fig["batch_size"]}  # fmt: skip
 
 
 def tuner_service(args: argparse.Namespace, folder: Path, *flags: str) -> tuple[subprocess.Popen, str, Path]:
     port = _port()
     log = folder / f"serve-{port}.log"
+    env = _env(args.tracking_uri)
+    if args.serve_from:  # that checkout's tuner first, for the service and its replicas (Ray passes the path on)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.serve_from, env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen([PY, "-m", "tuner", "serve", args.model_uri, "--port", str(port), *flags],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_env(args.tracking_uri))  # fmt: skip
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            cwd=args.serve_from or None)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     _wait(url, proc, log)
     return proc, url, log
@@ -164,7 +172,9 @@ def one_round(args: argparse.Namespace, folder: Path, shape: str) -> dict[str, A
         proc, url, _ = tuner_service(args, folder, *args.serve_flags.split())
         try:
             got["tuner-npy"] = loadtest(url, folder / "tuner-npy", args, "--request", "npy")
-            got["tuner-jpeg"] = loadtest(url, folder / "tuner-jpeg", args, "--request", "jpeg")
+            for size in args.image_sizes.split(","):
+                got[f"tuner-jpeg-{size}"] = loadtest(url, folder / f"tuner-jpeg-{size}", args, "--request", "jpeg",
+                                                     "--image-size", size)  # fmt: skip
             got["burst"] = burst(url, 64, args.burst_s)
             print(f"64 clients for {args.burst_s:g} s: {got['burst']}", flush=True)
         finally:
@@ -197,6 +207,8 @@ def headline(doc: dict[str, Any]) -> dict[str, float]:
             for k in ("preprocess_ms_mean", "infer_ms_mean", "batch_requests_mean"):
                 if k in ran["figures"]:
                     out[f"{s['scenario']}.{k}"] = ran["figures"][k]
+            for k, v in (ran.get("stages") or {}).items():
+                out[f"{s['scenario']}.stage.{k}_ms"] = v
         if s["empty"]:
             out[f"{s['scenario']}.empty_p50_ms"] = s["empty"]["p50_ms"]
             out[f"{s['scenario']}.empty_qps"] = s["empty"]["qps"]
@@ -207,6 +219,7 @@ def report(rounds: list[dict[str, Any]]) -> None:
     rows: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rounds:
         ref = r.get("inprocess", {}).get("throughput_ips")
+        ref_p90 = r.get("inprocess", {}).get("p90_ms")
         for name, doc in r.items():
             if name in ("inprocess", "burst"):
                 continue
@@ -217,11 +230,14 @@ def report(rounds: list[dict[str, Any]]) -> None:
                 for k in ("offline_ips", "server_qps_at_bound"):
                     if k in h:
                         rows[name][f"{k} / in-process"].append(h[k] / ref)
+            if ref_p90 and "single_stream_p90_ms" in h:
+                rows[name]["single_stream_p90_ms - in-process p90"].append(h["single_stream_p90_ms"] - ref_p90)
     print("\n## medians over rounds\n")
     inproc = [r["inprocess"] for r in rounds if "inprocess" in r]
     if inproc:
         print(f"in-process: {statistics.median(x['throughput_ips'] for x in inproc):.1f} images/s, "
-              f"p50 {statistics.median(x['p50_ms'] for x in inproc):.1f} ms (batch {inproc[0]['batch']})")  # fmt: skip
+              f"p50 {statistics.median(x['p50_ms'] for x in inproc):.1f} ms, "
+              f"p90 {statistics.median(x['p90_ms'] for x in inproc):.1f} ms (batch {inproc[0]['batch']})")  # fmt: skip
     for name, figs in rows.items():
         print(f"\n### {name}\n\n| figure | median | per round |\n|---|---|---|")
         for k, vs in sorted(figs.items()):
@@ -244,6 +260,8 @@ def main() -> None:
     p.add_argument("--burst-s", type=float, default=60.0)
     p.add_argument("--input-shape", default="3,224,224")
     p.add_argument("--serve-flags", default="", help="`tuner serve` flags for `tuner`, e.g. '--replicas 2 --threads 1'")
+    p.add_argument("--serve-from", default="", metavar="DIR", help="`tuner`: serve from this checkout of tuner")
+    p.add_argument("--image-sizes", default="500x375,1920x1080", help="`tuner`: the JPEG load tests' sizes")
     p.add_argument("--output", type=Path, default=Path("bench-results") / f"serving-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args()
     args.setups = tuple(s for s in args.setups.split(",") if s)

@@ -222,6 +222,8 @@ def test_user_model_with_its_checkpoint_and_labeled_data_under_a_time_budget(tmp
     ok = trials[trials["status"] == "ok"]
     assert (ok["quality"] == ok["top1"]).all() and ok["top5"].notna().all()
     assert ok["top1"].iloc[0] >= 0.9  # the baseline on real labels: the model learned the classes
+    # the fast JPEG decode is judged on photo-like JPEGs: the --data images are small PNGs, which it never scales
+    assert "(none of the search's " in r.stdout and "--data image(s) is a JPEG the fast path scales)" in r.stdout
 
 
 @pytest.mark.parametrize(

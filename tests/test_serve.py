@@ -142,7 +142,7 @@ def test_the_service_describes_itself_and_serve_answers_its_health_check(service
     assert doc["serving"]["max_batch_size"] == 4 and doc["preprocessing"].startswith("ImageNet convention")
     assert doc["serving"]["decode"] == "fast" and "fast JPEG decode" in doc["preprocessing"]
     # the artifact's first calls after the warm-up, and the registered figure they are compared with
-    assert len(doc["first_calls_ms"]) >= 10 and all(t > 0 for t in doc["first_calls_ms"])
+    assert len(doc["first_calls_ms"]) >= 5 and all(t > 0 for t in doc["first_calls_ms"])
     assert doc["confirmed_p50_ms"] == 1.0
     health = url.split("/", 3)[:3]
     assert urllib.request.urlopen("/".join(health) + "/-/healthz", timeout=10).status == 200

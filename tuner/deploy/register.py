@@ -177,20 +177,22 @@ def _check(uri: str, native: Native, ref: Reference, model: str) -> tuple[str, A
 
 def decode_agreement(predict: Any, ref: Reference, model: str) -> Agreement | None:
     """The fast decode against the exact one (inputs/images.py), through `predict`: on the
-    search's image files where it had them (`--data`), else on photo-like JPEGs."""
+    search's image files where it had them (`--data`) and one of them is a JPEG the fast
+    path scales, else on photo-like JPEGs."""
     from tuner.inputs.models import image_preprocessing
 
     if ref.shape[0] != 3:
         return None
     prep = ImagePrep.of(image_preprocessing(model, ref.spec.weights, ref.shape[1])[0])
+    photos = "photo-like JPEGs (synthetic), " + ", ".join(f"{w}x{h}" for w, h in PHOTO_SIZES)
     files = ref.data.eval_files or []
     if files:
-        images = [Path(f).read_bytes() for f in files]
-        where = f"the search's {len(images)} --data image(s)"
-    else:
-        images = photo_set()
-        where = "photo-like JPEGs (synthetic), " + ", ".join(f"{w}x{h}" for w, h in PHOTO_SIZES)
-    return measure_agreement(prep, images, predict, where)
+        own = measure_agreement(prep, [Path(f).read_bytes() for f in files], predict,
+                                f"the search's {len(files)} --data image(s)")  # fmt: skip
+        if own.scaled:
+            return own
+        photos += f" (none of the search's {len(files)} --data image(s) is a JPEG the fast path scales)"
+    return measure_agreement(prep, photo_set(), predict, photos)
 
 
 def register_recommended(

@@ -6,17 +6,22 @@
                       fast JPEG decode as `decode` says), then awaits `_infer`
         _infer        @serve.batch: merges up to `max_batch_size` requests, runs them in one
                       call of the artifact's own loader (deploy/pyfunc_model.py, loaded through
-                      MLflow) on a single inference thread, so the replica's event loop keeps
-                      taking requests while the model runs; the loader pads and splits into
-                      the artifact's static batch
-        answer        JSON or .npy (payload.py), with the batch it ran in as headers:
-                      X-Batch-Requests, X-Batch-Rows, X-Preprocess-Ms, X-Decode-Scale (the JPEG
-                      DCT scale an image was decoded at), X-Infer-Ms, and the
-                      node of the replica that answered, X-Replica-Node (host:<Ray node id>)
+                      MLflow) on a single inference thread, the one that loaded it, so the
+                      replica's event loop keeps taking requests while the model runs; the
+                      loader pads and splits into the artifact's static batch. Batches of
+                      one go straight to the inference thread (`_infer_one`)
+        answer        JSON (orjson) or .npy (payload.py), with headers: the batch it ran in
+                      (X-Batch-Requests, X-Batch-Rows), the JPEG DCT scale an image was decoded
+                      at (X-Decode-Scale), where the replica spent the request (X-Read-Ms,
+                      X-Preprocess-Ms, X-Queue-Ms, X-Handoff-Ms, X-Infer-Ms, X-Answer-Ms, and
+                      X-Replica-Ms for all of it), and the node of the replica that answered,
+                      X-Replica-Node (host:<Ray node id>)
 
 `POST .../noop` reads the body and answers at once, without decoding or inference: the load
 test times it to say what the proxy, the replica and the load generator cost by themselves.
-`GET` describes the service (model, input shape, request formats, settings).
+`GET` describes the service (model, input shape, request formats, settings, and what the
+artifact's first calls after the warm-up took, which `tuner serve` compares with the
+registered confirmed p50).
 
 Overload: a replica holds `max_ongoing_requests`; the proxy queues `max_queued_requests` more,
 then answers 503 with `Retry-After: 1` (Ray Serve's backpressure), never an error.
@@ -67,7 +72,7 @@ def _pin(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-FIRST_CALLS = (10, 0.5)  # after the warm-up call: at least this many calls, for at least this many seconds
+FIRST_CALLS = (5, 0.5)  # after the warm-up call: at least this many calls, for at least this many seconds
 
 
 @serve.deployment(name="TunedService")
