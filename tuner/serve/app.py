@@ -60,7 +60,7 @@ class Inferred:
     batch_requests: int  # requests merged into the call that ran it
     batch_rows: int
     infer_ms: float  # the model call, timed on the inference thread
-    wait_ms: float  # from this request's arrival at the batcher to its batch's start (the queue)
+    wait_ms: float  # from its arrival at the batcher to its call's start: the batch filling, the thread busy
     handoff_ms: float  # the batch to the inference thread and its outputs back to the event loop
 
 
@@ -113,10 +113,20 @@ class TunedService:
     def _predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict(None, x))
 
-    def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+    def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The outputs, when the call started (perf_counter) and what it took (ms)."""
         start = time.perf_counter()
         out = self._predict(x)
-        return out, (time.perf_counter() - start) * 1000
+        return out, start, (time.perf_counter() - start) * 1000
+
+    async def _call(self, x: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+        """`x` through the inference thread: the outputs, how long it waited for the thread
+        (another call running), the call, and the hand-offs both ways (all ms)."""
+        submitted = time.perf_counter()
+        out, started, ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, x)
+        total = (time.perf_counter() - submitted) * 1000
+        busy = max(0.0, (started - submitted) * 1000)
+        return out, busy, ms, max(0.0, total - busy - ms)
 
     def _first_calls(self, x: np.ndarray) -> list[float]:
         """The artifact's first calls after the warm-up, timed as `_infer` times a batch:
@@ -136,17 +146,15 @@ class TunedService:
         start = time.perf_counter()
         rows = [r for r, _ in requests]
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        out, ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, x)
-        handoff = (time.perf_counter() - start) * 1000 - ms
+        out, busy, ms, handoff = await self._call(x)
         parts = np.split(out, np.cumsum([len(r) for r in rows])[:-1]) if len(rows) > 1 else [out]
-        return [Inferred(p, len(rows), len(x), ms, (start - t) * 1000, handoff)
+        return [Inferred(p, len(rows), len(x), ms, (start - t) * 1000 + busy, handoff)
                 for p, (_, t) in zip(parts, requests, strict=True)]  # fmt: skip
 
     async def _infer_one(self, request: tuple[np.ndarray, float]) -> Inferred:
         start = time.perf_counter()
-        out, ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, request[0])
-        handoff = (time.perf_counter() - start) * 1000 - ms
-        return Inferred(out, 1, len(out), ms, (start - request[1]) * 1000, handoff)
+        out, busy, ms, handoff = await self._call(request[0])
+        return Inferred(out, 1, len(out), ms, (start - request[1]) * 1000 + busy, handoff)
 
     async def __call__(self, request: Request) -> Response:
         arrived = time.perf_counter()

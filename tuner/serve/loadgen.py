@@ -38,7 +38,7 @@ STAGES = {
     "ingress": "the client's latency less the replica's: the generator, HAProxy (and its queue), the connection",
     "read": "the replica reads the body and parses the request",
     "decode": "decoding and preprocessing (X-Preprocess-Ms)",
-    "queue": "waiting for a batch to fill and start (X-Queue-Ms)",
+    "queue": "waiting for a batch to fill and for the inference thread (X-Queue-Ms)",
     "handoff": "the batch to the inference thread and back (X-Handoff-Ms)",
     "model": "the model call (X-Infer-Ms)",
     "answer": "building the answer (X-Answer-Ms)",
