@@ -35,7 +35,8 @@ from typing import Any
 SCENARIOS = ("single-stream", "offline", "server")
 # Where an answer's time goes, in the order it is spent (app.py's headers), and what each is.
 STAGES = {
-    "ingress": "the client's latency less the replica's: the generator, HAProxy (and its queue), the connection",
+    "ingress": "the client's latency (from its request's start) less the replica's: HAProxy and its queue, the "
+    "connection, the generator",
     "read": "the replica reads the body and parses the request",
     "decode": "decoding and preprocessing (X-Preprocess-Ms)",
     "queue": "waiting for a batch to fill and for the inference thread (X-Queue-Ms)",
@@ -115,6 +116,9 @@ class HttpSut:
         self.infer: list[float] = []
         self.nodes: collections.Counter[str] = collections.Counter()
         self.stages: dict[str, list[float]] = {k: [] for k in STAGES}
+        # A query waits here for one of `concurrency` slots (LoadGen's latency counts it); the
+        # `ingress` stage starts once it has one, so it is the HTTP path, not this client's queue.
+        self.slots = asyncio.Semaphore(concurrency)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tuner-loadgen-http", daemon=True)
         self.thread.start()
@@ -136,16 +140,17 @@ class HttpSut:
         import aiohttp
 
         body = self.bodies[index]
-        start = time.perf_counter()
         try:
-            async with self.session.post(
-                self.url, data=body.data, headers={"Content-Type": body.content_type, "Accept": body.accept}
-            ) as r:
-                await r.read()
-                if r.status != 200:
-                    self.failed[str(r.status)] += 1
-                else:
-                    self._note(r.headers, (time.perf_counter() - start) * 1000)
+            async with self.slots:
+                start = time.perf_counter()
+                async with self.session.post(
+                    self.url, data=body.data, headers={"Content-Type": body.content_type, "Accept": body.accept}
+                ) as r:
+                    await r.read()
+                    if r.status != 200:
+                        self.failed[str(r.status)] += 1
+                    else:
+                        self._note(r.headers, (time.perf_counter() - start) * 1000)
         except asyncio.TimeoutError:
             self.failed["timeout"] += 1
         except aiohttp.ClientError as e:
