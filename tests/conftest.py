@@ -161,7 +161,7 @@ def registered(tmp_path_factory):
 
 @contextlib.contextmanager
 def mlflow_server(folder: Path, port: int | None = None):
-    """A real `mlflow server` on 127.0.0.1 with DESIGN.md's lean settings (one worker, no job
+    """A real `mlflow server` on 127.0.0.1 with lean settings (one worker, no job
     execution), its sqlite store and artifacts in `folder`. Yields the URL; stops it after."""
     import socket
     import time

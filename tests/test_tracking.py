@@ -1,4 +1,4 @@
-"""The MLflow schema (DESIGN.md §5), written to a temporary sqlite store by the same
+"""The MLflow schema (docs/architecture.md §5), written to a temporary sqlite store by the same
 driver-side recorder and finalizer a search uses; only Ray is left out.
 
 The whole search's records (`logged_search`: about ten measurements, confirmation, plots,

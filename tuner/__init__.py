@@ -1,6 +1,6 @@
 """tuner: automated inference tuning for PyTorch models.
 
-One search, as the folders read (docs/development.md, DESIGN.md §1), top to bottom:
+One search, as the folders read (docs/development.md, docs/architecture.md §1), top to bottom:
 
     cli/        parse a command, hand it on
     nightly/    a job of searches with a history, regression check and champion

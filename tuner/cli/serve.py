@@ -13,7 +13,7 @@ from tuner.tracking.store import default_tracking_uri
 
 def run(args: argparse.Namespace) -> int:
     service_env()  # before Ray and MLflow are imported: both read these when imported
-    measurement_env()  # replicas at nice 0, not Ray's 15 (DESIGN.md §7)
+    measurement_env()  # replicas at nice 0, not Ray's 15 (docs/architecture.md §7)
     quiet_logs()
     from tuner.serve.source import decode_for, resolve, spec_for
 

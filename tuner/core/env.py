@@ -1,6 +1,6 @@
 """Process-wide settings, each under a name that says what it is for. Nothing here runs at
 import time: the CLI calls what a command needs, before it imports Ray or MLflow (both read
-their environment when imported; DESIGN.md §7).
+their environment when imported; docs/architecture.md §7).
 
 * `measurement_env()`, `measurement_priority()`, `pin_threads()`: what a *measurement*
   needs. Ray starts its workers at nice 15, below its own daemons and the driver, so a

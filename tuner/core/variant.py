@@ -163,7 +163,7 @@ class Variant:
 
     @property
     def complexity(self) -> tuple[int, int, int, int]:
-        """Sort key for "prefer the simpler config" tie-breaks (DESIGN.md §3):
+        """Sort key for "prefer the simpler config" tie-breaks (docs/architecture.md §3):
         eager over compiled, fp32 over bf16 over int8, smaller batch."""
         compile_rank = list(CompileMode).index(self.compile)
         precision_rank = {Precision.FP32: 0, Precision.TF32: 1, Precision.BF16: 1, Precision.FP16: 2}[self.precision]
@@ -227,7 +227,7 @@ def ceiling_key(precision: str, quantization: str) -> str:
 
 
 def baseline(threads: int) -> Variant:
-    """Trial 0: fp32, eager, batch 1, all cores (DESIGN.md §1)."""
+    """Trial 0: fp32, eager, batch 1, all cores (docs/architecture.md §1)."""
     return Variant(batch_size=1, threads=threads)
 
 

@@ -1,4 +1,4 @@
-"""Finalist confirmation (DESIGN.md §3): re-measure the Pareto candidates interleaved,
+"""Finalist confirmation (docs/architecture.md §3): re-measure the Pareto candidates interleaved,
 A B C A B C ..., each measurement in a fresh process, and give each median a confidence
 interval, so the recommendation does not rest on one lucky measurement.
 

@@ -1,4 +1,4 @@
-"""Finalist confirmation (DESIGN.md §3): which configs to re-measure, and the confirmed
+"""Finalist confirmation (docs/architecture.md §3): which configs to re-measure, and the confirmed
 recommendation from their re-measurements. Pure pandas: the measuring itself is the
 `ConfirmFn` the caller passes (search/confirm_ray.py on Ray; a plain loop in tests)."""
 

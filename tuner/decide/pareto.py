@@ -1,4 +1,4 @@
-"""Pareto front and recommendation (DESIGN.md §6). Pure pandas/numpy: no Ray, no MLflow.
+"""Pareto front and recommendation (docs/architecture.md §6). Pure pandas/numpy: no Ray, no MLflow.
 
 Input is the trials table (one row per trial, `trials.csv` columns). Only rows with
 `status == "ok"` that meet every constraint are *feasible*; the front and the

@@ -1,4 +1,4 @@
-"""The fp32 eager reference, computed once per search (DESIGN.md §4).
+"""The fp32 eager reference, computed once per search (docs/architecture.md §4).
 
 The driver loads the model and data, runs the fp32 eager model over the eval set and
 hands the result to every trial through Ray's object store (`tune.with_parameters`), which

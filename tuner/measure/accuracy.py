@@ -1,4 +1,4 @@
-"""Quality of a variant's outputs against the fp32 eager reference (DESIGN.md §4).
+"""Quality of a variant's outputs against the fp32 eager reference (docs/architecture.md §4).
 
 Always: top-1 agreement with the reference, mean cosine similarity of the output rows and
 the max absolute error. With labels: top-1 and top-5 accuracy too. All comparisons are

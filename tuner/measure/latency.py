@@ -1,4 +1,4 @@
-"""The latency protocol (DESIGN.md §3): warm up until settled, then time in windows
+"""The latency protocol (docs/architecture.md §3): warm up until settled, then time in windows
 until enough iterations, enough time and k agreeing windows; cap the time in any case.
 
 Why it is shaped like this:

@@ -1,6 +1,6 @@
 """Memory figures: the trial process's peak RSS and the serialized model size.
 
-Each trial runs in a fresh process (DESIGN.md §3), so the process-lifetime peak RSS is the
+Each trial runs in a fresh process (docs/architecture.md §3), so the process-lifetime peak RSS is the
 peak of this variant alone: loading, building, calibrating and measuring it.
 """
 

@@ -1,4 +1,4 @@
-"""One search, top to bottom (DESIGN.md §1):
+"""One search, top to bottom (docs/architecture.md §1):
 
     run_search(request)
       _prepare      inputs checked before anything is written to MLflow; the fp32 eager

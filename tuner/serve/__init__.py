@@ -1,4 +1,4 @@
-"""Serving the pick (docs/serving.md, DESIGN.md §11): `tuner serve` puts a registered tuner
+"""Serving the pick (docs/serving.md, docs/architecture.md §11): `tuner serve` puts a registered tuner
 model behind a Ray Serve application with dynamic batching, and `tuner loadtest` measures a
 service the way MLPerf does, with LoadGen's open-loop scenarios over HTTP.
 

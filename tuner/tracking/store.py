@@ -1,4 +1,4 @@
-"""Everything MLflow (DESIGN.md §5): experiment, parent run per search, child run per trial.
+"""Everything MLflow (docs/architecture.md §5): experiment, parent run per search, child run per trial.
 
 Only the driver talks to MLflow: a Tune callback (`search/tune.py`) logs each child run as its
 trial finishes. Workers never open the store, so a relative or fresh sqlite database is

@@ -5,7 +5,7 @@ memory, and the search must survive it.
 confirmation actor). It runs `target(*args)` in a new process forked from a
 `multiprocessing` forkserver that has already imported ray, torch and tuner, so a trial
 starts in about 50 ms instead of the 3 s a new Ray actor costs (worker spawn plus
-imports). The process is still fresh (DESIGN.md §3): thread counts, compile caches and
+imports). The process is still fresh (docs/architecture.md §3): thread counts, compile caches and
 allocator state start clean for every trial, and nothing leaks into the next one.
 
   - In the child, `faulthandler` writes `fault.log` in the trial's folder when native code
