@@ -121,7 +121,7 @@ def load_eval_data(
     images are skipped with a warning; no usable image at all is an error."""
     if data_dir is None:
         return synthetic_data(shape, n_eval, n_calib, seed)
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     root = Path(data_dir)
     if not root.is_dir():
@@ -146,8 +146,8 @@ def load_eval_data(
         if len(tensors) >= n_eval + n_calib:
             break
         try:
-            with Image.open(f) as im:
-                tensors.append(transform(im.convert("RGB")))
+            with Image.open(f) as im:  # upright by its EXIF orientation, as the service sees it
+                tensors.append(transform(ImageOps.exif_transpose(im).convert("RGB")))
             labels.append(y)
             used.append(str(f))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's errors for bad files

@@ -169,9 +169,9 @@ def photo_set(seed: int = 0) -> list[bytes]:
             for i in range(n)]  # fmt: skip
 
 
-def measure_agreement(prep: ImagePrep, images: list[bytes], predict: Any, where: str, batch: int = 1) -> Agreement:
-    """Both paths on `images`, the model (`predict`: float32 [N, C, H, W] -> outputs, called
-    with `batch` rows at a time) on both tensors. Judged by top-1 where the exact outputs
+def measure_agreement(prep: ImagePrep, images: list[bytes], predict: Any, where: str) -> Agreement:
+    """Both paths on `images`, the model (`predict`: float32 [N, C, H, W] of any length ->
+    outputs, as the registered model's loader takes them) on both tensors. Judged by top-1 where the exact outputs
     name more than one class, else by the softmax distributions (a random-init model can map
     every input to one class: its top-1 agrees trivially)."""
     exact, fast, scaled = [], [], 0
@@ -181,7 +181,7 @@ def measure_agreement(prep: ImagePrep, images: list[bytes], predict: Any, where:
         fast.append(x)
         scaled += s > 1
     xe, xf = np.stack(exact), np.stack(fast)
-    ye, yf = _outputs(predict, xe, batch), _outputs(predict, xf, batch)
+    ye, yf = (np.asarray(predict(x), dtype=np.float64) for x in (xe, xf))
     pe, pf = _softmax(ye), _softmax(yf)
     top1 = float((ye.argmax(1) == yf.argmax(1)).mean())
     tv = float((0.5 * np.abs(pe - pf).sum(1)).mean())
@@ -189,14 +189,6 @@ def measure_agreement(prep: ImagePrep, images: list[bytes], predict: Any, where:
     judged = "top-1" if informative else "distribution"
     value = top1 if informative else 1.0 - tv
     return Agreement(len(images), scaled, float(np.abs(xe - xf).max()), top1, tv, judged, value, where)
-
-
-def _outputs(predict: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    n = len(x)
-    pad = (-n) % batch
-    xs = np.concatenate([x, x[:pad]]) if pad else x
-    out = np.concatenate([np.asarray(predict(xs[i : i + batch])) for i in range(0, len(xs), batch)])
-    return out[:n].astype(np.float64)
 
 
 def _softmax(y: np.ndarray) -> np.ndarray:

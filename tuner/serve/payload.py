@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tuner.inputs.images import TooManyPixels
+
 NPY = "application/x-npy"
 JPEG_MAGIC, PNG_MAGIC, NPY_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png")
@@ -96,8 +98,6 @@ def decode(body: bytes, kind: str, shape: tuple[int, int, int], max_rows: int, i
 
 def _image(body: bytes, image: ImageDecoder) -> tuple[np.ndarray, int]:
     from PIL import Image
-
-    from tuner.inputs.images import TooManyPixels
 
     try:
         return image(body)
