@@ -157,3 +157,11 @@ def test_optuna_samples_only_feasible_variants():
     assert {v.compile.value for v in seen} == cpu_runtimes  # every runtime this CPU runs is drawn
     assert any(v.quantization is Quantization.STATIC_INT8 for v in seen)
     assert any(v.precision.value == "bf16" for v in seen)
+
+
+def test_a_bad_serving_image_size_is_an_error_that_names_the_flag():
+    space = SearchSpace()
+    assert space.with_overrides(serving={"image_size": "1920x1080"}).serving.image_size == "1920x1080"
+    with pytest.raises(SpaceError) as e:
+        space.with_overrides(serving={"image_size": "10x10"})
+    assert "--image-size" in str(e.value) and "WIDTHxHEIGHT" in str(e.value), str(e.value)

@@ -172,6 +172,17 @@ class ConfirmSettings(Strict):
     include_baseline: bool = Field(default=True, description="the baseline too: confirmed speedups need it")
 
 
+IMAGE_SIZE_FORM = "expected WIDTHxHEIGHT in pixels, each 16 to 8192 (e.g. 1920x1080)"
+
+
+def image_size_of(text: str) -> tuple[int, int] | None:
+    """`WxH` (the load test's and the serving search's JPEG size) -> (W, H); None if malformed."""
+    w, sep, h = str(text).lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+        return None
+    return int(w), int(h)
+
+
 class ServingSettings(Strict):
     """`--scenario server|offline`: after the model search, a second search over how its
     finalists are served (search/serving.py, docs/serving.md)."""
@@ -194,9 +205,8 @@ class ServingSettings(Strict):
     )
     request: Literal["npy", "jpeg"] = Field(default="npy", description="what the load generator sends")
     image_size: str = Field(
-        default="500x375", pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$",
-        description="request: jpeg: the images' WIDTHxHEIGHT in pixels (`--image-size`)",
-    )  # fmt: skip
+        default="500x375", description="request: jpeg: the images' WIDTHxHEIGHT in pixels (`--image-size`)"
+    )
     duration_s: float = Field(default=4.0, gt=0, description="LoadGen's shortest run, per target QPS")
     min_queries: int = Field(default=300, ge=1, description="LoadGen's fewest queries per run (p99: several hundred)")
     max_steps: int = Field(default=4, ge=1, description="server: target QPS tried per trial (a bisection)")
@@ -206,6 +216,13 @@ class ServingSettings(Strict):
     def _positive(cls, v: Any) -> Any:
         if isinstance(v, list) and any(int(x) < 1 for x in v):
             raise ValueError("every value must be at least 1")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: str) -> str:
+        if image_size_of(v) is None:
+            raise ValueError(IMAGE_SIZE_FORM)
         return v
 
     @field_validator("batch_wait_ms")

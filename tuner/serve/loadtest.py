@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner.config.space import IMAGE_SIZE_FORM, image_size_of
 from tuner.core.errors import ConfigError
 from tuner.serve.loadgen import SCENARIOS, Body, RunResult, run_loadgen
 
@@ -38,11 +39,11 @@ DISTINCT_LARGE = 8  # JPEG bodies over a megapixel: this many distinct images, s
 
 
 def image_size(text: str) -> tuple[int, int]:
-    """`--image-size WxH` -> (W, H)."""
-    w, sep, h = text.lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
-        raise ConfigError(f"--image-size {text}: expected WIDTHxHEIGHT in pixels, each 16 to 8192 (e.g. 1920x1080)")
-    return int(w), int(h)
+    """`--image-size WxH` -> (W, H) (config/space.py's rule, as the serving search checks it)."""
+    size = image_size_of(text)
+    if size is None:
+        raise ConfigError(f"--image-size {text}: {IMAGE_SIZE_FORM}")
+    return size
 
 
 @dataclass(frozen=True)
