@@ -98,7 +98,8 @@ def draw_serving(table: pd.DataFrame, req: SearchRequest) -> Path | None:
     s = req.space.serving
     curves = []
     for _, r in table[table["status"].eq("ok")].iterrows():
-        steps = [tuple(x) for x in json.loads(str(r.get("steps") or "[]"))] if pd.notna(r.get("steps")) else []
+        raw = r.get("steps")  # JSON [[qps, p50, p99], ...]; absent in a serving.csv written before it
+        steps = [tuple(x) for x in json.loads(raw)] if isinstance(raw, str) else []
         stages = {k.removeprefix("stage_").removesuffix("_ms"): float(r[k]) for k in r.index
                   if str(k).startswith("stage_") and pd.notna(r[k])}  # fmt: skip
         offline = float(r["offline_ips"]) if "offline_ips" in r and pd.notna(r["offline_ips"]) else None

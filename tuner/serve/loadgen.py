@@ -17,8 +17,8 @@ and a run with any is not a result (`RunResult.meets_bound`).
 The figures are LoadGen's own (mlperf_log_summary.txt). Beside them: what this process (the
 generator) cost in cores, and what the service said of each answer (X-Batch-Requests,
 X-Replica-Node and the timing headers of `tuner serve`), from which each answer's time is
-split into STAGES: `ingress` is the client's own latency less the replica's (`X-Replica-Ms`):
-the generator, HAProxy and the connection; the others are the replica's own figures.
+split into STAGES: `ingress` is the client's own latency, from its request's start, less the
+replica's (`X-Replica-Ms`); the others are the replica's own figures.
 """
 
 from __future__ import annotations
@@ -33,17 +33,12 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("single-stream", "offline", "server")
-# Where an answer's time goes, in the order it is spent (app.py's headers), and what each is.
-STAGES = {
-    "ingress": "the client's latency (from its request's start) less the replica's: HAProxy and its queue, the "
-    "connection, the generator",
-    "read": "the replica reads the body and parses the request",
-    "decode": "decoding and preprocessing (X-Preprocess-Ms)",
-    "queue": "waiting for a batch to fill and for the inference thread (X-Queue-Ms)",
-    "handoff": "the batch to the inference thread and back (X-Handoff-Ms)",
-    "model": "the model call (X-Infer-Ms)",
-    "answer": "building the answer (X-Answer-Ms)",
-}
+# Where an answer's time goes, in the order it is spent (app.py's headers; docs/serving.md):
+# ingress (the client's latency from its request's start, less X-Replica-Ms: HAProxy and its
+# queue, the connection, the generator), read (the body and the request), decode
+# (X-Preprocess-Ms), queue (a batch filling, the inference thread busy), handoff (to the
+# inference thread and back), model (X-Infer-Ms), answer.
+STAGES = ("ingress", "read", "decode", "queue", "handoff", "model", "answer")
 _HEADERS = {"read": "X-Read-Ms", "decode": "X-Preprocess-Ms", "queue": "X-Queue-Ms", "handoff": "X-Handoff-Ms",
             "model": "X-Infer-Ms", "answer": "X-Answer-Ms"}  # fmt: skip
 SERVER_LONGEST_S = 30.0  # the order a load test runs them: each sizes the next
